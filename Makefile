@@ -1,0 +1,27 @@
+# Two commands do all set-up: `make train` and `make test` (each creates .venv on first use).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install train train-detect test bench
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) tools/train.py --config configs/quickstart.yaml
+
+train-detect: $(STAMP)
+	$(PY) tools/train.py --config configs/quickstart_detect.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/memory.py

@@ -1,0 +1,152 @@
+"""Neuron modules: own the parameters, call the pure step functions, keep state explicit.
+
+Every module here: ``forward(x_t, state=None) -> (y_t, state)`` for one time step, where
+``state`` is a dict of batch-first tensors and ``None`` means fresh (all zeros).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+from .surrogate import Surrogate, get_surrogate
+
+NeuronKind = Literal["ltc", "lif", "alif"]
+
+
+def _zeros(state: dict | None, key: str, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if state is None else state[key]
+
+
+class LTCNeuron(nn.Module):
+    """Convolutional LTC-SN: ``tau = sigmoid(BN'(conv_k(i + u)))`` then :func:`ltc_step`.
+
+    Input current and output spikes ``[B, C, H, W]``; state ``{"u": [B, C, H, W]}``.
+    """
+
+    def __init__(self, channels: int, tau_kernel: int = 3, threshold: float = 1.0,
+                 surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard") -> None:
+        super().__init__()
+        self.tau_conv = nn.Conv2d(channels, channels, tau_kernel, padding=tau_kernel // 2, bias=False)
+        self.tau_bn = nn.BatchNorm2d(channels)
+        self.threshold, self.surrogate, self.reset = threshold, get_surrogate(surrogate), reset
+
+    def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        u = _zeros(state, "u", current)
+        tau = torch.sigmoid(self.tau_bn(self.tau_conv(current + u)))
+        spike, u = F.ltc_step(current, u, tau, self.threshold, self.surrogate, self.reset)
+        return spike, {"u": u}
+
+
+class LIFNeuron(nn.Module):
+    """Leaky integrate-and-fire with a fixed leak ``decay``; any input shape; state ``{"u"}``."""
+
+    def __init__(self, channels: int | None = None, decay: float = 0.5, threshold: float = 1.0,
+                 surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard") -> None:
+        super().__init__()
+        self.decay, self.threshold, self.surrogate, self.reset = decay, threshold, get_surrogate(surrogate), reset
+
+    def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        u = _zeros(state, "u", current)
+        spike, u = F.lif_step(current, u, self.decay, self.threshold, self.surrogate, self.reset)
+        return spike, {"u": u}
+
+
+class ALIFNeuron(nn.Module):
+    """Adaptive LIF: fixed leak, threshold ``theta = threshold + scale * b`` adapting with ``rho``.
+
+    State ``{"u", "b", "s"}`` (membrane, adaptation, last spikes), all shaped like the input.
+    """
+
+    def __init__(self, channels: int | None = None, decay: float = 0.5, rho: float = 0.9, threshold: float = 1.0,
+                 scale: float = 1.8, surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard") -> None:
+        super().__init__()
+        self.decay, self.rho, self.threshold, self.scale = decay, rho, threshold, scale
+        self.surrogate, self.reset = get_surrogate(surrogate), reset
+
+    def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        u, b, s = (_zeros(state, key, current) for key in ("u", "b", "s"))
+        theta, b = F.adaptive_threshold(b, s, self.rho, self.threshold, self.scale)
+        spike, u = F.lif_step(current, u, self.decay, theta, self.surrogate, self.reset)
+        return spike, {"u": u, "b": b, "s": spike}
+
+
+NEURONS: dict[str, type[nn.Module]] = {"ltc": LTCNeuron, "lif": LIFNeuron, "alif": ALIFNeuron}
+
+
+def make_neuron(kind: NeuronKind, channels: int, **kwargs) -> nn.Module:
+    """A convolutional neuron by name: ``ltc`` (default of the paper), ``lif`` or ``alif``."""
+    if kind not in NEURONS:
+        raise ValueError(f"unknown neuron {kind!r}; expected one of {sorted(NEURONS)}")
+    return NEURONS[kind](channels, **kwargs)
+
+
+class SpikingConv2d(nn.Module):
+    """The LTC-SN conv cell: ``i = BN(conv(x))`` then a spiking neuron.
+
+    ``x`` ``[B, C_in, H, W]`` -> spikes ``[B, C_out, H / stride, W / stride]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 groups: int = 1, neuron: NeuronKind = "ltc", **neuron_kwargs) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups,
+                              bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.neuron = make_neuron(neuron, out_channels, **neuron_kwargs)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        return self.neuron(self.bn(self.conv(x)), state)
+
+
+class LTCDense(nn.Module):
+    """Dense LTC-SN layer, optionally recurrent and with an adaptive threshold (DESIGN 1.1).
+
+    ``i = W x (+ W_rec s_prev)``, ``tau = sigmoid(W_tau [i, u])``; adaptive:
+    ``rho = sigmoid(W_rho [i, b])``, ``theta = 0.1 + 1.8 b``. ``x`` ``[B, N_in]`` -> ``[B, N]``;
+    state ``{"u", "s"}`` (plus ``"b"`` when adaptive), each ``[B, N]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, recurrent: bool = False, adaptive: bool = False,
+                 threshold: float = 1.0, surrogate: str | Surrogate = "multi_gaussian",
+                 reset: F.Reset = "hard") -> None:
+        super().__init__()
+        self.input = nn.Linear(in_features, out_features)
+        self.recurrent = nn.Linear(out_features, out_features, bias=False) if recurrent else None
+        self.tau = nn.Linear(2 * out_features, out_features)
+        self.rho = nn.Linear(2 * out_features, out_features) if adaptive else None
+        self.threshold, self.surrogate, self.reset = threshold, get_surrogate(surrogate), reset
+
+    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        current = self.input(x)
+        u, s = _zeros(state, "u", current), _zeros(state, "s", current)
+        if self.recurrent is not None:
+            current = current + self.recurrent(s)
+        tau = torch.sigmoid(self.tau(torch.cat([current, u], dim=-1)))
+        new_state = {}
+        threshold = self.threshold
+        if self.rho is not None:
+            b = _zeros(state, "b", current)
+            rho = torch.sigmoid(self.rho(torch.cat([current, b], dim=-1)))
+            threshold, new_state["b"] = F.adaptive_threshold(b, s, rho)
+        spike, u = F.ltc_step(current, u, tau, threshold, self.surrogate, self.reset)
+        return spike, {"u": u, "s": spike, **new_state}
+
+
+class LeakyReadout(nn.Module):
+    """Non-spiking read-out ``u' = (1 - tau) u + tau x`` with a learned per-channel ``tau``.
+
+    ``x`` ``[B, C, ...]`` (channels on dim 1) -> ``u`` of the same shape; state ``{"u"}``.
+    """
+
+    def __init__(self, channels: int, tau_init: float = 0.5) -> None:
+        super().__init__()
+        self.tau_logit = nn.Parameter(torch.full((channels,), float(torch.logit(torch.tensor(tau_init)))))
+
+    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        tau = torch.sigmoid(self.tau_logit).view(-1, *([1] * (x.dim() - 2)))
+        u = F.readout_step(x, _zeros(state, "u", x), tau)
+        return u, {"u": u}

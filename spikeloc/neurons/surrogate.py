@@ -1,0 +1,87 @@
+"""Spike functions: Heaviside forward, smooth surrogate derivative backward.
+
+Every surrogate is the derivative of a smooth primitive ``F`` with ``F' = surrogate``;
+the forward pass emits ``H(v) = 1[v > 0]`` and the backward pass uses ``F'(v)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class _Spike(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v: Tensor, surrogate: "Surrogate") -> Tensor:
+        ctx.save_for_backward(v)
+        ctx.surrogate = surrogate
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (v,) = ctx.saved_tensors
+        return grad * ctx.surrogate.derivative(v), None
+
+
+class Surrogate:
+    """Base: ``surrogate(v)`` spikes where ``v > 0``; gradients follow ``derivative``."""
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return _Spike.apply(v, self)
+
+    def derivative(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+def _gaussian(v: Tensor, mu: float, sigma: float) -> Tensor:
+    return torch.exp(-((v - mu) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
+
+
+class MultiGaussian(Surrogate):
+    """The LTC-SN reference surrogate (DESIGN 1.1):
+    ``gamma * [(1+h) N(v;0,s) - h N(v;s,k s) - h N(v;-s,k s)]`` with s=sigma, k=scale."""
+
+    def __init__(self, sigma: float = 0.3, h: float = 0.15, scale: float = 6.0, gamma: float = 0.5) -> None:
+        self.sigma, self.h, self.scale, self.gamma = sigma, h, scale, gamma
+
+    def derivative(self, v: Tensor) -> Tensor:
+        s, h, wide = self.sigma, self.h, self.scale * self.sigma
+        return self.gamma * ((1 + h) * _gaussian(v, 0.0, s) - h * _gaussian(v, s, wide) - h * _gaussian(v, -s, wide))
+
+
+class Sigmoid(Surrogate):
+    """Derivative of ``sigmoid(slope * v)``."""
+
+    def __init__(self, slope: float = 4.0) -> None:
+        self.slope = slope
+
+    def derivative(self, v: Tensor) -> Tensor:
+        sig = torch.sigmoid(self.slope * v)
+        return self.slope * sig * (1 - sig)
+
+
+class ATan(Surrogate):
+    """Derivative of ``atan(pi/2 * alpha * v) / pi + 1/2``."""
+
+    def __init__(self, alpha: float = 2.0) -> None:
+        self.alpha = alpha
+
+    def derivative(self, v: Tensor) -> Tensor:
+        return self.alpha / 2 / (1 + (math.pi / 2 * self.alpha * v) ** 2)
+
+
+SURROGATES: dict[str, type[Surrogate]] = {"multi_gaussian": MultiGaussian, "sigmoid": Sigmoid, "atan": ATan}
+
+
+def get_surrogate(name: str | Surrogate) -> Surrogate:
+    """A surrogate by name (``multi_gaussian``, ``sigmoid``, ``atan``) with its default parameters."""
+    if isinstance(name, Surrogate):
+        return name
+    if name not in SURROGATES:
+        raise ValueError(f"unknown surrogate {name!r}; expected one of {sorted(SURROGATES)}")
+    return SURROGATES[name]()

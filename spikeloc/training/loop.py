@@ -1,0 +1,227 @@
+"""The shared online training loop: the LightningModule owns time (DESIGN 1.2, 2, 5).
+
+``OnlineModule`` runs a batch as T model steps. With ``algorithm="fptt"`` the T steps are
+cut into K parts; each part is forwarded with the state detached from the past, its loss
+plus the FPTT penalty is back-propagated, gradients are clipped, the optimizer steps and
+the FPTT trace moves — K optimizer steps per batch (so ``trainer.global_step`` grows by K
+per batch). With ``algorithm="bptt"`` one backward runs through all T steps.
+Subclasses say what a step is (``forward_step``), what its loss is (``step_loss``) and
+how a batch presents its input over time (``inputs``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from spikeloc.neurons import detach_state
+from .fptt import FPTT
+
+Weighting = Literal["uniform", "linear", "last"]
+
+
+@dataclass
+class FPTTConfig:
+    """FPTT settings. ``parts`` is K (None: one update per time step, K = T)."""
+
+    alpha: float = 0.1
+    beta: float = 0.5
+    parts: int | None = None
+    consolidate: bool = True  # copy the running average into the weights after each epoch's last batch
+
+
+def step_weights(num_steps: int, weighting: Weighting = "uniform", start: int = 0) -> list[float]:
+    """Loss weight of every time step: ``uniform`` 1, ``linear`` (t+1)/T, ``last`` only t = T-1.
+
+    Steps before ``start`` get weight 0 (read the loss from the last steps only).
+    """
+    if weighting == "uniform":
+        weights = [1.0] * num_steps
+    elif weighting == "linear":
+        weights = [(t + 1) / num_steps for t in range(num_steps)]
+    elif weighting == "last":
+        weights = [0.0] * (num_steps - 1) + [1.0]
+    else:
+        raise ValueError(f"loss_weighting must be uniform, linear or last, got {weighting!r}")
+    weights = [w if t >= start else 0.0 for t, w in enumerate(weights)]
+    if not any(weights):
+        raise ValueError(f"loss_start_step={start} leaves no step with a loss out of {num_steps}")
+    return weights
+
+
+def split_steps(num_steps: int, parts: int) -> list[range]:
+    """Cut ``range(num_steps)`` into ``parts`` equal consecutive spans."""
+    if parts < 1 or num_steps % parts:
+        raise ValueError(f"fptt.parts={parts} must divide the number of time steps T={num_steps}")
+    size = num_steps // parts
+    return [range(start, start + size) for start in range(0, num_steps, size)]
+
+
+def present(x: Tensor, num_steps: int) -> tuple[Callable[[int], Tensor], int]:
+    """How a batch is shown over time: ``[B, C, H, W]`` the same frame for ``num_steps``;
+    ``[B, T, ...]`` (frames or vectors) one slice per step. Returns ``(input_at, T)``."""
+    if x.dim() == 4:
+        return (lambda t: x), num_steps
+    if x.dim() in (3, 5):
+        return (lambda t: x[:, t]), x.shape[1]
+    raise ValueError(f"input of shape {tuple(x.shape)}: expected [B,C,H,W], [B,T,C,H,W] or [B,T,D]")
+
+
+class OnlineModule(pl.LightningModule):
+    """Base LightningModule with the FPTT / BPTT time loop and manual optimization.
+
+    Args:
+        num_steps: T for static inputs (sequences bring their own T).
+        algorithm: ``fptt`` (online, K truncated updates per batch) or ``bptt``.
+        fptt: FPTT settings (alpha, beta, parts K, consolidate).
+        loss_weighting / loss_start_step: per-step loss weights, see :func:`step_weights`.
+        optimizer / scheduler: callables taking parameter groups / the optimizer.
+        scheduler_interval: step the scheduler after every batch (``step``) or epoch.
+        gradient_clip_val / gradient_clip_algorithm: clipping before every optimizer step.
+        freeze_backbone_epochs: keep the backbone frozen for the first N epochs.
+        backbone_lr: learning rate of the backbone group (None: the optimizer's).
+    """
+
+    def __init__(self, num_steps: int = 8, algorithm: Literal["fptt", "bptt"] = "fptt",
+                 fptt: FPTTConfig | None = None, loss_weighting: Weighting = "uniform", loss_start_step: int = 0,
+                 optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
+                 scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
+                 gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
+                 backbone_lr: float | None = None) -> None:
+        super().__init__()
+        if algorithm not in ("fptt", "bptt"):
+            raise ValueError(f"algorithm must be 'fptt' or 'bptt', got {algorithm!r}")
+        self.automatic_optimization = False
+        self.num_steps, self.algorithm, self.fptt_config = num_steps, algorithm, fptt or FPTTConfig()
+        self.loss_weighting, self.loss_start_step = loss_weighting, loss_start_step
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
+        self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
+        self.freeze_backbone_epochs, self.backbone_lr = freeze_backbone_epochs, backbone_lr
+        self.fptt: FPTT | None = None
+        self._pending_fptt_state: dict | None = None
+
+    # ---- what subclasses provide -------------------------------------------------------
+    def inputs(self, batch: Any) -> tuple[Callable[[int], Tensor], int]:
+        """``(input_at, T)`` for a batch."""
+        raise NotImplementedError
+
+    def forward_step(self, x_t: Tensor, state: Any) -> tuple[Any, Any]:
+        """One model time step: ``(output_t, state)``."""
+        raise NotImplementedError
+
+    def step_loss(self, output: Any, batch: Any) -> Tensor:
+        """Scalar loss of one step's output against the batch's targets."""
+        raise NotImplementedError
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """What ``freeze_backbone_epochs`` / ``backbone_lr`` act on (empty: no such part)."""
+        return []
+
+    # ---- optimisation ------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        backbone = self.backbone_parameters()
+        if not backbone or self.backbone_lr is None:
+            groups: Any = [{"params": list(self.parameters())}]
+        else:
+            inner = {id(p) for p in backbone}
+            groups = [{"params": backbone, "lr": self.backbone_lr},
+                      {"params": [p for p in self.parameters() if id(p) not in inner]}]
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def on_fit_start(self) -> None:
+        if self.algorithm == "fptt":
+            self.fptt = FPTT(self.parameters(), self.fptt_config.alpha, self.fptt_config.beta)
+            if self._pending_fptt_state is not None:
+                self.fptt.load_state_dict(self._pending_fptt_state)
+                self._pending_fptt_state = None
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze_backbone_epochs > 0:
+            trainable = self.current_epoch >= self.freeze_backbone_epochs
+            for parameter in self.backbone_parameters():
+                parameter.requires_grad_(trainable)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Runs after AMP unscaling, so clipping sees true gradients under 16-mixed too.
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+
+    # ---- the time loop -----------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        input_at, num_steps = self.inputs(batch)
+        weights = step_weights(num_steps, self.loss_weighting, self.loss_start_step)
+        parts = self.fptt_config.parts or num_steps if self.algorithm == "fptt" else 1
+        optimizer = self.optimizers()
+        state, task_total, penalty_total = None, 0.0, 0.0
+        for span in split_steps(num_steps, parts):
+            state = detach_state(state)
+            loss, state = self._span_loss(batch, input_at, span, weights, state)
+            task_total = task_total + loss.detach()
+            if self.fptt is not None:
+                penalty = self.fptt.penalty()
+                penalty_total = penalty_total + penalty.detach()
+                loss = loss + penalty
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            if self.fptt is not None:
+                self.fptt.update()
+        if self.scheduler_interval == "step":
+            self._step_scheduler()
+        self.log("train/loss", task_total / parts, prog_bar=True, on_step=True, on_epoch=True)
+        if self.fptt is not None:
+            self.log("train/fptt_penalty", penalty_total / parts, on_step=True, on_epoch=False)
+        return task_total / parts
+
+    def _span_loss(self, batch: Any, input_at: Callable[[int], Tensor], span: range, weights: list[float],
+                   state: Any) -> tuple[Tensor, Any]:
+        """Forward the steps of ``span``; mean of the weighted losses of its weighted steps."""
+        weighted = [t for t in span if weights[t] > 0]
+        loss = torch.zeros((), device=self.device)
+        with torch.set_grad_enabled(bool(weighted)):  # no loss in this span: no graph needed
+            for t in span:
+                output, state = self.forward_step(input_at(t), state)
+                if weights[t] > 0:
+                    loss = loss + weights[t] * self.step_loss(output, batch)
+        return loss / max(len(weighted), 1), state
+
+    def run_sequence(self, batch: Any) -> list[Any]:
+        """Outputs of every time step, without gradients (evaluation)."""
+        input_at, num_steps = self.inputs(batch)
+        outputs, state = [], None
+        with torch.no_grad():
+            for t in range(num_steps):
+                output, state = self.forward_step(input_at(t), state)
+                outputs.append(output)
+        return outputs
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:
+            self.fptt.consolidate()  # validation and checkpoints then see the running average
+
+    def on_train_epoch_end(self) -> None:
+        if self.scheduler_interval == "epoch":
+            self._step_scheduler()
+
+    def _step_scheduler(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.fptt is not None:
+            checkpoint["fptt"] = self.fptt.state_dict()
+        checkpoint["fptt_config"] = asdict(self.fptt_config)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before the model reaches its device: keep it until on_fit_start builds FPTT.
+        self._pending_fptt_state = checkpoint.get("fptt")
