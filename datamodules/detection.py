@@ -1,0 +1,221 @@
+"""Shared pieces of every detection datamodule: records, samples, collate and the base module.
+
+Batch contract (what ``collate_detection`` returns and every detection loader yields)::
+
+    {"images": float [B, 3, S, S] in [0, 1] (no mean/std normalisation),
+     "targets": [ {"boxes": float [N, 4] xyxy, network-input pixels,
+                   "labels": long [N] in 0..num_classes-1,
+                   "difficult": bool [N],
+                   "image_id": int >= 1, unique within the split,
+                   "orig_size": (h, w) ints of the source image,
+                   "orig_boxes": float [N, 4] xyxy, source-image pixels,
+                   "scale": float, "pad": (pad_x, pad_y) floats}, ... B of them ]}
+
+with ``boxes = orig_boxes * scale + (pad_x, pad_y, pad_x, pad_y)`` exactly for evaluation samples.
+For augmented training samples ``scale``/``pad`` describe only the final letterbox (crops and
+flips come before it) and ``orig_boxes`` are the source boxes of the objects that survived.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from datamodules.common import make_loader
+from datamodules.transforms import LetterboxInfo, eval_transform, train_transform
+
+Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class DetectionRecord:
+    """Annotation of one source image (numpy keeps tens of thousands of records light).
+
+    Attributes:
+        image_id: unique id >= 1 within the split.
+        boxes: float32 ``[N, 4]`` xyxy in source-image pixels.
+        labels: int64 ``[N]`` contiguous class indices.
+        difficult: bool ``[N]`` (VOC difficult, COCO iscrowd).
+        path: image file, or ``None`` for generated images.
+        name: human-readable origin, e.g. ``"VOC2007/000005"``.
+    """
+
+    image_id: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    path: str | None = None
+    name: str = ""
+
+
+def make_record(image_id: int, boxes: Any, labels: Any, difficult: Any, path: str | None = None,
+                name: str = "") -> DetectionRecord:
+    """Build a record with canonical dtypes; ``boxes`` may be empty (shape ``[0, 4]``)."""
+    return DetectionRecord(image_id, np.asarray(boxes, np.float32).reshape(-1, 4),
+                           np.asarray(labels, np.int64).reshape(-1),
+                           np.asarray(difficult, bool).reshape(-1), path, name)
+
+
+def make_sample(image: torch.Tensor, record: DetectionRecord, transform: Transform,
+                drop_difficult: bool = False) -> dict[str, Any]:
+    """Apply ``transform`` to one image and its record.
+
+    Args:
+        image: uint8 ``[3, H, W]`` source image.
+        record: its annotation.
+        transform: a pipeline from :mod:`datamodules.transforms`.
+        drop_difficult: remove difficult objects before transforming (training).
+
+    Returns:
+        ``{"image": float [3, S, S], "target": dict}`` with the target described in this module.
+    """
+    keep = ~record.difficult if drop_difficult else np.ones(len(record.labels), bool)
+    orig_boxes = torch.from_numpy(record.boxes[keep])
+    height, width = image.shape[-2:]
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(orig_boxes.clone(), format="XYXY", canvas_size=(height, width)),
+        "labels": torch.from_numpy(record.labels[keep]),
+        "difficult": torch.from_numpy(record.difficult[keep]),
+        "index": torch.arange(len(orig_boxes)),
+        "letterbox": LetterboxInfo(),
+    }
+    out_image, out = transform(tv_tensors.Image(image), target)
+    info: LetterboxInfo = out["letterbox"]
+    return {"image": out_image.as_subclass(torch.Tensor), "target": {
+        "boxes": out["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4),
+        "labels": out["labels"].long(),
+        "difficult": out["difficult"].bool(),
+        "image_id": int(record.image_id),
+        "orig_size": (int(height), int(width)),
+        "orig_boxes": orig_boxes[out["index"]].reshape(-1, 4),
+        "scale": float(info.scale),
+        "pad": (float(info.pad[0]), float(info.pad[1])),
+    }}
+
+
+def collate_detection(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images to ``[B, 3, S, S]``; keep targets as a list of B dicts (N varies per image)."""
+    return {"images": torch.stack([s["image"] for s in samples]), "targets": [s["target"] for s in samples]}
+
+
+def read_rgb(path: str) -> torch.Tensor:
+    """Decode an image file to uint8 ``[3, H, W]`` RGB."""
+    try:
+        with PIL.Image.open(path) as img:
+            return F.pil_to_tensor(img.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot read image '{path}': {err}") from err
+
+
+class RecordDataset(Dataset):
+    """Detection dataset over image files described by :class:`DetectionRecord` s."""
+
+    def __init__(self, records: list[DetectionRecord], transform: Transform, drop_difficult: bool = False,
+                 class_names: list[str] | None = None) -> None:
+        self.records = records
+        self.transform = transform
+        self.drop_difficult = drop_difficult
+        self.class_names = list(class_names or [])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        return make_sample(read_rgb(record.path), record, self.transform, self.drop_difficult)
+
+
+class DetectionDataModule(L.LightningDataModule, ABC):
+    """Base for detection datamodules: transforms, stages and loaders following the batch contract.
+
+    Subclasses implement :attr:`class_names` and :meth:`make_dataset`.
+
+    Args:
+        image_size: network input side S (letterboxed square).
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes.
+        seed: seed of the epoch-reproducible shuffling.
+        augment: random augmentation on the training split (otherwise letterbox only).
+        train_difficult: keep difficult / crowd objects in training targets.
+
+    Attributes:
+        in_channels: image channels (3, RGB), for models built from the datamodule.
+    """
+
+    in_channels: int = 3
+
+    def __init__(self, image_size: int = 416, batch_size: int = 16, num_workers: int = 0, seed: int = 0,
+                 augment: bool = True, train_difficult: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.augment = augment
+        self.train_difficult = train_difficult
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    @abstractmethod
+    def class_names(self) -> list[str]:
+        """Names of the contiguous labels ``0..num_classes-1``."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @abstractmethod
+    def make_dataset(self, split: str, transform: Transform) -> Dataset:
+        """Dataset of ``split`` in ``("train", "val", "test")`` whose items come from :func:`make_sample`."""
+
+    def train_transform(self) -> Transform:
+        return train_transform(self.image_size) if self.augment else eval_transform(self.image_size)
+
+    def eval_transform(self) -> Transform:
+        return eval_transform(self.image_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets a Lightning stage needs (``fit``, ``validate``, ``test``, ``predict``)."""
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self.make_dataset("train", self.train_transform())
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = self.make_dataset("val", self.eval_transform())
+        if stage in (None, "test", "predict") and self.test_set is None:
+            if not self.test_is_val():
+                self.test_set = self.make_dataset("test", self.eval_transform())
+            else:
+                self.test_set = self.val_set if self.val_set is not None else self.make_dataset(
+                    "val", self.eval_transform())
+
+    def test_is_val(self) -> bool:
+        """Whether the test split is the validation split (then one dataset object serves both)."""
+        return False
+
+    def _loader(self, dataset: Dataset | None, split: str, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: the {split} split is not set up; call setup() first")
+        return make_loader(dataset, self.batch_size, shuffle=train, seed=self.seed,
+                           num_workers=self.num_workers, collate_fn=collate_detection, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test")

@@ -1,0 +1,129 @@
+"""Box-aware augmentation for detection, built on ``torchvision.transforms.v2``.
+
+Every pipeline here is called as ``image, target = transform(image, target)`` with
+
+- ``image``: ``tv_tensors.Image`` uint8 ``[3, H, W]``;
+- ``target``: dict with ``"boxes"`` (``tv_tensors.BoundingBoxes`` XYXY ``[N, 4]``), ``"labels"``
+  long ``[N]``, ``"difficult"`` bool ``[N]``, ``"index"`` long ``[N]`` (position of each object in
+  the source annotation, so callers can re-align per-object data after boxes are dropped) and
+  ``"letterbox"`` (a :class:`LetterboxInfo`, updated by :class:`Letterbox`).
+
+and returns ``image`` float ``[3, S, S]`` in [0, 1] with the target's boxes in input pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import PIL.Image
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+PAD_VALUE = 114  # grey used for letterbox/zoom-out padding (114/255 for float images)
+TARGET_FIELDS = ("labels", "difficult", "index")  # per-object tensors kept aligned with the boxes
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """Affine map from source-image pixels to network-input pixels: ``input = orig * scale + pad``.
+
+    Lives in the target dict as a leaf that only :class:`Letterbox` changes (other v2 transforms
+    pass it through untouched).
+    """
+
+    scale: float = 1.0
+    pad: tuple[float, float] = (0.0, 0.0)  # (pad_x, pad_y)
+
+    def then(self, scale: float, pad: tuple[float, float]) -> "LetterboxInfo":
+        """Compose with a further ``x * scale + pad`` step."""
+        return LetterboxInfo(
+            self.scale * scale, (self.pad[0] * scale + pad[0], self.pad[1] * scale + pad[1])
+        )
+
+
+def letterbox_params(height: int, width: int, size: int) -> dict[str, Any]:
+    """Scale that fits the long side into ``size``, resized shape and centring pad (left, top, right, bottom)."""
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    left, top = (size - new_w) // 2, (size - new_h) // 2
+    return dict(scale=scale, new_hw=[new_h, new_w], padding=[left, top, size - new_w - left, size - new_h - top])
+
+
+class Letterbox(v2.Transform):
+    """Resize the long side to ``size`` keeping the aspect ratio, then pad to ``size x size``.
+
+    Images are padded with grey 114 (uint8) or 114/255 (float), masks with 0. Boxes are mapped
+    exactly with one scale, ``boxes * scale + (pad_x, pad_y)``, so the recorded
+    :class:`LetterboxInfo` inverts them to within float rounding.
+    """
+
+    _transformed_types = (torch.Tensor, PIL.Image.Image, LetterboxInfo)
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"Letterbox size must be positive, got {size}")
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return letterbox_params(height, width, self.size)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        scale, (left, top) = params["scale"], params["padding"][:2]
+        if isinstance(inpt, LetterboxInfo):
+            return inpt.then(scale, (float(left), float(top)))
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            xyxy = F.convert_bounding_box_format(inpt, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+            shift = torch.tensor([left, top, left, top], dtype=xyxy.dtype)
+            moved = xyxy.as_subclass(torch.Tensor) * scale + shift
+            return tv_tensors.wrap(moved, like=xyxy, canvas_size=(self.size, self.size))
+        is_mask = isinstance(inpt, tv_tensors.Mask)
+        out = inpt
+        if list(params["new_hw"]) != list(F.get_size(inpt)):
+            mode = v2.InterpolationMode.NEAREST if is_mask else v2.InterpolationMode.BILINEAR
+            out = self._call_kernel(F.resize, inpt, params["new_hw"], interpolation=mode, antialias=True)
+        if not any(params["padding"]):
+            return out
+        fill = 0 if is_mask else (PAD_VALUE if _is_integer(inpt) else PAD_VALUE / 255.0)
+        return self._call_kernel(F.pad, out, params["padding"], fill=fill)
+
+
+def _is_integer(inpt: Any) -> bool:
+    return isinstance(inpt, PIL.Image.Image) or not inpt.is_floating_point()
+
+
+def target_fields(inputs: Any) -> tuple[torch.Tensor, ...]:
+    """``labels_getter`` for ``SanitizeBoundingBoxes``: every per-object tensor of ``(image, target)``."""
+    target = inputs[1]
+    return tuple(target[key] for key in TARGET_FIELDS if key in target)
+
+
+def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: bool = True) -> v2.Compose:
+    """Training augmentation: colour jitter, zoom-out / IoU crop, horizontal flip, sanitise, letterbox.
+
+    Args:
+        size: network input side S.
+        crop: random zoom-out (p=0.3, up to 2x) then an SSD-style ``RandomIoUCrop`` (p=0.5).
+        jitter: colour jitter (p=0.8).
+        flip: random horizontal flip (p=0.5).
+    """
+    steps: list[v2.Transform] = []
+    if jitter:
+        steps.append(v2.RandomApply([v2.ColorJitter(0.3, 0.3, 0.3, 0.03)], p=0.8))
+    if crop:
+        fill = {tv_tensors.Image: PAD_VALUE, tv_tensors.Mask: 0}
+        steps += [v2.RandomZoomOut(fill=fill, side_range=(1.0, 2.0), p=0.3),
+                  v2.RandomApply([v2.RandomIoUCrop()], p=0.5)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(labels_getter=target_fields),
+              Letterbox(size), v2.ToDtype(torch.float32, scale=True)]
+    return v2.Compose(steps)
+
+
+def eval_transform(size: int) -> v2.Compose:
+    """Evaluation: letterbox only (every box kept, mapped exactly), then float in [0, 1]."""
+    return v2.Compose([Letterbox(size), v2.ToDtype(torch.float32, scale=True)])

@@ -1,0 +1,119 @@
+"""Letterbox geometry, augmentation validity/alignment and the collate contract."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.detection import collate_detection, make_record, make_sample
+from datamodules.transforms import PAD_VALUE, LetterboxInfo, eval_transform, train_transform
+
+COLORS = torch.tensor([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20]], dtype=torch.uint8)
+
+
+def scene(height: int = 60, width: int = 100) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 [3, H, W] grey image with 4 disjoint rectangles of distinct colours; boxes [4, 4] xyxy."""
+    boxes = np.array([[0, 0, 30, 20], [70, 5, 100, 35], [10, 30, 45, 60], [55, 40, 85, 58]], np.float32)
+    image = torch.full((3, height, width), 100, dtype=torch.uint8)
+    for (x0, y0, x1, y1), color in zip(boxes.astype(int), COLORS):
+        image[:, y0:y1, x0:x1] = color[:, None, None]
+    return image, boxes
+
+
+def test_letterbox_maps_boxes_and_pads_grey() -> None:
+    image, boxes = scene()
+    record = make_record(7, boxes, [0, 1, 2, 3], [False, True, False, True])
+    sample = make_sample(image, record, eval_transform(200))
+    out, target = sample["image"], sample["target"]
+    assert out.shape == (3, 200, 200) and out.dtype == torch.float32
+    assert target["scale"] == pytest.approx(2.0) and target["pad"] == pytest.approx((0.0, 40.0))
+    pad = torch.tensor(target["pad"] * 2)
+    assert torch.allclose(target["boxes"], torch.from_numpy(boxes) * target["scale"] + pad, atol=1e-4)
+    back = (target["boxes"] - pad) / target["scale"]
+    assert torch.allclose(back, target["orig_boxes"], atol=1e-4)
+    assert torch.allclose(out[:, :40], torch.full_like(out[:, :40], PAD_VALUE / 255))
+    assert torch.allclose(out[:, 160:], torch.full_like(out[:, 160:], PAD_VALUE / 255))
+    # the content moved with the boxes: centre of each mapped box has the object's colour
+    for box, color in zip(target["boxes"], COLORS):
+        cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+        assert torch.allclose(out[:, cy, cx] * 255, color.float(), atol=2)
+    assert target["difficult"].tolist() == [False, True, False, True]
+
+
+def test_letterbox_info_composes() -> None:
+    info = LetterboxInfo(2.0, (1.0, 3.0)).then(0.5, (10.0, 0.0))
+    assert info.scale == 1.0 and info.pad == (10.5, 1.5)
+
+
+def _check_aligned(sample: dict, size: int) -> None:
+    target = sample["target"]
+    boxes, labels = target["boxes"], target["labels"]
+    assert boxes.shape == (len(labels), 4) and boxes.dtype == torch.float32
+    assert (boxes >= 0).all() and (boxes <= size).all()
+    assert (boxes[:, 2] - boxes[:, 0] >= 1).all() and (boxes[:, 3] - boxes[:, 1] >= 1).all()
+    assert target["difficult"].tolist() == [bool(label % 2) for label in labels.tolist()]
+    assert len(target["orig_boxes"]) == len(labels)
+    image = sample["image"] * 255
+    for box, label in zip(boxes, labels):  # centre of every kept box (not a sliver) shows its object
+        x0, y0, x1, y1 = box.tolist()
+        if min(x1 - x0, y1 - y0) < 4:
+            continue
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        qx, qy = max((x1 - x0) / 4, 0.5), max((y1 - y0) / 4, 0.5)
+        patch = image[:, int(cy - qy):int(np.ceil(cy + qy)), int(cx - qx):int(np.ceil(cx + qx))]
+        assert torch.allclose(patch.mean((1, 2)), COLORS[label].float(), atol=40), (box, label)
+
+
+def test_train_augmentation_keeps_boxes_valid_and_labels_aligned() -> None:
+    image, boxes = scene()
+    record = make_record(1, boxes, [0, 1, 2, 3], [False, True, False, True])
+    transform = train_transform(64, crop=True, jitter=False)
+    torch.manual_seed(0)
+    dropped = 0
+    for _ in range(60):
+        sample = make_sample(image, record, transform)
+        _check_aligned(sample, 64)
+        labels = sample["target"]["labels"]
+        dropped += len(labels) < 4
+        assert torch.equal(sample["target"]["orig_boxes"], torch.from_numpy(boxes)[labels])
+    assert dropped > 0  # crops really dropped objects and the checks above still held
+
+
+def test_flip_moves_boxes_with_pixels() -> None:
+    image, boxes = scene()
+    record = make_record(1, boxes, [0, 1, 2, 3], [False, True, False, True])
+    transform = train_transform(64, crop=False, jitter=False)
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(20):
+        sample = make_sample(image, record, transform)
+        _check_aligned(sample, 64)
+        starts.add(round(sample["target"]["boxes"][0, 0].item(), 3))
+    assert starts == {0.0, round(64 - 30 * 0.64, 3)}  # label 0 at the left edge, or mirrored to the right
+
+
+def test_train_augmentation_jitter_and_drop_difficult() -> None:
+    image, boxes = scene()
+    record = make_record(1, boxes, [0, 1, 2, 3], [False, True, False, True])
+    torch.manual_seed(1)
+    sample = make_sample(image, record, train_transform(64), drop_difficult=True)
+    target = sample["target"]
+    assert not target["difficult"].any() and set(target["labels"].tolist()) <= {0, 2}
+    assert sample["image"].min() >= 0 and sample["image"].max() <= 1
+
+
+def test_empty_image_and_collate_contract() -> None:
+    image, boxes = scene()
+    samples = [make_sample(image, make_record(1, boxes, [0, 1, 2, 3], [False] * 4), eval_transform(32)),
+               make_sample(image, make_record(2, np.zeros((0, 4)), [], []), train_transform(32))]
+    batch = collate_detection(samples)
+    assert set(batch) == {"images", "targets"}
+    assert batch["images"].shape == (2, 3, 32, 32) and batch["images"].dtype == torch.float32
+    empty = batch["targets"][1]
+    assert empty["boxes"].shape == (0, 4) and empty["orig_boxes"].shape == (0, 4)
+    assert empty["labels"].dtype == torch.long and empty["difficult"].dtype == torch.bool
+    for target, image_id in zip(batch["targets"], (1, 2)):
+        assert set(target) == {"boxes", "labels", "difficult", "image_id", "orig_size", "orig_boxes",
+                               "scale", "pad"}
+        assert target["image_id"] == image_id and target["orig_size"] == (60, 100)
+        assert isinstance(target["scale"], float) and all(isinstance(p, float) for p in target["pad"])
