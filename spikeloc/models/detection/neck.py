@@ -1,0 +1,74 @@
+"""Spiking YOLOv4-tiny neck (SPYv4), generalised to any number of scales.
+
+Deepest feature ``f_{n-1}`` (C channels): 1x1 conv to C/2 (the "lateral"), then a 3x3 conv back to
+C -> head of scale n-1. For each shallower scale i, from the deeper source (the lateral for
+i = n-2, else the fused output of scale i+1): 1x1 conv to C_i/2, nearest upsample to f_i's size,
+concatenate with f_i, 3x3 conv to C_i -> head of scale i. Every conv is an LTC-SN cell
+(:class:`~spikeloc.neurons.SpikingConv2d`); all neck outputs are spikes.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...neurons import NeuronKind, SpikingConv2d
+
+
+def _sub(state: dict | None, key: str) -> Any:
+    return None if state is None else state[key]
+
+
+class SpikingYOLONeck(nn.Module):
+    """Top-down spiking FPN of YOLOv4-tiny.
+
+    Args:
+        in_channels: channels of the backbone features, ordered by increasing stride.
+        neuron: neuron of every cell (``ltc``, ``lif`` or ``alif``).
+        neuron_kwargs: extra arguments for the neurons.
+
+    ``forward(features, state)``: ``features`` = list of ``[B, C_i, H_i, W_i]`` (increasing stride)
+    -> list of spikes ``[B, C_i, H_i, W_i]`` (same channels and sizes) and the state dict
+    ``{"lateral", "top", "reduce": [n-1], "fuse": [n-1]}``.
+    """
+
+    def __init__(self, in_channels: Sequence[int], neuron: NeuronKind = "ltc",
+                 neuron_kwargs: dict | None = None) -> None:
+        super().__init__()
+        channels = [int(c) for c in in_channels]
+        if not channels:
+            raise ValueError("the neck needs at least one feature map")
+        kwargs = dict(neuron=neuron, **(neuron_kwargs or {}))
+        top, half = channels[-1], max(channels[-1] // 2, 1)
+        self.lateral = SpikingConv2d(top, half, 1, **kwargs)
+        self.top = SpikingConv2d(half, top, 3, **kwargs)
+        reduce, fuse = [], []
+        for i in range(len(channels) - 1):
+            source = half if i == len(channels) - 2 else channels[i + 1]
+            reduced = max(channels[i] // 2, 1)
+            reduce.append(SpikingConv2d(source, reduced, 1, **kwargs))
+            fuse.append(SpikingConv2d(reduced + channels[i], channels[i], 3, **kwargs))
+        self.reduce, self.fuse = nn.ModuleList(reduce), nn.ModuleList(fuse)
+        self.out_channels = channels
+
+    def forward(self, features: Sequence[Tensor], state: dict | None = None) -> tuple[list[Tensor], dict]:
+        if len(features) != len(self.out_channels):
+            raise ValueError(f"neck built for {len(self.out_channels)} scales, got {len(features)} features")
+        n = len(features)
+        reduce_state, fuse_state = _sub(state, "reduce"), _sub(state, "fuse")
+        new_reduce: list = [None] * (n - 1)
+        new_fuse: list = [None] * (n - 1)
+        lateral, lateral_state = self.lateral(features[-1], _sub(state, "lateral"))
+        top, top_state = self.top(lateral, _sub(state, "top"))
+        outs: list[Tensor] = [top]
+        source = lateral
+        for i in reversed(range(n - 1)):
+            reduced, new_reduce[i] = self.reduce[i](source, None if reduce_state is None else reduce_state[i])
+            upsampled = F.interpolate(reduced, size=features[i].shape[-2:], mode="nearest")
+            fused, new_fuse[i] = self.fuse[i](torch.cat((upsampled, features[i]), dim=1),
+                                              None if fuse_state is None else fuse_state[i])
+            outs.insert(0, fused)
+            source = fused
+        return outs, {"lateral": lateral_state, "top": top_state, "reduce": new_reduce, "fuse": new_fuse}

@@ -1,0 +1,135 @@
+"""SpikingYOLO neck / head / detector: shapes, explicit state, readouts, gradients."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikeloc.models.detection import SPYV4_ANCHORS, SpikingYOLO, SpikingYOLONeck, YOLOHead
+from spikeloc.neurons import SpikingConv2d, detach_state, map_state, reset_state
+
+K = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops: intra-op threads only add contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyBackbone(nn.Module):
+    """Stand-in for the backbone contract: pooled input -> one LTC cell per scale."""
+
+    def __init__(self, strides: tuple[int, ...] = (16, 32), channels: tuple[int, ...] = (8, 16)) -> None:
+        super().__init__()
+        self.strides, self.out_channels = list(strides), list(channels)
+        ins = (3, *channels[:-1])
+        self.cells = nn.ModuleList(SpikingConv2d(i, o, 3) for i, o in zip(ins, channels))
+
+    def forward(self, x, state=None):
+        state = state or [None] * len(self.cells)
+        features, new_state, h, prev = [], [], x * 4, 1
+        for cell, stride, s in zip(self.cells, self.strides, state):
+            h, st = cell(F.avg_pool2d(h, stride // prev), s)
+            prev = stride
+            features.append(h)
+            new_state.append(st)
+        return features, new_state
+
+
+def _leaves(state) -> list[torch.Tensor]:
+    out = []
+    map_state(lambda t: out.append(t) or t, state)
+    return out
+
+
+def _run(model, x, steps, state=None):
+    outs = []
+    for _ in range(steps):
+        raw, state = model(x, state)
+        outs.append(raw)
+    return outs, state
+
+
+@pytest.mark.parametrize("readout", ["last", "leaky"])
+def test_detector_shapes_two_scales_three_steps(readout):
+    torch.manual_seed(0)
+    model = SpikingYOLO(TinyBackbone(), K, readout=readout)
+    x = torch.rand(2, 3, 64, 64)
+    outs, state = _run(model, x, 3)
+    assert [tuple(r.shape) for r in outs[-1]] == [(2, 3, 4, 4, 5 + K), (2, 3, 2, 2, 5 + K)]
+    assert set(state) == {"backbone", "neck", "head"}
+    assert all(t.shape[0] == 2 for t in _leaves(state))
+    assert model.anchors == [[tuple(map(float, a)) for a in scale] for scale in SPYV4_ANCHORS]
+    # The state carries memory: step 3 from the carried state differs from a fresh step.
+    fresh, _ = model(x, None)
+    carried, _ = model(x, state)
+    assert not torch.allclose(fresh[0], carried[0])
+
+
+def test_state_reset_and_detach():
+    torch.manual_seed(0)
+    model = SpikingYOLO(TinyBackbone(), K, readout="leaky").eval()
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    _, state = _run(model, x, 2)
+    assert all(t.grad_fn is None for t in _leaves(detach_state(state)))
+    fresh, _ = model(x, None)
+    reset, _ = model(x, reset_state(state, torch.tensor([True, False])))
+    assert torch.allclose(reset[0][0], fresh[0][0]) and torch.allclose(reset[1][0], fresh[1][0])
+    assert not torch.allclose(reset[0][1], fresh[0][1])
+
+
+def test_leaky_readout_integrates_last_readout():
+    torch.manual_seed(0)
+    last = SpikingYOLO(TinyBackbone(), K, readout="last").eval()
+    leaky = SpikingYOLO(TinyBackbone(), K, readout="leaky").eval()
+    missing = leaky.load_state_dict(last.state_dict(), strict=False).missing_keys
+    assert all(key.startswith("head.readouts") for key in missing) and missing
+    x = torch.rand(2, 3, 64, 64)
+    z, _ = _run(last, x, 3)
+    u, _ = _run(leaky, x, 3)
+    for scale in range(2):
+        tau = torch.sigmoid(leaky.head.readouts[scale].tau_logit).view(3, 5 + K)[None, :, None, None, :]
+        expected = torch.zeros_like(z[0][scale])
+        for t in range(3):  # u_t = (1 - tau) u_{t-1} + tau z_t
+            expected = (1 - tau) * expected + tau * z[t][scale]
+            assert torch.allclose(u[t][scale], expected, atol=1e-6)
+    assert not torch.allclose(u[2][0], z[2][0])
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    model = SpikingYOLO(TinyBackbone(), K, readout="leaky")
+    outs, _ = _run(model, torch.rand(2, 3, 64, 64), 3)
+    sum(r.square().mean() for step in outs for r in step).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_three_scales_and_channel_widths():
+    backbone = TinyBackbone(strides=(8, 16, 32), channels=(4, 8, 16))
+    anchors = [[(10, 13), (16, 30)], [(30, 61)], [(62, 45), (59, 119), (116, 90)]]
+    model = SpikingYOLO(backbone, K, anchors=anchors, neuron="lif")
+    outs, _ = _run(model, torch.rand(1, 3, 64, 64), 2)
+    assert [tuple(r.shape) for r in outs[-1]] == [(1, 2, 8, 8, 8), (1, 1, 4, 4, 8), (1, 3, 2, 2, 8)]
+    assert model.neck.lateral.out_channels == 8 and model.neck.fuse[0].out_channels == 4
+    with pytest.raises(ValueError, match="anchors"):
+        SpikingYOLO(TinyBackbone(strides=(8, 16, 32), channels=(4, 8, 16)), K)
+
+
+def test_neck_matches_yolov4_tiny_widths():
+    neck = SpikingYOLONeck([256, 512])
+    assert (neck.lateral.out_channels, neck.top.out_channels) == (256, 512)
+    assert (neck.reduce[0].out_channels, neck.fuse[0].conv.in_channels, neck.fuse[0].out_channels) == (128, 384, 256)
+    head = YOLOHead(neck.out_channels, [3, 3], 20, strides=[16, 32], image_size=416)
+    assert [c.out_channels for c in head.convs] == [75, 75]
+    bias = head.convs[0].bias.view(3, 25)  # objectness prior: ~8 objects over 26 x 26 cells
+    assert torch.allclose(bias[:, 4], torch.full((3,), math.log(8 / 26**2)))
+    with pytest.raises(ValueError):
+        YOLOHead([8], [3], K, readout="mean")

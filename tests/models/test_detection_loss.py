@@ -1,0 +1,159 @@
+"""Anchors (assignment, encode/decode) and YOLOLoss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOLoss, build_targets, decode_boxes,
+                                       encode_boxes, pad_targets)
+
+K = 4
+SIZE = 128
+SIZES = [(SIZE // s, SIZE // s) for s in SPYV4_STRIDES]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _target(boxes, labels) -> dict:
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels).long()}
+
+
+TARGETS = [_target([[88.5, 46.5, 111.5, 73.5], [20, 30, 101, 112]], [1, 3]),
+           _target([], []),
+           _target([[5, 60, 60, 120]], [0])]
+
+
+def _raw(batch: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 3, h, w, 5 + K, generator=gen) for h, w in SIZES]
+
+
+def _ideal(raw: list[torch.Tensor], targets, scale_xy: float = 1.05, match_iou: float = 0.213):
+    """Raw outputs that decode to every assigned box, with confident objectness and classes."""
+    gt = pad_targets(targets, raw[0])
+    scales = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, match_iou)
+    out = []
+    for r, target, anchors, stride in zip(raw, scales, SPYV4_ANCHORS, SPYV4_STRIDES):
+        r = r.clone()
+        b, a, y, x = target.positive.nonzero(as_tuple=True)
+        anchor_wh = torch.tensor(anchors, dtype=r.dtype)[a]
+        r[b, a, y, x, :4] = encode_boxes(target.boxes[b, a, y, x], torch.stack((x, y), -1).to(r.dtype), anchor_wh,
+                                         stride, scale_xy)
+        r[..., 4] = torch.where(target.positive, 8.0, -8.0)
+        r[..., 5:] = target.classes * 16 - 8
+        out.append(r)
+    return out, scales
+
+
+def test_assignment_best_anchor_and_threshold():
+    gt = pad_targets([_target([[88.5, 46.5, 111.5, 73.5]], [1])], torch.zeros(1))  # 23 x 27 at (100, 60)
+    only_best = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=1.0)
+    assert only_best[0].positive.nonzero().tolist() == [[0, 0, 3, 6]] and not only_best[1].positive.any()
+    # 23x27 vs 37x58 has wh-IoU 621 / 2146 = 0.289 > 0.213: that anchor predicts it too.
+    both = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=0.213)
+    assert both[0].positive.nonzero().tolist() == [[0, 0, 3, 6], [0, 1, 3, 6]]
+    assert both[0].classes[0, 1, 3, 6].tolist() == [0, 1, 0, 0]
+    # An 80x80 box matches the (81, 82) anchor present at both scales.
+    gt = pad_targets([_target([[20, 30, 100, 110]], [2])], torch.zeros(1))
+    scales = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=0.9)
+    assert scales[0].positive.nonzero().tolist() == [[0, 2, 4, 3]]
+    assert scales[1].positive.nonzero().tolist() == [[0, 0, 2, 1]]
+
+
+@pytest.mark.parametrize("scale_xy", [1.0, 1.05])
+def test_encode_decode_round_trip(scale_xy):
+    raw = _raw()
+    ideal, scales = _ideal(raw, TARGETS, scale_xy)
+    count = 0
+    for r, target, anchors, stride in zip(ideal, scales, SPYV4_ANCHORS, SPYV4_STRIDES):
+        decoded = decode_boxes(r, anchors, stride, scale_xy)
+        pos = target.positive
+        torch.testing.assert_close(decoded[pos], target.boxes[pos], atol=1e-4, rtol=0)
+        count += int(pos.sum())
+    assert count >= 3  # every box assigned at least once
+
+
+def test_zero_objects_finite_and_no_box_class_gradient():
+    empty = [_target([], []), _target([], [])]
+    raw = [r.requires_grad_() for r in _raw(batch=2)]
+    total, parts = YOLOLoss(num_classes=K)(raw, empty)
+    assert torch.isfinite(total) and parts["box"] == 0 and parts["cls"] == 0 and parts["num_pos"] == 0
+    grads = torch.autograd.grad(parts["box"] + parts["cls"], raw, allow_unused=True, retain_graph=True)
+    assert all(g is None or (g == 0).all() for g in grads)
+    total.backward()
+    assert all(torch.isfinite(r.grad).all() and r.grad[..., 4].abs().sum() > 0 for r in raw)
+
+
+def test_mixed_batch_finite_gradients():
+    raw = [r.requires_grad_() for r in _raw()]
+    total, parts = YOLOLoss(num_classes=K)(raw, TARGETS)
+    total.backward()
+    assert torch.isfinite(total) and parts["box"] > 0 and parts["num_pos"] >= 3
+    assert all(torch.isfinite(r.grad).all() for r in raw)
+    for r in raw:  # the empty image trains objectness only
+        assert (r.grad[1, ..., :4] == 0).all() and (r.grad[1, ..., 5:] == 0).all() and r.grad[1, ..., 4].any()
+
+
+def test_extreme_outputs_and_degenerate_boxes_stay_finite():
+    raw = [(r * 1e4).bfloat16().requires_grad_() for r in _raw()]
+    targets = [TARGETS[0], _target([[30, 30, 30, 60], [40, 40, 40, 40]], [1, 2]), TARGETS[2]]  # zero-area
+    total, parts = YOLOLoss(num_classes=K)(raw, targets)
+    total.backward()
+    assert torch.isfinite(total) and all(torch.isfinite(r.grad).all() for r in raw)
+    assert parts["num_pos"] == YOLOLoss(num_classes=K)(raw, TARGETS)[1]["num_pos"]
+
+
+def test_loss_decreases_toward_targets():
+    loss = YOLOLoss(num_classes=K)
+    raw = _raw()
+    ideal, _ = _ideal(raw, TARGETS)
+    values = []
+    for alpha in (0.0, 0.5, 1.0):
+        mixed = [(1 - alpha) * r + alpha * i for r, i in zip(raw, ideal)]
+        total, parts = loss(mixed, TARGETS)
+        values.append(float(total))
+    assert values[0] > values[1] > values[2]
+    assert float(parts["box"]) < 1e-3
+    params = [r.clone().requires_grad_() for r in raw]
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    start = float(loss(params, TARGETS)[0].detach())
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss(params, TARGETS)[0].backward()
+        optimizer.step()
+    assert float(loss(params, TARGETS)[0].detach()) < start
+
+
+def test_ignore_region_is_not_background():
+    target = [_target([[20, 30, 100, 110]], [2])]  # 80x80: matched by (81, 82) only with threshold 0.9
+    raw = [torch.zeros(1, 3, h, w, 5 + K) for h, w in SIZES]
+    # At stride 16, anchor (37, 58) of the centre cell predicts a box of IoU ~0.9 with the ground truth.
+    raw[0][0, 1, 4, 3, 2:4] = torch.log(torch.tensor([80 / 37, 72 / 58]))
+    raw[0][0, 1, 4, 3, 4] = 5.0
+    grads = {}
+    for ignore in (0.7, 1.0):
+        r = [t.clone().requires_grad_() for t in raw]
+        _, parts = YOLOLoss(num_classes=K, match_iou=0.9, ignore_iou=ignore)(r, target)
+        grads[ignore] = torch.autograd.grad(parts["obj"], r[0])[0][0, 1, 4, 3, 4]
+    assert grads[0.7] == 0 and grads[1.0] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host syncs")
+def test_loss_has_no_host_sync():
+    device = torch.device("cuda")
+    raw = [r.to(device).requires_grad_() for r in _raw()]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in TARGETS]
+    loss = YOLOLoss(num_classes=K)
+    loss(raw, targets)  # warm-up (lazy init may sync)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        total, _ = loss(raw, targets)
+        total.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
