@@ -1,0 +1,35 @@
+"""The command line: configs resolve, print back, and bad keys or types fail before training."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spikeloc.cli import SpikelocCLI
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def test_config_builds_linked_model_and_data():
+    cli = SpikelocCLI(args=["--config", QUICKSTART, "--trainer.max_epochs", "7", "--trainer.logger", "false"])
+    assert cli.trainer.max_epochs == 7
+    assert cli.model.net.num_classes == cli.datamodule.num_classes
+    assert cli.model.algorithm == "fptt" and cli.model.fptt_config.parts == 4
+
+
+def test_print_config_round_trips():
+    out = subprocess.run([sys.executable, "tools/train.py", "--config", QUICKSTART, "--model.init_args.num_steps",
+                          "6", "--print_config"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "num_steps: 6" in out and "class_path: spikeloc.training.SpikingClassifier" in out
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--model.init_args.num_stepz", "3"], "num_stepz"),
+    (["--model.init_args.num_steps", "three"], "num_steps"),
+    (["--model.init_args.algorithm", "rtrl"], "algorithm"),
+])
+def test_bad_keys_and_types_are_named(override, message, capsys):
+    with pytest.raises(SystemExit):
+        SpikelocCLI(args=["--config", QUICKSTART, *override])
+    assert message in capsys.readouterr().err
