@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import spikeloc.models  # noqa: F401  (registers the spiking models with timm)
+from spikeloc.models.backbones.pretrained import load_pretrained
 from .loop import OnlineModule, present
 
 
@@ -30,8 +31,7 @@ class SpikingClassifier(OnlineModule):
         super().__init__(**kwargs)
         self.net = timm.create_model(model, num_classes=num_classes, in_chans=in_channels, **(model_kwargs or {}))
         if pretrained:
-            from spikeloc.models.backbones.pretrained import load_pretrained
-            load_pretrained(self.net, pretrained, strict_shapes=False)
+            load_pretrained(self.net, pretrained)
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
@@ -44,6 +44,9 @@ class SpikingClassifier(OnlineModule):
 
     def step_loss(self, logits: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
         return F.cross_entropy(logits, batch[1])
+
+    def spiking_network(self) -> nn.Module:
+        return self.net
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         head = {id(p) for p in self.net.get_classifier().parameters()}

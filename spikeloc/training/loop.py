@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from spikeloc.models.stats import FiringStats
 from spikeloc.neurons import detach_state
 from .fptt import FPTT
 
@@ -104,6 +105,8 @@ class OnlineModule(pl.LightningModule):
         self.freeze_backbone_epochs, self.backbone_lr = freeze_backbone_epochs, backbone_lr
         self.fptt: FPTT | None = None
         self._pending_fptt_state: dict | None = None
+        self.firing: FiringStats | None = None
+        self.last_num_steps = num_steps
 
     # ---- what subclasses provide -------------------------------------------------------
     def inputs(self, batch: Any) -> tuple[Callable[[int], Tensor], int]:
@@ -117,6 +120,10 @@ class OnlineModule(pl.LightningModule):
     def step_loss(self, output: Any, batch: Any) -> Tensor:
         """Scalar loss of one step's output against the batch's targets."""
         raise NotImplementedError
+
+    def spiking_network(self) -> nn.Module | None:
+        """The module called once per step whose firing rates and SynOps evaluation reports."""
+        return None
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """What ``freeze_backbone_epochs`` / ``backbone_lr`` act on (empty: no such part)."""
@@ -196,12 +203,38 @@ class OnlineModule(pl.LightningModule):
     def run_sequence(self, batch: Any) -> list[Any]:
         """Outputs of every time step, without gradients (evaluation)."""
         input_at, num_steps = self.inputs(batch)
+        self.last_num_steps = num_steps
         outputs, state = [], None
         with torch.no_grad():
             for t in range(num_steps):
                 output, state = self.forward_step(input_at(t), state)
                 outputs.append(output)
         return outputs
+
+    # ---- firing statistics during evaluation ----------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        network = self.spiking_network()
+        self.firing = FiringStats(network) if network is not None else None
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_firing("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_firing("test")
+
+    def log_firing(self, stage: str) -> dict | None:
+        """Log mean firing rate, SynOps and energy per sample (one host sync), detach the hooks."""
+        if self.firing is None:
+            return None
+        stats = self.firing.compute(time_steps=self.last_num_steps)
+        self.firing.remove()
+        self.firing = None
+        for key in ("mean_firing_rate", "synops", "energy_snn_mj", "energy_ann_mj"):
+            self.log(f"{stage}/{key}", float(stats[key]), sync_dist=True)
+        return stats
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:

@@ -17,11 +17,17 @@ def quadrant_data(n: int, seed: int) -> TensorDataset:
 
 
 class QuadrantData(pl.LightningDataModule):
-    num_classes, in_channels, class_names = 4, 1, ["tl", "tr", "bl", "br"]
+    """Four classes (which quadrant), or with ``merged=True`` three (the bottom quadrants merged)."""
 
-    def __init__(self, num_train: int = 128, batch_size: int = 16, seed: int = 0) -> None:
+    in_channels = 1
+
+    def __init__(self, num_train: int = 128, batch_size: int = 16, seed: int = 0, merged: bool = False) -> None:
         super().__init__()
         self.train_set, self.val_set = quadrant_data(num_train, seed), quadrant_data(64, seed + 1)
+        if merged:
+            for dataset in (self.train_set, self.val_set):
+                dataset.tensors = (dataset.tensors[0], dataset.tensors[1].clamp(max=2))
+        self.num_classes = 3 if merged else 4
         self.batch_size, self.seed = batch_size, seed
 
     def train_dataloader(self):

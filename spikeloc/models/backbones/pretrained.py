@@ -41,6 +41,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     head_skipped: list[str] = field(default_factory=list)
+    input_adapted: list[str] = field(default_factory=list)
     renamed_from_ann: int = 0
     ignored_outside_prefix: int = 0
 
@@ -50,7 +51,8 @@ class LoadReport:
                  f"{len(self.loaded)} tensors loaded, {self.renamed_from_ann} renamed from ANN layout, "
                  f"{self.ignored_outside_prefix} outside the prefix ignored"]
         for title, keys in (("missing (left at init)", self.missing), ("unexpected (dropped)", self.unexpected),
-                            ("classifier skipped, shape differs", self.head_skipped)):
+                            ("classifier skipped, shape differs", self.head_skipped),
+                            ("input conv adapted to the model's input channels", self.input_adapted)):
             if keys:
                 lines.append(f"  {title}: {len(keys)}: {_compact(keys)}")
         for key, got, want in self.mismatched:
@@ -129,6 +131,7 @@ def match_state_dict(state_dict: dict[str, Tensor], model: nn.Module, strict_sha
     """
     target = model.state_dict()
     model_keys, head = set(target), _classifier_prefix(model)
+    stem = next((key for key, value in target.items() if value.dim() == 4), None)  # the input conv
     prefix = detect_prefix(list(state_dict), model_keys) if prefix is None else prefix
     report = LoadReport(source=source, prefix=prefix)
     matched: dict[str, Tensor] = {}
@@ -143,6 +146,10 @@ def match_state_dict(state_dict: dict[str, Tensor], model: nn.Module, strict_sha
         elif value.shape == target[name].shape:
             matched[name] = value
             report.renamed_from_ann += name != stripped
+        elif name == stem and _differs_in_input_channels(value, target[name]):
+            # e.g. weights pretrained on grayscale frames feeding RGB images or 2-polarity events
+            matched[name] = adapt_input_channels(value, target[name].shape[1])
+            report.input_adapted.append(name)
         elif head is not None and name.startswith(head):
             report.head_skipped.append(name)
         else:
@@ -155,6 +162,17 @@ def match_state_dict(state_dict: dict[str, Tensor], model: nn.Module, strict_sha
     report.unexpected.sort()
     report.head_skipped.sort()
     return matched, report
+
+
+def adapt_input_channels(weight: Tensor, channels: int) -> Tensor:
+    """Conv kernel ``[O, I, k, k]`` -> ``[O, channels, k, k]``: input channels tiled, rescaled by
+    ``I / channels`` so a constant input gives the same response (timm's rule, any I)."""
+    repeats = -(-channels // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :channels] * (weight.shape[1] / channels)
+
+
+def _differs_in_input_channels(saved: Tensor, wanted: Tensor) -> bool:
+    return saved.dim() == wanted.dim() == 4 and saved.shape[0] == wanted.shape[0] and saved.shape[2:] == wanted.shape[2:]
 
 
 def _log(report: LoadReport) -> None:
