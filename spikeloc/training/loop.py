@@ -184,6 +184,7 @@ class OnlineModule(pl.LightningModule):
         if self.scheduler_interval == "step":
             self._step_scheduler()
         self.log("train/loss", task_total / parts, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
         if self.fptt is not None:
             self.log("train/fptt_penalty", penalty_total / parts, on_step=True, on_epoch=False)
         return task_total / parts
