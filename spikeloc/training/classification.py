@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import timm
-import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -31,7 +31,7 @@ class SpikingClassifier(OnlineModule):
         super().__init__(**kwargs)
         self.net = timm.create_model(model, num_classes=num_classes, in_chans=in_channels, **(model_kwargs or {}))
         if pretrained:
-            load_pretrained(self.net, pretrained)
+            rank_zero_info(load_pretrained(self.net, pretrained).summary())
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
 

@@ -105,7 +105,8 @@ class OnlineModule(pl.LightningModule):
         self.freeze_backbone_epochs, self.backbone_lr = freeze_backbone_epochs, backbone_lr
         self.fptt: FPTT | None = None
         self._pending_fptt_state: dict | None = None
-        self.firing: FiringStats | None = None
+        self.firing_stats: FiringStats | None = None
+        self.firing: dict[str, Any] = {}  # FiringStats.compute() of the last evaluation
         self.last_num_steps = num_steps
 
     # ---- what subclasses provide -------------------------------------------------------
@@ -213,29 +214,32 @@ class OnlineModule(pl.LightningModule):
         return outputs
 
     # ---- firing statistics during evaluation ----------------------------------------------
-    def on_validation_epoch_start(self) -> None:
+    def start_firing(self) -> None:
+        """Attach :class:`FiringStats` to :meth:`spiking_network` for one evaluation epoch."""
         network = self.spiking_network()
-        self.firing = FiringStats(network) if network is not None else None
+        self.firing_stats = FiringStats(network) if network is not None else None
+
+    def log_firing(self, stage: str) -> None:
+        """Compute (one host sync), keep in ``self.firing``, log per-sample figures, detach hooks."""
+        if self.firing_stats is None:
+            return
+        self.firing = self.firing_stats.compute(time_steps=self.last_num_steps)
+        self.firing_stats.remove()
+        self.firing_stats = None
+        for key in ("mean_firing_rate", "synops", "energy_snn_mj", "energy_ann_mj"):
+            self.log(f"{stage}/{key}", float(self.firing[key]), sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self.start_firing()
 
     def on_validation_epoch_end(self) -> None:
         self.log_firing("val")
 
     def on_test_epoch_start(self) -> None:
-        self.on_validation_epoch_start()
+        self.start_firing()
 
     def on_test_epoch_end(self) -> None:
         self.log_firing("test")
-
-    def log_firing(self, stage: str) -> dict | None:
-        """Log mean firing rate, SynOps and energy per sample (one host sync), detach the hooks."""
-        if self.firing is None:
-            return None
-        stats = self.firing.compute(time_steps=self.last_num_steps)
-        self.firing.remove()
-        self.firing = None
-        for key in ("mean_firing_rate", "synops", "energy_snn_mj", "energy_ann_mj"):
-            self.log(f"{stage}/{key}", float(stats[key]), sync_dist=True)
-        return stats
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:

@@ -14,14 +14,6 @@ from spikeloc.neurons import SpikingConv2d, detach_state, map_state, reset_state
 K = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: intra-op threads only add contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class TinyBackbone(nn.Module):
     """Stand-in for the backbone contract: pooled input -> one LTC cell per scale."""

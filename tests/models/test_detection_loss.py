@@ -12,13 +12,6 @@ SIZE = 128
 SIZES = [(SIZE // s, SIZE // s) for s in SPYV4_STRIDES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _target(boxes, labels) -> dict:
     return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels).long()}
