@@ -1,0 +1,241 @@
+"""Peak training memory of one LTC-SN network under FPTT (K = T) and BPTT, over T (DESIGN 1.2, 4).
+
+Every (algorithm, T) runs in a fresh worker process (this file with ``--worker``) that trains a
+``SpikingClassifier`` (``ltc_convnet``) with a Lightning ``Trainer`` for a few batches of static
+synthetic frames. The baseline is taken at the first ``on_train_batch_start`` (model, data,
+optimizer and FPTT state already built) and the peak at ``on_train_end``:
+
+- CPU: ``VmHWM - VmRSS(baseline)`` after resetting the peak with ``5 > /proc/self/clear_refs``
+  (fallback: ``getrusage`` peak since process start, which cannot be reset);
+- CUDA: ``max_memory_allocated - memory_allocated(baseline)`` after ``reset_peak_memory_stats``.
+
+Usage::
+
+    python benchmarks/memory.py [--steps 4 8 16 32 64] [--batch-size 8] [--image-size 128]
+                                [--repeats 1] [--device cpu|cuda] [--json] [--plot mem.png]
+
+With ``--json`` the last stdout line is ``{"fptt": {"T": bytes, ...}, "bptt": {...}}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ALGORITHMS = ("fptt", "bptt")
+MIB = 2 ** 20
+# glibc: few arenas, and a fixed mmap threshold (no dynamic growth), so big freed tensors go
+# straight back to the kernel and RSS follows live memory instead of allocator history.
+WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+# ---- measuring (worker side) -------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+class Meter:
+    """Memory training adds on top of the footprint at :meth:`start` (bytes), on CPU or CUDA."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.base, self.method = device, 0, ""
+
+    def start(self) -> None:
+        """Take the baseline and reset the peak counter."""
+        import gc
+        import torch
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base, self.method = torch.cuda.memory_allocated(), "cuda max_memory_allocated"
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.method = "VmHWM after clear_refs"
+        except OSError:
+            self.method = "getrusage ru_maxrss (peak since process start: clear_refs not writable)"
+        self.base = _status_kib("VmRSS") * 1024
+
+    def peak(self) -> int:
+        """Peak since :meth:`start` minus the baseline (bytes)."""
+        import torch
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.base
+        if self.method.startswith("VmHWM"):
+            return _status_kib("VmHWM") * 1024 - self.base
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
+
+
+def _probe(meter: Meter) -> Any:
+    """A Lightning callback: baseline at the first batch's start, peak at the end of training."""
+    from lightning.pytorch import Callback
+
+    class MemoryProbe(Callback):
+        def __init__(self) -> None:
+            self.started, self.result = False, None
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            if not self.started:
+                self.started = True
+                meter.start()
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            self.result = meter.peak()
+
+    return MemoryProbe()
+
+
+def _fit(algorithm: str, num_steps: int, size: int, batch_size: int, batches: int, args: argparse.Namespace,
+         callbacks: list[Any]) -> Any:
+    """Train a fresh ``SpikingClassifier`` for ``batches`` batches of static ``[B, 3, size, size]`` frames."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import TensorDataset
+    from datamodules.common import make_loader
+    from spikeloc.training import FPTTConfig, SpikingClassifier
+
+    torch.manual_seed(0)
+    classes = 10
+    data = TensorDataset(torch.rand(batch_size * batches, 3, size, size),
+                         torch.randint(0, classes, (batch_size * batches,)))
+    module = SpikingClassifier(model="ltc_convnet", num_classes=classes, in_channels=3,
+                               model_kwargs={"channels": list(args.channels)}, num_steps=num_steps,
+                               algorithm=algorithm, fptt=FPTTConfig(parts=None),
+                               optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+    trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1, max_epochs=1,
+                         limit_train_batches=batches, limit_val_batches=0, num_sanity_val_steps=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=callbacks, default_root_dir=args.root)
+    trainer.fit(module, train_dataloaders=make_loader(data, batch_size, shuffle=False))
+    return module
+
+
+def measure(algorithm: str, num_steps: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak bytes that training ``args.batches`` batches with ``algorithm`` over ``num_steps`` adds.
+
+    A tiny warm-up fit first pages in the library code training touches (file-backed RSS),
+    so the measured peak is the training's own memory, not a one-off code load.
+    """
+    import torch
+    torch.set_num_threads(args.threads)
+    if args.warmup:
+        _fit(algorithm, 2, 16, 2, 1, args, [])
+    meter = Meter(args.device)
+    probe = _probe(meter)
+    module = _fit(algorithm, num_steps, args.image_size, args.batch_size, args.batches, args, [probe])
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    return {"peak": int(probe.result), "baseline": int(meter.base), "params": params, "method": meter.method}
+
+
+# ---- driving (parent side) ---------------------------------------------------------------
+def run_worker(algorithm: str, num_steps: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement in a fresh interpreter; its last stdout line is the result."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", algorithm, "--steps", str(num_steps),
+               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+               "--batches", str(args.batches), "--threads", str(args.threads), "--device", args.device,
+               *([] if args.warmup else ["--no-warmup"]),
+               "--channels", *map(str, args.channels)]
+    env = {**os.environ, **WORKER_ENV, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=args.root)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {algorithm} T={num_steps} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_table(args: argparse.Namespace) -> tuple[dict[str, dict[str, int]], dict[str, Any]]:
+    """Median peak bytes per algorithm and T (``{"fptt": {"4": b, ...}, "bptt": ...}``) and run info."""
+    table: dict[str, dict[str, int]] = {name: {} for name in ALGORITHMS}
+    info: dict[str, Any] = {}
+    for num_steps in args.steps:
+        for algorithm in ALGORITHMS:
+            runs = [run_worker(algorithm, num_steps, args) for _ in range(args.repeats)]
+            table[algorithm][str(num_steps)] = int(statistics.median(r["peak"] for r in runs))
+            info = {"method": runs[0]["method"], "params": runs[0]["params"], "baseline": runs[0]["baseline"]}
+            if not args.json:
+                print(f"  measured {algorithm} T={num_steps}: "
+                      f"{table[algorithm][str(num_steps)] / MIB:.1f} MiB", file=sys.stderr, flush=True)
+    return table, info
+
+
+def report(table: dict[str, dict[str, int]], info: dict[str, Any], args: argparse.Namespace) -> None:
+    """Print the readable table: T, FPTT MiB, BPTT MiB, BPTT/FPTT, and FPTT's growth over T."""
+    print(f"Peak training memory over the baseline ({args.device}, {info['method']}; median of "
+          f"{args.repeats}); ltc_convnet channels={list(args.channels)}, batch={args.batch_size}, "
+          f"frames 3x{args.image_size}x{args.image_size}, {args.batches} batches, "
+          f"params {info['params'] / MIB:.2f} MiB")
+    print(f"{'T':>4} {'FPTT MiB':>10} {'BPTT MiB':>10} {'BPTT/FPTT':>10}")
+    for num_steps in args.steps:
+        fptt, bptt = table["fptt"][str(num_steps)], table["bptt"][str(num_steps)]
+        print(f"{num_steps:>4} {fptt / MIB:>10.1f} {bptt / MIB:>10.1f} {bptt / max(fptt, 1):>10.2f}")
+    first, last = str(args.steps[0]), str(args.steps[-1])
+    growth = table["fptt"][last] / max(table["fptt"][first], 1)
+    print(f"FPTT T={last} / T={first}: {growth:.2f}x   "
+          f"BPTT T={last} / T={first}: {table['bptt'][last] / max(table['bptt'][first], 1):.2f}x")
+
+
+def plot(table: dict[str, dict[str, int]], steps: list[int], path: str) -> None:
+    """Save a PNG of peak MiB against T for both algorithms."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for algorithm in ALGORITHMS:
+        axes.plot(steps, [table[algorithm][str(t)] / MIB for t in steps], marker="o", label=algorithm.upper())
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(steps, [str(t) for t in steps])
+    axes.set(xlabel="time steps T", ylabel="peak training memory (MiB)", title="FPTT (K = T) vs BPTT")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line; ``--worker ALGO`` (internal) measures one algorithm at ``--steps T``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="values of T")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=128, help="side of the square static frames")
+    parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32], help="ltc_convnet cells")
+    parser.add_argument("--batches", type=int, default=3, help="training batches per measurement")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per cell (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the workers")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="skip the tiny warm-up fit that pages in library code before the baseline")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    parser.add_argument("--plot", metavar="PATH", help="save a PNG of memory against T")
+    parser.add_argument("--worker", choices=ALGORITHMS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.root = str(Path(__file__).resolve().parent.parent)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.steps[0], args)))
+        return
+    table, info = run_table(args)
+    if args.plot:
+        plot(table, args.steps, args.plot)
+    if args.json:
+        print(json.dumps(table))
+    else:
+        report(table, info, args)
+
+
+if __name__ == "__main__":
+    main()
