@@ -9,6 +9,11 @@ optimizer and FPTT state already built) and the peak at ``on_train_end``:
   (fallback: ``getrusage`` peak since process start, which cannot be reset);
 - CUDA: ``max_memory_allocated - memory_allocated(baseline)`` after ``reset_peak_memory_stats``.
 
+So the figure holds activations, gradients, Adam's state and per-step temporaries, not the
+parameters or FPTT's running average / trace (built in ``on_fit_start``). Before measuring, each
+worker runs a tiny warm-up fit so library code paged in on first use (file-backed RSS) is not
+counted, and runs under glibc settings that make freed tensors leave the RSS (``WORKER_ENV``).
+
 Usage::
 
     python benchmarks/memory.py [--steps 4 8 16 32 64] [--batch-size 8] [--image-size 128]
@@ -135,6 +140,8 @@ def measure(algorithm: str, num_steps: int, args: argparse.Namespace) -> dict[st
     meter = Meter(args.device)
     probe = _probe(meter)
     module = _fit(algorithm, num_steps, args.image_size, args.batch_size, args.batches, args, [probe])
+    if probe.result is None:
+        raise RuntimeError("training ended before the memory probe saw a batch")
     params = sum(p.numel() * p.element_size() for p in module.parameters())
     return {"peak": int(probe.result), "baseline": int(meter.base), "params": params, "method": meter.method}
 
@@ -174,7 +181,7 @@ def report(table: dict[str, dict[str, int]], info: dict[str, Any], args: argpars
     print(f"Peak training memory over the baseline ({args.device}, {info['method']}; median of "
           f"{args.repeats}); ltc_convnet channels={list(args.channels)}, batch={args.batch_size}, "
           f"frames 3x{args.image_size}x{args.image_size}, {args.batches} batches, "
-          f"params {info['params'] / MIB:.2f} MiB")
+          f"params {info['params'] / MIB:.2f} MiB, footprint at the baseline {info['baseline'] / MIB:.0f} MiB")
     print(f"{'T':>4} {'FPTT MiB':>10} {'BPTT MiB':>10} {'BPTT/FPTT':>10}")
     for num_steps in args.steps:
         fptt, bptt = table["fptt"][str(num_steps)], table["bptt"][str(num_steps)]
