@@ -1,6 +1,8 @@
-"""Lightning glue: the shared FPTT / BPTT loop, task modules, callbacks."""
+"""Lightning glue: the shared FPTT / BPTT loop and the task modules."""
 from .classification import SpikingClassifier
+from .detection import SpikingDetector
 from .fptt import FPTT
 from .loop import FPTTConfig, OnlineModule, present, split_steps, step_weights
 
-__all__ = ["FPTT", "FPTTConfig", "OnlineModule", "SpikingClassifier", "present", "split_steps", "step_weights"]
+__all__ = ["FPTT", "FPTTConfig", "OnlineModule", "SpikingClassifier", "SpikingDetector", "present", "split_steps",
+           "step_weights"]

@@ -11,15 +11,15 @@ import warnings
 from typing import Any, Callable, Literal, Sequence
 
 import timm
-import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-import spikeloc.models.backbones  # noqa: F401  (registers the spiking backbones with timm)
+import spikeloc.models  # noqa: F401  (registers the spiking models with timm)
 from spikeloc.metrics.detection_map import DetectionMAP
+from spikeloc.models.backbones.pretrained import load_pretrained
 from spikeloc.models.detection import (SPYV4_ANCHORS, SpikingYOLO, YOLOLoss, YOLOPostprocess,
                                        detections_to_original)
-from spikeloc.models.stats import FiringStats
 from .loop import OnlineModule, present
 
 Batch = dict[str, Any]  # {"images": [B, 3, S, S] or [B, T, 3, S, S], "targets": [B dicts]}
@@ -87,8 +87,7 @@ class SpikingDetector(OnlineModule):
         super().__init__(**kwargs)
         net = timm.create_model(backbone, num_classes=0, in_chans=in_channels, **(backbone_kwargs or {}))
         if pretrained:
-            from spikeloc.models.backbones.pretrained import load_pretrained
-            print(load_pretrained(net, pretrained).summary())
+            rank_zero_info(load_pretrained(net, pretrained).summary())
         anchors = anchors if anchors is not None else scaled_anchors(image_size)
         self.model = SpikingYOLO(net, num_classes, anchors, readout, image_size=image_size, **(neck_kwargs or {}))
         self.loss = YOLOLoss(self.model.anchors, self.model.strides, num_classes, **(loss_kwargs or {}))
@@ -99,11 +98,8 @@ class SpikingDetector(OnlineModule):
         self._check_class_names()
         self.map_50_per_step: list[float] = []  # mAP@0.5 of every time step, last evaluation
         self.eval_results: dict[str, Any] = {}  # DetectionMAP.compute() at the last step, last evaluation
-        self.firing: dict[str, Any] = {}  # FiringStats.compute(), last evaluation
         self.last_metric: DetectionMAP | None = None  # last step over all ranks (rank 0), for results files
         self._maps: list[DetectionMAP] = []
-        self._stats: FiringStats | None = None
-        self._eval_steps = 0
         self._parts: dict[str, Tensor] = {}
 
     def _check_class_names(self) -> None:
@@ -137,6 +133,9 @@ class SpikingDetector(OnlineModule):
         self._parts["steps"] = self._parts.get("steps", 0) + 1
         return total
 
+    def spiking_network(self) -> nn.Module:
+        return self.model
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.model.backbone.parameters())
 
@@ -155,15 +154,12 @@ class SpikingDetector(OnlineModule):
 
     # ---- evaluation ----------------------------------------------------------------------
     def _start_eval(self) -> None:
-        self._maps, self._eval_steps = [], 0
-        if self._stats is None:
-            self._stats = FiringStats(self.model)
-        self._stats.reset()
+        self._maps = []
+        self.start_firing()
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
         outputs = self.run_sequence(batch)  # T lists of raw outputs
         targets = batch["targets"]
-        self._eval_steps = len(outputs)
         while len(self._maps) < len(outputs):
             self._maps.append(DetectionMAP(self.class_names or []))
         for metric, raw in zip(self._maps, outputs):
@@ -173,10 +169,7 @@ class SpikingDetector(OnlineModule):
 
     def _end_eval(self, stage: str) -> None:
         results, self.last_metric = gather_and_compute(self._maps, self.class_names or [])
-        if self._stats is not None:
-            self.firing = self._stats.compute(time_steps=max(self._eval_steps, 1))
-            self._stats.remove()
-            self._stats = None
+        self.log_firing(stage)
         if not results:
             return
         self.map_50_per_step = [r["map_50"] for r in results]
@@ -185,10 +178,6 @@ class SpikingDetector(OnlineModule):
             self.log(f"{stage}/{key}", float(self.eval_results[key]), prog_bar=key == "map_50")
         for t, value in enumerate(self.map_50_per_step):
             self.log(f"{stage}/map_50_step{t}", float(value))
-        if self.firing:
-            self.log(f"{stage}/firing_rate", float(self.firing["mean_firing_rate"]), sync_dist=True)
-            self.log(f"{stage}/synops", float(self.firing["synops"]), sync_dist=True)
-            self.log(f"{stage}/energy_mj", float(self.firing["energy_snn_mj"]), sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()

@@ -184,7 +184,8 @@ class OnlineModule(pl.LightningModule):
                 self.fptt.update()
         if self.scheduler_interval == "step":
             self._step_scheduler()
-        self.log("train/loss", task_total / parts, prog_bar=True, on_step=True, on_epoch=True)
+        batch_size = input_at(0).shape[0]
+        self.log("train/loss", task_total / parts, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
         if self.fptt is not None:
             self.log("train/fptt_penalty", penalty_total / parts, on_step=True, on_epoch=False)
