@@ -153,9 +153,9 @@ class SpikingDetector(OnlineModule):
         return self.postprocess(self.run_sequence({"images": images})[step])
 
     # ---- evaluation ----------------------------------------------------------------------
-    def _start_eval(self) -> None:
+    def start_evaluation(self) -> None:
+        super().start_evaluation()
         self._maps = []
-        self.start_firing()
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
         outputs = self.run_sequence(batch)  # T lists of raw outputs
@@ -167,9 +167,9 @@ class SpikingDetector(OnlineModule):
         loss, _ = self.loss(outputs[-1], targets)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(targets))
 
-    def _end_eval(self, stage: str) -> None:
+    def end_evaluation(self, stage: str) -> None:
         results, self.last_metric = gather_and_compute(self._maps, self.class_names or [])
-        self.log_firing(stage)
+        super().end_evaluation(stage)
         if not results:
             return
         self.map_50_per_step = [r["map_50"] for r in results]
@@ -179,20 +179,8 @@ class SpikingDetector(OnlineModule):
         for t, value in enumerate(self.map_50_per_step):
             self.log(f"{stage}/map_50_step{t}", float(value))
 
-    def on_validation_epoch_start(self) -> None:
-        self._start_eval()
-
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_eval()
-
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval("test")

@@ -214,14 +214,14 @@ class OnlineModule(pl.LightningModule):
                 outputs.append(output)
         return outputs
 
-    # ---- firing statistics during evaluation ----------------------------------------------
-    def start_firing(self) -> None:
+    # ---- evaluation epochs: subclasses extend these two, the hooks below call them ---------
+    def start_evaluation(self) -> None:
         """Attach :class:`FiringStats` to :meth:`spiking_network` for one evaluation epoch."""
         network = self.spiking_network()
         self.firing_stats = FiringStats(network) if network is not None else None
 
-    def log_firing(self, stage: str) -> None:
-        """Compute (one host sync), keep in ``self.firing``, log per-sample figures, detach hooks."""
+    def end_evaluation(self, stage: str) -> None:
+        """Firing statistics (one host sync) into ``self.firing``, logged per sample; hooks detached."""
         if self.firing_stats is None:
             return
         self.firing = self.firing_stats.compute(time_steps=self.last_num_steps)
@@ -231,16 +231,16 @@ class OnlineModule(pl.LightningModule):
             self.log(f"{stage}/{key}", float(self.firing[key]), sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
-        self.start_firing()
+        self.start_evaluation()
 
     def on_validation_epoch_end(self) -> None:
-        self.log_firing("val")
+        self.end_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
-        self.start_firing()
+        self.start_evaluation()
 
     def on_test_epoch_end(self) -> None:
-        self.log_firing("test")
+        self.end_evaluation("test")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:
