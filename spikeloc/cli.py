@@ -15,10 +15,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from spikeloc.training.loop import OnlineModule
 
+# model arguments the datamodule decides (linked when both have them, so a config says them once)
+LINKED_FROM_DATA = ("num_classes", "in_channels", "image_size", "class_names")
+
 
 class SpikelocCLI(LightningCLI):
-    """``model`` and ``data`` are chosen by ``class_path``; the datamodule's ``num_classes``
-    and ``in_channels`` flow into the model; ``checkpoint`` configures ModelCheckpoint."""
+    """``model`` and ``data`` are chosen by ``class_path``; the datamodule's ``num_classes``,
+    ``in_channels``, ``image_size`` and ``class_names`` flow into the model (where it takes them);
+    ``checkpoint`` configures ModelCheckpoint."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         super().__init__(OnlineModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
@@ -31,8 +35,8 @@ class SpikelocCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
                              "checkpoint.auto_insert_metric_name": False})
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
+        for key in LINKED_FROM_DATA:
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
 
 
 def train(args: Any = None) -> SpikelocCLI:

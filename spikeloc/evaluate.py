@@ -1,136 +1,107 @@
-"""Evaluation and prediction helpers for trained detectors (the logic behind ``tools/eval.py`` and
-``tools/predict.py``): build the run from its YAML, load a checkpoint, run a split, report, draw."""
+"""What ``tools/eval.py`` and ``tools/predict.py`` share: a run rebuilt from a checkpoint (optionally
+overridden by a config), a readable report of the logged metrics, and image files as a dataset."""
 from __future__ import annotations
 
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import numpy as np
-import torch
-from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-from spikeloc.cli import SpikelocCLI
-from spikeloc.training.detection import SpikingDetector
-from spikeloc.visualize import draw_detections, plot_map_vs_step, save_png
+from spikeloc.checkpoints import load_checkpoint
+from spikeloc.cli import LINKED_FROM_DATA, SpikelocCLI
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def build_detector_run(config: str, overrides: Sequence[str] = ()) -> SpikelocCLI:
-    """The datamodule, model and trainer of ``config`` (plus CLI ``overrides``), nothing trained.
+def _component(hparams: dict[str, Any] | None, class_path: str | None, drop: Sequence[str] = ()) -> str | None:
+    """``{"class_path", "init_args"}`` as JSON from saved hyperparameters (``None`` when there are none)."""
+    hparams = dict(hparams or {})
+    class_path = hparams.pop("_class_path", None) or class_path
+    if not class_path or not hparams:
+        return None
+    init_args = {key: value for key, value in hparams.items() if not key.startswith("_") and key not in drop}
+    return json.dumps({"class_path": class_path, "init_args": init_args})
 
-    The trainer logs nothing and no config is saved; the backbone's ``pretrained`` file is not
-    read again (the checkpoint holds every weight).
+
+def checkpoint_args(path: str | Path) -> list[str]:
+    """CLI arguments that rebuild the model and datamodule a checkpoint was trained with.
+
+    The model's init arguments come from its ``hyper_parameters``, the datamodule's from
+    ``datamodule_hyper_parameters``; ``num_classes``, ``in_channels``, ``image_size`` and
+    ``class_names`` are left to the CLI's links from the datamodule.
     """
-    args = ["--config", str(config), "--trainer.logger=false", "--model.init_args.pretrained=null", *overrides]
+    checkpoint = load_checkpoint(path)
+    classes = checkpoint.get("class_paths") or {}
+    model = _component(checkpoint.get("hyper_parameters"), classes.get("model"), LINKED_FROM_DATA)
+    if model is None:
+        raise ValueError(f"{path}: no model hyperparameters or class in the checkpoint; pass --config")
+    data = _component(checkpoint.get("datamodule_hyper_parameters"), classes.get("data"))
+    return ["--model", model] + (["--data", data] if data else [])
+
+
+def build_run(ckpt: str | Path, config: str | None = None, overrides: Sequence[str] = ()) -> SpikelocCLI:
+    """Datamodule, model and trainer as the checkpoint describes them, then ``config`` and the CLI
+    ``overrides`` on top (another data root, thresholds, trainer flags). Nothing is trained or loaded:
+    pass ``ckpt_path`` to the trainer. The trainer logs nothing, no config is saved and the backbone's
+    ``pretrained`` file is not read (the checkpoint holds every weight)."""
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"--ckpt {ckpt}: no such file")
+    args = checkpoint_args(ckpt)
+    if config is None and "--data" not in args:
+        raise ValueError(f"{ckpt} holds no datamodule arguments (its datamodule does not call "
+                         "save_hyperparameters): pass --config with a data section")
+    args += (["--config", str(config)] if config else []) + ["--trainer.logger=false",
+                                                           "--model.init_args.pretrained=null", *overrides]
     with warnings.catch_warnings():  # the tool's own argv is not the CLI's: the arguments are passed explicitly
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = SpikelocCLI(args, save_config_callback=None)
-    if not isinstance(cli.model, SpikingDetector):
-        raise TypeError(f"{config}: model.class_path must be a SpikingDetector, got {type(cli.model).__name__}")
-    return cli
+        return SpikelocCLI(args, save_config_callback=None)
 
 
-def load_weights(module: torch.nn.Module, path: str | Path) -> None:
-    """Load a Lightning checkpoint's ``state_dict`` (read with ``weights_only=True``) into ``module``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
-    module.load_state_dict(checkpoint["state_dict"])
-
-
-def run_split(cli: SpikelocCLI, split: str) -> SpikingDetector:
-    """Evaluate the model on ``split`` (``val`` or ``test``) with the config's trainer (progress bar on)."""
-    if split not in ("val", "test"):
-        raise ValueError(f"--split must be 'val' or 'test', got {split!r}")
-    run = cli.trainer.validate if split == "val" else cli.trainer.test
-    run(cli.model, datamodule=cli.datamodule, verbose=False)
-    return cli.model
-
-
-def summary(module: SpikingDetector) -> dict[str, Any]:
-    """JSON-ready results of the module's last evaluation."""
-    res, firing = module.eval_results, module.firing
-    out = {key: res.get(key) for key in ("map", "map_50", "map_75", "voc07")}
-    out["per_class"] = dict(res.get("per_class", {}))
-    out["map_50_per_step"] = list(module.map_50_per_step)
-    if firing:
-        out["firing"] = {"mean_firing_rate": firing["mean_firing_rate"], "per_layer": firing["firing_rate"]}
-        out["energy"] = {key: firing[key] for key in ("synops", "macs", "ann_macs", "energy_snn_mj",
-                                                       "energy_ann_mj", "energy_ratio")}
-    return out
+def summary(metrics: dict[str, float], stage: str) -> dict[str, Any]:
+    """Logged ``<stage>/...`` metrics, grouped: ``per_class`` (``ap_50/<name>``), ``map_50_per_step``
+    (``map_50_step<t>``), ``firing_rate`` (``firing_rate/<layer>``); the rest under their own names."""
+    out: dict[str, Any] = {}
+    groups: dict[str, dict] = {"per_class": {}, "map_50_per_step": {}, "firing_rate": {}}
+    for key, value in metrics.items():
+        name = key.removeprefix(f"{stage}/")
+        if name.startswith("ap_50/"):
+            groups["per_class"][name.removeprefix("ap_50/")] = value
+        elif name.startswith("map_50_step"):
+            groups["map_50_per_step"][int(name.removeprefix("map_50_step"))] = value
+        elif name.startswith("firing_rate/"):
+            groups["firing_rate"][name.removeprefix("firing_rate/")] = value
+        else:
+            out[name] = value
+    if groups["map_50_per_step"]:
+        groups["map_50_per_step"] = [value for _, value in sorted(groups["map_50_per_step"].items())]
+    return {**out, **{name: group for name, group in groups.items() if group}}
 
 
 def format_report(results: dict[str, Any]) -> str:
-    """Readable text report of :func:`summary`'s dict."""
-    lines = ["", "Detection, AP in percent (prediction read at the last time step)",
-             f"  mAP@[.5:.95] (COCO) {100 * results['map']:6.2f}",
-             f"  mAP@0.5             {100 * results['map_50']:6.2f}",
-             f"  mAP@0.75            {100 * results['map_75']:6.2f}",
-             f"  VOC07 11-point @0.5 {100 * results['voc07']:6.2f}", "", "  AP@0.5 per class:"]
-    for name, ap in results["per_class"].items():
-        lines.append(f"    {name:<16s} {'   n/a' if ap < 0 else f'{100 * ap:6.2f}'}")
-    steps = results["map_50_per_step"]
-    lines += ["", "  mAP@0.5 per time step: " + "  ".join(f"t{t + 1}={100 * v:.1f}" for t, v in enumerate(steps))]
-    if "energy" in results:
-        energy, firing = results["energy"], results["firing"]
-        lines += ["", f"  mean firing rate     {firing['mean_firing_rate']:.4f} spikes/neuron/step",
-                  f"  SynOps per sample    {energy['synops']:.3e} (+ {energy['macs']:.3e} MACs)",
-                  f"  energy per sample    {energy['energy_snn_mj']:.4f} mJ (ANN: {energy['energy_ann_mj']:.4f} mJ,"
-                  f" ratio {energy['energy_ratio']:.1f}x)"]
+    """Readable text of :func:`summary`'s dict."""
+    lines = [""]
+    if "map" in results:
+        lines += ["Detection, AP in percent (prediction read at the last time step)"]
+        lines += [f"  {label:<20s}{100 * results[key]:6.2f}" for key, label in (
+            ("map", "mAP@[.5:.95] (COCO)"), ("map_50", "mAP@0.5"), ("map_75", "mAP@0.75"),
+            ("voc07", "VOC07 11-point @0.5"))]
+        lines += ["", "  AP@0.5 per class:"] + [f"    {name:<16s} {'   n/a' if ap < 0 else f'{100 * ap:6.2f}'}"
+                                                for name, ap in results.get("per_class", {}).items()]
+        lines += ["", "  mAP@0.5 per time step: " + "  ".join(
+            f"t{t + 1}={100 * v:.1f}" for t, v in enumerate(results.get("map_50_per_step", [])))]
+    for key in ("acc", "loss"):
+        if key in results:
+            lines.append(f"  {key:<20s}{results[key]:.4f}")
+    if "mean_firing_rate" in results:
+        snn, ann = results["energy_snn_mj"], results["energy_ann_mj"]
+        lines += ["", f"  mean firing rate     {results['mean_firing_rate']:.4f} spikes/neuron/step",
+                  f"  SynOps per sample    {results['synops']:.3e} (+ {results['macs']:.3e} MACs)",
+                  f"  energy per sample    {snn:.4f} mJ (ANN: {ann:.4f} mJ, ratio {ann / max(snn, 1e-12):.1f}x)"]
     return "\n".join(lines)
 
 
-def write_coco_results(module: SpikingDetector, datamodule: Any, path: str | Path) -> Path | None:
-    """The last step's detections in the COCO results format (category ids of the datamodule when it
-    has ``label_to_category_id``, else label + 1). ``None`` when this rank holds no merged metric."""
-    if module.last_metric is None:
-        return None
-    results = module.last_metric.to_coco_results()
-    mapping = getattr(datamodule, "label_to_category_id", None)
-    if mapping is not None:
-        for entry in results:
-            entry["category_id"] = int(mapping[entry["category_id"] - 1])
-    Path(path).write_text(json.dumps(results))
-    return Path(path)
-
-
-def annotate_split(module: SpikingDetector, datamodule: Any, split: str, out_dir: str | Path,
-                   count: int = 4, score_threshold: float = 0.25) -> list[Path]:
-    """Draw the first ``count`` images of ``split`` (input pixels): predictions red, ground truth green."""
-    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
-    paths: list[Path] = []
-    module.eval()
-    for batch in loader:
-        images = batch["images"][:count - len(paths)].to(module.device)
-        for image, det, target in zip(images, module.detect(images), batch["targets"]):
-            picture = draw_detections(image if image.dim() == 3 else image[-1], det, module.class_names or [],
-                                      target, score_threshold)
-            paths.append(save_png(picture, Path(out_dir) / f"{split}_{int(target['image_id']):06d}.png"))
-        if len(paths) >= count:
-            break
-    return paths
-
-
-def save_outputs(module: SpikingDetector, datamodule: Any, split: str, out_dir: str | Path,
-                 json_path: str | Path | None = None, num_images: int = 4) -> dict[str, Any]:
-    """Everything ``tools/eval.py`` writes: COCO results, optional JSON, map_vs_step.png, images."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = summary(module)
-    written = {"coco_results": write_coco_results(module, datamodule, out_dir / f"coco_results_{split}.json"),
-               "plot": plot_map_vs_step(results["map_50_per_step"], out_dir / "map_vs_step.png"),
-               "images": annotate_split(module, datamodule, split, out_dir, num_images)}
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=2))
-        written["json"] = Path(json_path)
-    return written
-
-
-# ---- prediction on image files ---------------------------------------------------------------
 def image_files(path: str | Path) -> list[Path]:
     """One image file, or every image in a folder (sorted)."""
     path = Path(path)
@@ -144,29 +115,30 @@ def image_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def letterbox_file(path: Path, size: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Read an image and letterbox it like the evaluation transform.
+class ImageFiles(Dataset):
+    """Image files letterboxed like the evaluation transform: ``{"image": [3, S, S], "target": {"image_id",
+    "path", "scale", "pad", "orig_size"}}`` (``image_id`` = position + 1)."""
 
-    Returns the source uint8 ``[3, H, W]``, the input float ``[3, S, S]`` and a target dict with
-    ``scale``, ``pad`` and ``orig_size`` for mapping boxes back.
-    """
-    from datamodules.detection import make_record, make_sample, read_rgb
-    from datamodules.transforms import eval_transform
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        from datamodules.transforms import eval_transform
 
-    source = read_rgb(str(path))
-    sample = make_sample(source, make_record(1, np.zeros((0, 4)), [], []), eval_transform(size))
-    return source, sample["image"], sample["target"]
+        self.paths, self.transform = list(paths), eval_transform(size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import numpy as np
+        from datamodules.detection import make_record, make_sample, read_rgb
+
+        path = str(self.paths[index])
+        sample = make_sample(read_rgb(path), make_record(index + 1, np.zeros((0, 4)), [], [], path), self.transform)
+        sample["target"]["path"] = path
+        return sample
 
 
-def predict_files(module: SpikingDetector, paths: Sequence[Path], size: int,
-                  batch_size: int = 8) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
-    """Yield ``(path, source uint8 [3, H, W], detections in source pixels)`` for every file."""
-    from spikeloc.models.detection import detections_to_original
+def image_loader(path: str | Path, size: int, batch_size: int = 8) -> DataLoader:
+    """Batches ``{"images": [B, 3, S, S], "targets": [...]}`` of the images at ``path`` (a file or folder)."""
+    from datamodules.detection import collate_detection
 
-    module.eval()
-    for start in range(0, len(paths), batch_size):
-        chunk = [letterbox_file(p, size) for p in paths[start:start + batch_size]]
-        images = torch.stack([inputs for _, inputs, _ in chunk]).to(module.device)
-        detections = detections_to_original(module.detect(images), [target for _, _, target in chunk])
-        for path, (source, _, _), det in zip(paths[start:start + batch_size], chunk, detections):
-            yield path, source, {key: value.cpu() for key, value in det.items()}
+    return DataLoader(ImageFiles(image_files(path), size), batch_size=batch_size, collate_fn=collate_detection)

@@ -15,7 +15,23 @@ def test_config_builds_linked_model_and_data():
     cli = SpikelocCLI(args=["--config", QUICKSTART, "--trainer.max_epochs", "7", "--trainer.logger", "false"])
     assert cli.trainer.max_epochs == 7
     assert cli.model.net.num_classes == cli.datamodule.num_classes
-    assert cli.model.algorithm == "fptt" and cli.model.fptt_config.parts == 4
+    assert cli.model.algorithm == "fptt" and cli.model.fptt_config.parts is None  # K = T
+
+
+def test_num_steps_alone_sets_the_fptt_updates(tmp_path):
+    cli = SpikelocCLI(args=["--config", QUICKSTART, "--model.init_args.num_steps", "6", "--trainer.logger", "false",
+                            "--data.init_args.num_train", "64", "--trainer.limit_train_batches", "1",
+                            "--trainer.limit_val_batches", "0", "--trainer.max_epochs", "1",
+                            "--checkpoint.dirpath", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 6  # one FPTT update per time step
+
+
+def test_datamodule_sizes_and_names_are_linked_into_the_detector():
+    cli = SpikelocCLI(args=["--config", str(ROOT / "configs" / "quickstart_detect.yaml"), "--trainer.logger", "false",
+                            "--data.init_args.image_size", "96"])
+    assert cli.model.image_size == 96 and cli.model.class_names == cli.datamodule.class_names
+    assert cli.model.hparams["image_size"] == 96 and cli.model.hparams["num_classes"] == 5
 
 
 def test_print_config_round_trips():

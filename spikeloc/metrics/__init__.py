@@ -1,4 +1,5 @@
-"""Evaluation metrics (plain objects; Lightning glue gathers their state across ranks)."""
-from .detection_map import DetectionMAP
+"""Evaluation metrics: detection mAP (a ``torchmetrics.Metric``) and firing / SynOps statistics."""
+from .detection_map import DetectionMAP, Gathered
+from .firing import FiringStats
 
-__all__ = ["DetectionMAP"]
+__all__ = ["DetectionMAP", "FiringStats", "Gathered"]

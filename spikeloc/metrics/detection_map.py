@@ -1,8 +1,10 @@
-"""Detection mAP on pycocotools (COCO mAP@[.5:.95], AP@.5, AP@.75, VOC07 11-point AP@.5).
+"""Detection mAP as a ``torchmetrics.Metric`` on pycocotools (COCO mAP@[.5:.95], AP@.5, AP@.75, VOC07 11-point AP@.5).
 
-Predictions and ground truth are kept as plain Python lists per image, so the state of every DDP
-rank can be gathered (``state()``), merged (``merge``) and evaluated ONCE on the union: averaging
-per-rank mAPs is wrong. Conventions:
+Detections and ground truth are list states (``dist_reduce_fx="cat"``): under DDP torchmetrics
+gathers every rank's rows before ``compute()``, so the mAP is computed once on the union of
+all images (averaging per-rank mAPs is wrong). A distributed sampler repeats images to even
+out ranks; a repeated ``image_id`` is taken once (its first copy in rank order).
+Conventions:
 
 * category id = label + 1, annotation ids start at 1 (pycocotools reads id 0 as "unmatched");
 * difficult boxes are ``iscrowd=1``: COCOeval ignores them (pycocotools overwrites an ``ignore`` field
@@ -17,118 +19,149 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
 
 MISSING = -1.0  # AP of a class without ground truth (pycocotools' convention)
 
 
-def _list(value: Any) -> list:
-    return value.detach().cpu().tolist() if isinstance(value, Tensor) else list(value)
+class Gathered(NamedTuple):
+    """A metric's state as plain arrays, every image once.
+
+    ``images`` ``[I, 3]`` (image_id, height, width); ``gts`` ``[G, 7]`` (image_id, x1, y1, x2, y2,
+    label, difficult); ``dets`` ``[D, 7]`` (image_id, x1, y1, x2, y2, score, label). Boxes in
+    original image pixels, labels 0-based.
+    """
+
+    images: np.ndarray
+    gts: np.ndarray
+    dets: np.ndarray
 
 
-def _xywh(boxes: Any) -> list[list[float]]:
-    return [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in _list(boxes)]
+def _rows(state: Tensor | list[Tensor], width: int) -> np.ndarray:
+    if isinstance(state, list) and not state:
+        return np.zeros((0, width))
+    return dim_zero_cat(state).reshape(-1, width).double().cpu().numpy()
 
 
-class DetectionMAP:
+class DetectionMAP(Metric):
     """Args:
         class_names: K names; label k is ``class_names[k]``.
         max_detections: detections per image and class that COCOeval considers.
         verbose: let pycocotools print (and print its summary).
+        **kwargs: ``torchmetrics.Metric`` options (``sync_on_compute``, ``process_group`` ...).
 
     ``compute()`` returns ``map`` (AP@[.5:.95]), ``map_50``, ``map_75``, ``voc07`` (11-point AP@.5),
     ``per_class`` {name: AP@.5} and ``per_class_voc07`` {name: 11-point AP@.5}; -1 where undefined.
     """
 
-    def __init__(self, class_names: Sequence[str], max_detections: int = 100, verbose: bool = False) -> None:
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, class_names: Sequence[str], max_detections: int = 100, verbose: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.class_names = list(class_names)
         self.max_detections, self.verbose = max_detections, verbose
-        self.reset()
-
-    def reset(self) -> None:
-        self._images: dict[int, tuple[int, int]] = {}
-        self._gts: list[list] = []  # [image_id, x, y, w, h, category_id, difficult]
-        self._dets: list[list] = []  # [image_id, x, y, w, h, score, category_id]
-
-    def __len__(self) -> int:
-        return len(self._images)
+        # one row per image: image_id, height, width, number of ground-truth boxes, number of detections
+        self.add_state("images", default=[], dist_reduce_fx="cat")
+        self.add_state("gts", default=[], dist_reduce_fx="cat")  # [N, 6]: x1, y1, x2, y2, label, difficult
+        self.add_state("dets", default=[], dist_reduce_fx="cat")  # [M, 6]: x1, y1, x2, y2, score, label
 
     def update(self, predictions: Sequence[dict], targets: Sequence[dict]) -> None:
-        """Add a batch.
+        """Add a batch (device tensors stay on the device: no host sync).
 
         Args:
             predictions: per image ``boxes`` ``[M, 4]`` xyxy ORIGINAL pixels, ``scores`` ``[M]``, ``labels`` ``[M]``.
             targets: per image ``image_id``, ``orig_size`` (h, w), ``orig_boxes`` ``[N, 4]`` xyxy,
                 ``labels`` ``[N]`` and optionally ``difficult`` ``[N]``.
         """
+        def column(value: Any, dtype: torch.dtype = torch.float32) -> Tensor:
+            return torch.as_tensor(value, device=self.device).to(dtype).reshape(-1, 1)
+
         for pred, target in zip(predictions, targets, strict=True):
-            image_id = int(target["image_id"])
-            if image_id in self._images:
-                raise ValueError(f"image_id {image_id} was already added")
-            height, width = (int(v) for v in _list(target["orig_size"]))
-            self._images[image_id] = (height, width)
-            labels = _list(target["labels"])
-            difficult = _list(target["difficult"]) if "difficult" in target else [False] * len(labels)
-            for box, label, hard in zip(_xywh(target["orig_boxes"]), labels, difficult, strict=True):
-                self._gts.append([image_id, *box, int(label) + 1, int(bool(hard))])
-            for box, score, label in zip(_xywh(pred["boxes"]), _list(pred["scores"]), _list(pred["labels"]),
-                                         strict=True):
-                self._dets.append([image_id, *box, float(score), int(label) + 1])
+            boxes = column(target["orig_boxes"]).reshape(-1, 4)
+            labels = column(target["labels"])
+            difficult = column(target["difficult"]) if "difficult" in target else torch.zeros_like(labels)
+            found = column(pred["boxes"]).reshape(-1, 4)
+            self.gts.append(torch.cat([boxes, labels, difficult], dim=1))
+            self.dets.append(torch.cat([found, column(pred["scores"]), column(pred["labels"])], dim=1))
+            self.images.append(torch.cat([column(target["image_id"], torch.int64).reshape(1),
+                                          column(target["orig_size"], torch.int64).reshape(2),
+                                          torch.tensor([len(boxes), len(found)], device=self.device)]))
 
-    def state(self) -> dict[str, list]:
-        """Picklable state (lists of ints and floats) for gathering across ranks."""
-        images = [[i, h, w] for i, (h, w) in self._images.items()]
-        return {"images": images, "gts": [list(g) for g in self._gts], "dets": [list(d) for d in self._dets]}
+    def gathered(self) -> Gathered:
+        """The current state (all ranks' inside ``compute()``) as arrays, every image once.
 
-    def merge(self, states: Sequence[dict[str, list]]) -> "DetectionMAP":
-        """Add the images of ``states`` not already held (DDP samplers repeat images to even out
-        ranks: a repeated image id is taken once). Merging one's own state is a no-op."""
-        for state in states:
-            new = {int(i) for i, _, _ in state["images"]} - set(self._images)
-            self._images.update({int(i): (int(h), int(w)) for i, h, w in state["images"] if int(i) in new})
-            self._gts.extend(list(g) for g in state["gts"] if int(g[0]) in new)
-            self._dets.extend(list(d) for d in state["dets"] if int(d[0]) in new)
-        return self
+        Rows are concatenated in the same (rank, update) order in every state, so the per-image
+        counts say which rows belong to which image copy; only the first copy of an id is kept.
+        """
+        images = _rows(self.images, 5).astype(np.int64)
+        gts, dets = _rows(self.gts, 6), _rows(self.dets, 6)
+        _, first = np.unique(images[:, 0], return_index=True)
+        keep = np.zeros(len(images), dtype=bool)
+        keep[first] = True
 
-    def to_coco_ground_truth(self) -> dict:
-        """The ground truth as a COCO dataset dict."""
-        images = [{"id": i, "height": h, "width": w} for i, (h, w) in self._images.items()]
-        annotations = [{"id": n + 1, "image_id": g[0], "bbox": g[1:5], "area": g[3] * g[4], "category_id": g[5],
-                        "iscrowd": g[6]} for n, g in enumerate(self._gts)]
+        def owned(rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+            owner = np.repeat(np.arange(len(images)), counts)
+            return np.column_stack([images[owner, 0], rows])[keep[owner]]
+
+        return Gathered(images[np.sort(first), :3], owned(gts, images[:, 3]), owned(dets, images[:, 4]))
+
+    def to_coco_ground_truth(self, data: Gathered | None = None) -> dict:
+        """The ground truth as a COCO dataset dict (of ``data``, default this rank's state)."""
+        data = data if data is not None else self.gathered()
+        images = [{"id": int(i), "height": int(h), "width": int(w)} for i, h, w in data.images]
+        annotations = [{"id": n + 1, "image_id": int(g[0]), "bbox": _xywh(g[1:5]), "area": float(g[3] - g[1]) *
+                        float(g[4] - g[2]), "category_id": int(g[5]) + 1, "iscrowd": int(g[6])}
+                       for n, g in enumerate(data.gts)]
         categories = [{"id": k + 1, "name": name} for k, name in enumerate(self.class_names)]
         return {"images": images, "annotations": annotations, "categories": categories}
 
-    def to_coco_results(self, path: str | Path | None = None) -> list[dict]:
-        """The detections in the COCO results format; also written as JSON to ``path`` if given."""
-        results = [{"image_id": d[0], "category_id": d[6], "bbox": d[1:5], "score": d[5]} for d in self._dets]
+    def to_coco_results(self, path: str | Path | None = None, data: Gathered | None = None) -> list[dict]:
+        """The detections in the COCO results format (of ``data``, default this rank's state); also
+        written as JSON to ``path`` if given. Use :meth:`coco_results` for all ranks' detections."""
+        data = data if data is not None else self.gathered()
+        results = [{"image_id": int(d[0]), "category_id": int(d[6]) + 1, "bbox": _xywh(d[1:5]), "score": float(d[5])}
+                   for d in data.dets]
         if path is not None:
             Path(path).write_text(json.dumps(results))
         return results
 
+    def coco_results(self) -> list[dict]:
+        """Every rank's detections (gathered, de-duplicated) in the COCO results format.
+        Under DDP every rank must call it (it gathers)."""
+        with self.sync_context(should_sync=not self._is_synced, should_unsync=True):
+            return self.to_coco_results()
+
     def _quiet(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
 
-    def precision(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def precision(self, data: Gathered | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """COCOeval's interpolated precision ``[T, R, K]`` (area "all", the largest max-dets), with
         its IoU thresholds ``[T]`` and recall thresholds ``[R]``; -1 for classes without ground truth."""
+        data = data if data is not None else self.gathered()
         params = COCOeval(iouType="bbox").params
         iou_thrs, rec_thrs = params.iouThrs, params.recThrs
         num_classes = len(self.class_names)
-        if not self._dets:  # loadRes([]) raises; every class with ground truth has precision 0
-            counted = {g[5] for g in self._gts if not g[6]}
-            has_gt = np.array([k + 1 in counted for k in range(num_classes)])
+        if not len(data.dets):  # loadRes([]) raises; every class with ground truth has precision 0
+            counted = {int(g[5]) for g in data.gts if not g[6]}
+            has_gt = np.array([k in counted for k in range(num_classes)])
             shape = (len(iou_thrs), len(rec_thrs), num_classes)
             return np.where(has_gt, np.zeros(shape), np.full(shape, MISSING)), iou_thrs, rec_thrs
         with self._quiet():
             gt = COCO()
-            gt.dataset = self.to_coco_ground_truth()
+            gt.dataset = self.to_coco_ground_truth(data)
             gt.createIndex()
-            dt = gt.loadRes(self.to_coco_results())
+            dt = gt.loadRes(self.to_coco_results(data=data))
             evaluator = COCOeval(gt, dt, iouType="bbox")
             evaluator.params.catIds = list(range(1, num_classes + 1))
             evaluator.params.maxDets = [1, 10, self.max_detections]
@@ -140,8 +173,9 @@ class DetectionMAP:
         return evaluator.eval["precision"][:, :, :, area_all, -1], iou_thrs, rec_thrs
 
     def compute(self) -> dict[str, Any]:
-        """The metrics as Python floats (see the class docstring)."""
-        precision, iou_thrs, rec_thrs = self.precision()  # [T, R, K]
+        """The metrics as Python floats (see the class docstring), on all ranks' images."""
+        data = self.gathered()
+        precision, iou_thrs, rec_thrs = self.precision(data)  # [T, R, K]
         valid = precision[0, 0] > MISSING  # [K] classes with ground truth
         ap = precision.mean(axis=1)  # [T, K]
         t50, t75 = int(np.argmin(abs(iou_thrs - 0.5))), int(np.argmin(abs(iou_thrs - 0.75)))
@@ -164,3 +198,8 @@ class DetectionMAP:
 
         return {"map": mean(ap.mean(axis=0)), "map_50": mean(ap[t50]), "map_75": mean(ap[t75]),
                 "voc07": mean(voc07), "per_class": per_class(ap[t50]), "per_class_voc07": per_class(voc07)}
+
+
+def _xywh(box: np.ndarray) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]

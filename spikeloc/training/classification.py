@@ -9,7 +9,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-import spikeloc.models  # noqa: F401  (registers the spiking models with timm)
 from spikeloc.models.backbones.pretrained import load_pretrained
 from .loop import OnlineModule, present
 
@@ -32,6 +31,7 @@ class SpikingClassifier(OnlineModule):
         self.net = timm.create_model(model, num_classes=num_classes, in_chans=in_channels, **(model_kwargs or {}))
         if pretrained:
             rank_zero_info(load_pretrained(self.net, pretrained).summary())
+            self.hparams["pretrained"] = None  # the checkpoint holds every weight: rebuilding reads no file
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
@@ -42,8 +42,8 @@ class SpikingClassifier(OnlineModule):
         features, state = self.net(x_t, state)
         return self.net.forward_head(features), state
 
-    def step_loss(self, logits: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
-        return F.cross_entropy(logits, batch[1])
+    def step_loss(self, logits: Tensor, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        return {"loss": F.cross_entropy(logits, batch[1])}
 
     def spiking_network(self) -> nn.Module:
         return self.net
@@ -63,3 +63,8 @@ class SpikingClassifier(OnlineModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.test_accuracy, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Class probabilities ``[B, K]`` read at the last step (``batch``: inputs or ``(inputs, labels)``)."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.run_sequence((inputs, None))[-1].softmax(dim=-1)

@@ -1,22 +1,22 @@
-"""Spiking object detection (SPYv4) on the shared online loop (DESIGN 1.2, 1.3).
+"""Spiking object detection (SPYv4) on the shared online loop (README "Detection"; the paper's SPYv4).
 
 ``SpikingDetector`` presents a static image for ``num_steps`` steps (or a ``[B, T, C, H, W]``
 sequence of frames), takes the YOLO loss at every weighted step (FPTT: one optimizer step per
 part) and evaluates the prediction of the LAST step, while also recording mAP at every step
-(the "anytime" curve). mAP is computed once on the predictions gathered from all DDP ranks.
+(the "anytime" curve): one :class:`~spikeloc.metrics.DetectionMAP` per step, whose states
+torchmetrics gathers from all DDP ranks before the mAP is computed once on their union.
+Everything it measures is logged (``val/map_50``, ``val/ap_50/<class>``, ``val/map_50_step<t>`` ...).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal
 
 import timm
-import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-import spikeloc.models  # noqa: F401  (registers the spiking models with timm)
-from spikeloc.metrics.detection_map import DetectionMAP
+from spikeloc.metrics import DetectionMAP
 from spikeloc.models.backbones.pretrained import load_pretrained
 from spikeloc.models.detection import (SPYV4_ANCHORS, SpikingYOLO, YOLOLoss, YOLOPostprocess,
                                        detections_to_original)
@@ -30,33 +30,6 @@ def scaled_anchors(image_size: int) -> list[list[tuple[float, float]]]:
     """SPYv4's anchors scaled from 416x416 to ``image_size`` (identical at 416)."""
     factor = image_size / REFERENCE_SIZE
     return [[(w * factor, h * factor) for w, h in scale] for scale in SPYV4_ANCHORS]
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_and_compute(maps: Sequence[DetectionMAP],
-                       class_names: Sequence[str]) -> tuple[list[dict[str, Any]], DetectionMAP | None]:
-    """``compute()`` of every per-step metric on the union of all ranks' predictions.
-
-    Under DDP the states are gathered, rank 0 merges and computes ONCE and broadcasts the
-    results, so every rank returns identical values. Returns ``(results per step, metric of the
-    last step over the union)``; the metric is ``None`` on ranks other than 0.
-    """
-    if not _distributed():
-        return [metric.compute() for metric in maps], (maps[-1] if maps else None)
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, [metric.state() for metric in maps])
-    results: list[Any] = [None]
-    merged = None
-    if dist.get_rank() == 0:
-        steps = max(len(rank) for rank in gathered)
-        merged = [DetectionMAP(class_names).merge([rank[t] for rank in gathered if t < len(rank)])
-                  for t in range(steps)]
-        results[0] = [metric.compute() for metric in merged]
-    dist.broadcast_object_list(results, src=0)
-    return results[0], (merged[-1] if merged else None)
 
 
 class SpikingDetector(OnlineModule):
@@ -96,11 +69,9 @@ class SpikingDetector(OnlineModule):
         self.num_classes, self.image_size = num_classes, image_size
         self.class_names = list(class_names) if class_names is not None else None
         self._check_class_names()
-        self.map_50_per_step: list[float] = []  # mAP@0.5 of every time step, last evaluation
-        self.eval_results: dict[str, Any] = {}  # DetectionMAP.compute() at the last step, last evaluation
-        self.last_metric: DetectionMAP | None = None  # last step over all ranks (rank 0), for results files
-        self._maps: list[DetectionMAP] = []
-        self._parts: dict[str, Tensor] = {}
+        self.maps = nn.ModuleList(self._new_map() for _ in range(self.num_steps))  # mAP of every time step
+        if pretrained:
+            self.hparams["pretrained"] = None  # the checkpoint holds every weight: rebuilding reads no file
 
     def _check_class_names(self) -> None:
         if self.class_names is not None and len(self.class_names) != self.num_classes:
@@ -113,6 +84,9 @@ class SpikingDetector(OnlineModule):
             names = getattr(data, "class_names", None)
             self.class_names = list(names) if names else [f"class_{k}" for k in range(self.num_classes)]
             self._check_class_names()
+            self.hparams["class_names"] = self.class_names  # the checkpoint names its classes
+        for metric in self.maps:
+            metric.class_names = self.class_names
         size = getattr(data, "image_size", None)
         if size is not None and size != self.image_size:
             warnings.warn(f"data.init_args.image_size={size} differs from model.init_args.image_size="
@@ -126,12 +100,10 @@ class SpikingDetector(OnlineModule):
         """``x_t`` ``[B, 3, S, S]`` -> raw outputs per scale ``[B, A, S/s, S/s, 5 + K]`` and state."""
         return self.model(x_t, state)
 
-    def step_loss(self, output: list[Tensor], batch: Batch) -> Tensor:
+    def step_loss(self, output: list[Tensor], batch: Batch) -> dict[str, Tensor]:
+        """YOLO loss of one step: ``{"loss", "box", "obj", "cls"}``."""
         total, parts = self.loss(output, batch["targets"])
-        for name, value in parts.items():  # summed over steps on the device; logged per batch
-            self._parts[name] = self._parts.get(name, 0) + value.detach()
-        self._parts["steps"] = self._parts.get("steps", 0) + 1
-        return total
+        return {"loss": total, **parts}
 
     def spiking_network(self) -> nn.Module:
         return self.model
@@ -139,48 +111,60 @@ class SpikingDetector(OnlineModule):
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.model.backbone.parameters())
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        self._parts = {}
-        loss = super().training_step(batch, batch_idx)
-        steps = self._parts.pop("steps", 1)
-        for name, value in self._parts.items():
-            self.log(f"train/{name}", value / steps, on_step=True, on_epoch=False)
-        return loss
-
     # ---- inference -----------------------------------------------------------------------
     def detect(self, images: Tensor, step: int = -1) -> list[dict[str, Tensor]]:
         """Detections (input pixels) of ``images`` ``[B, 3, S, S]`` (or ``[B, T, 3, S, S]``) at ``step``."""
         return self.postprocess(self.run_sequence({"images": images})[step])
 
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """The last step's detections of every image, in original pixels when the targets carry
+        ``scale``/``pad``/``orig_size`` (else input pixels), with the target's ``image_id``."""
+        detections = self.detect(batch["images"])
+        targets = batch.get("targets")
+        if not targets:
+            return detections
+        if all("scale" in target for target in targets):
+            detections = detections_to_original(detections, targets)
+        return [{**found, "image_id": target.get("image_id")} for found, target in zip(detections, targets)]
+
     # ---- evaluation ----------------------------------------------------------------------
+    def _new_map(self) -> DetectionMAP:
+        return DetectionMAP(self.class_names or [f"class_{k}" for k in range(self.num_classes)])
+
     def start_evaluation(self) -> None:
         super().start_evaluation()
-        self._maps = []
+        for metric in self.maps:
+            metric.reset()
 
-    def _eval_step(self, batch: Batch, stage: str) -> None:
+    def _eval_step(self, batch: Batch, stage: str) -> dict[str, Any]:
+        """Updates the metric of every step; returns the last step's ``detections`` (input pixels)."""
         outputs = self.run_sequence(batch)  # T lists of raw outputs
         targets = batch["targets"]
-        while len(self._maps) < len(outputs):
-            self._maps.append(DetectionMAP(self.class_names or []))
-        for metric, raw in zip(self._maps, outputs):
-            metric.update(detections_to_original(self.postprocess(raw), targets), targets)
+        while len(self.maps) < len(outputs):  # sequences longer than num_steps
+            self.maps.append(self._new_map().to(self.device))
+        detections = [self.postprocess(raw) for raw in outputs]
+        for metric, found in zip(self.maps, detections):
+            metric.update(detections_to_original(found, targets), targets)
         loss, _ = self.loss(outputs[-1], targets)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(targets))
+        return {"detections": detections[-1]}
 
     def end_evaluation(self, stage: str) -> None:
-        results, self.last_metric = gather_and_compute(self._maps, self.class_names or [])
+        """Logs the last step's ``map``, ``map_50``, ``map_75``, ``voc07`` and ``ap_50/<class>``, and
+        ``map_50_step<t>`` of every step (identical on every rank: computed on the gathered union)."""
         super().end_evaluation(stage)
+        results = [metric.compute() for metric in self.maps if metric.update_count]
         if not results:
             return
-        self.map_50_per_step = [r["map_50"] for r in results]
-        self.eval_results = results[-1]
-        for key in ("map", "map_50", "map_75", "voc07"):  # identical on every rank: no reduction
-            self.log(f"{stage}/{key}", float(self.eval_results[key]), prog_bar=key == "map_50")
-        for t, value in enumerate(self.map_50_per_step):
-            self.log(f"{stage}/map_50_step{t}", float(value))
+        for key in ("map", "map_50", "map_75", "voc07"):
+            self.log(f"{stage}/{key}", results[-1][key], prog_bar=key == "map_50")
+        for name, value in results[-1]["per_class"].items():
+            self.log(f"{stage}/ap_50/{name}", value)
+        for t, result in enumerate(results):
+            self.log(f"{stage}/map_50_step{t}", result["map_50"])
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, "test")

@@ -10,6 +10,7 @@ how a batch presents its input over time (``inputs``).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
 
@@ -18,11 +19,12 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from spikeloc.models.stats import FiringStats
+from spikeloc.metrics.firing import FiringStats
 from spikeloc.neurons import detach_state
 from .fptt import FPTT
 
 Weighting = Literal["uniform", "linear", "last"]
+FIRING_KEYS = ("mean_firing_rate", "synops", "macs", "ann_macs", "energy_snn_mj", "energy_ann_mj")
 
 
 @dataclass
@@ -88,7 +90,7 @@ class OnlineModule(pl.LightningModule):
     """
 
     def __init__(self, num_steps: int = 8, algorithm: Literal["fptt", "bptt"] = "fptt",
-                 fptt: FPTTConfig | None = None, loss_weighting: Weighting = "uniform", loss_start_step: int = 0,
+                 fptt: FPTTConfig | dict | None = None, loss_weighting: Weighting = "uniform", loss_start_step: int = 0,
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
@@ -97,7 +99,16 @@ class OnlineModule(pl.LightningModule):
         if algorithm not in ("fptt", "bptt"):
             raise ValueError(f"algorithm must be 'fptt' or 'bptt', got {algorithm!r}")
         self.automatic_optimization = False
-        self.num_steps, self.algorithm, self.fptt_config = num_steps, algorithm, fptt or FPTTConfig()
+        self.num_steps, self.algorithm = num_steps, algorithm
+        self.fptt_config = FPTTConfig(**fptt) if isinstance(fptt, dict) else fptt or FPTTConfig()
+        # Every init argument of the task module (subclass frames included) goes into the checkpoint, so
+        # ``load_from_checkpoint`` needs no config. The optimizer/scheduler callables are left to the
+        # training config; FPTT is stored as plain values (checkpoints load with ``weights_only=True``).
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.hparams["fptt"] = asdict(self.fptt_config)
+        for key in set(self.hparams) - _init_parameters(type(self)):  # CLI links this class does not take
+            if not key.startswith("_"):
+                del self.hparams[key]
         self.loss_weighting, self.loss_start_step = loss_weighting, loss_start_step
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
@@ -106,8 +117,6 @@ class OnlineModule(pl.LightningModule):
         self.fptt: FPTT | None = None
         self._pending_fptt_state: dict | None = None
         self.firing_stats: FiringStats | None = None
-        self.firing: dict[str, Any] = {}  # FiringStats.compute() of the last evaluation
-        self.last_num_steps = num_steps
 
     # ---- what subclasses provide -------------------------------------------------------
     def inputs(self, batch: Any) -> tuple[Callable[[int], Tensor], int]:
@@ -118,8 +127,9 @@ class OnlineModule(pl.LightningModule):
         """One model time step: ``(output_t, state)``."""
         raise NotImplementedError
 
-    def step_loss(self, output: Any, batch: Any) -> Tensor:
-        """Scalar loss of one step's output against the batch's targets."""
+    def step_loss(self, output: Any, batch: Any) -> dict[str, Tensor]:
+        """Loss of one step's output against the batch's targets: ``{"loss": scalar, **named parts}``;
+        the parts (``box``, ``obj`` ...) are logged as ``train/<name>``, averaged over the weighted steps."""
         raise NotImplementedError
 
     def spiking_network(self) -> nn.Module | None:
@@ -168,11 +178,12 @@ class OnlineModule(pl.LightningModule):
         weights = step_weights(num_steps, self.loss_weighting, self.loss_start_step)
         parts = self.fptt_config.parts or num_steps if self.algorithm == "fptt" else 1
         optimizer = self.optimizers()
-        state, task_total, penalty_total = None, 0.0, 0.0
+        state, task_total, penalty_total, named = None, 0.0, 0.0, {}
         for span in split_steps(num_steps, parts):
             state = detach_state(state)
-            loss, state = self._span_loss(batch, input_at, span, weights, state)
+            loss, state, span_parts = self._span_loss(batch, input_at, span, weights, state)
             task_total = task_total + loss.detach()
+            named = {name: named.get(name, 0.0) + value for name, value in span_parts.items()}
             if self.fptt is not None:
                 penalty = self.fptt.penalty()
                 penalty_total = penalty_total + penalty.detach()
@@ -189,24 +200,30 @@ class OnlineModule(pl.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
         if self.fptt is not None:
             self.log("train/fptt_penalty", penalty_total / parts, on_step=True, on_epoch=False)
+        weighted = sum(w > 0 for w in weights)
+        for name, value in named.items():
+            self.log(f"train/{name}", value / weighted, on_step=True, on_epoch=False, batch_size=batch_size)
         return task_total / parts
 
     def _span_loss(self, batch: Any, input_at: Callable[[int], Tensor], span: range, weights: list[float],
-                   state: Any) -> tuple[Tensor, Any]:
-        """Forward the steps of ``span``; mean of the weighted losses of its weighted steps."""
+                   state: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
+        """Forward the steps of ``span``: mean of the weighted losses of its weighted steps, the state,
+        and the sums of the (detached) named loss parts over those steps."""
         weighted = [t for t in span if weights[t] > 0]
-        loss = torch.zeros((), device=self.device)
+        loss, parts = torch.zeros((), device=self.device), {}
         with torch.set_grad_enabled(bool(weighted)):  # no loss in this span: no graph needed
             for t in span:
                 output, state = self.forward_step(input_at(t), state)
                 if weights[t] > 0:
-                    loss = loss + weights[t] * self.step_loss(output, batch)
-        return loss / max(len(weighted), 1), state
+                    step = self.step_loss(output, batch)
+                    loss = loss + weights[t] * step["loss"]
+                    parts = {name: parts.get(name, 0.0) + value.detach() for name, value in step.items()
+                             if name != "loss"}
+        return loss / max(len(weighted), 1), state, parts
 
     def run_sequence(self, batch: Any) -> list[Any]:
         """Outputs of every time step, without gradients (evaluation)."""
         input_at, num_steps = self.inputs(batch)
-        self.last_num_steps = num_steps
         outputs, state = [], None
         with torch.no_grad():
             for t in range(num_steps):
@@ -221,14 +238,17 @@ class OnlineModule(pl.LightningModule):
         self.firing_stats = FiringStats(network) if network is not None else None
 
     def end_evaluation(self, stage: str) -> None:
-        """Firing statistics (one host sync) into ``self.firing``, logged per sample; hooks detached."""
+        """Firing statistics per sample (one host sync) logged as ``<stage>/<key>`` and
+        ``<stage>/firing_rate/<layer>``; hooks detached."""
         if self.firing_stats is None:
             return
-        self.firing = self.firing_stats.compute(time_steps=self.last_num_steps)
+        firing = self.firing_stats.compute(time_steps=None)
         self.firing_stats.remove()
         self.firing_stats = None
-        for key in ("mean_firing_rate", "synops", "energy_snn_mj", "energy_ann_mj"):
-            self.log(f"{stage}/{key}", float(self.firing[key]), sync_dist=True)
+        for key in FIRING_KEYS:
+            self.log(f"{stage}/{key}", float(firing[key]), sync_dist=True)
+        for layer, rate in firing["firing_rate"].items():
+            self.log(f"{stage}/firing_rate/{layer}", rate, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self.start_evaluation()
@@ -260,7 +280,20 @@ class OnlineModule(pl.LightningModule):
         if self.fptt is not None:
             checkpoint["fptt"] = self.fptt.state_dict()
         checkpoint["fptt_config"] = asdict(self.fptt_config)
+        data = self.trainer.datamodule if self._trainer is not None else None
+        checkpoint["class_paths"] = {"model": _class_path(self), "data": _class_path(data) if data else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Called before the model reaches its device: keep it until on_fit_start builds FPTT.
         self._pending_fptt_state = checkpoint.get("fptt")
+
+
+def _class_path(obj: Any) -> str:
+    """``package.module.Class`` of an object (what rebuilds it from a checkpoint's hyperparameters)."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _init_parameters(cls: type) -> set[str]:
+    """Names of the ``__init__`` parameters of ``cls`` and its bases."""
+    return {name for base in cls.__mro__ if "__init__" in vars(base)
+            for name in inspect.signature(vars(base)["__init__"]).parameters}

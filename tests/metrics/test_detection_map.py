@@ -119,15 +119,21 @@ def test_class_without_ground_truth_is_excluded():
     assert result["map_50"] == pytest.approx((CAT_AP + 1.0) / 2)
 
 
-def test_merge_of_halves_equals_whole():
-    whole = _metric(PREDS, TARGETS)
-    first, second = _metric(PREDS[:1], TARGETS[:1]), _metric(PREDS[1:], TARGETS[1:])
-    states = pickle.loads(pickle.dumps([first.state(), second.state()]))
-    merged = DetectionMAP(NAMES).merge(states)
-    assert merged.compute() == whole.compute()
-    # A DDP sampler's repeated image and a rank's own state are taken once.
-    first.merge([first.state(), second.state(), second.state()])
-    assert len(first) == 2 and first.compute() == whole.compute()
+def test_a_repeated_image_is_taken_once():
+    whole = _metric(PREDS, TARGETS).compute()
+    metric = _metric(PREDS, TARGETS)
+    # a distributed sampler's padding: image 1 again, with its first copy's ground truth and an extra FP
+    extra = _pred([[10, 10, 60, 60], [0, 0, 30, 30]], [0.9, 0.99], [0, 1])
+    metric.update([extra], TARGETS[:1])
+    assert metric.compute() == whole
+    data = metric.gathered()
+    assert data.images[:, 0].tolist() == [1, 2] and len(data.gts) == 3 and len(data.dets) == 4
+    assert data.gts[:, 0].tolist() == [1, 1, 2] and data.gts[:, 5].tolist() == [0, 1, 0]
+
+
+def test_state_is_picklable():
+    metric = pickle.loads(pickle.dumps(_metric(PREDS, TARGETS)))
+    assert metric.compute() == _metric(PREDS, TARGETS).compute()
 
 
 def test_coco_results_file_and_duplicate_ids(tmp_path):
@@ -136,8 +142,7 @@ def test_coco_results_file_and_duplicate_ids(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text()) == results and len(results) == 4
     assert {r["category_id"] for r in results} == {1, 2}
     assert [a["id"] for a in metric.to_coco_ground_truth()["annotations"]] == [1, 2, 3]
-    with pytest.raises(ValueError, match="already"):
-        metric.update(PREDS[:1], TARGETS[:1])
+    assert metric.coco_results() == results  # one process: nothing to gather
 
 
 def test_prints_are_silenced(capsys):

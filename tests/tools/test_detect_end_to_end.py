@@ -1,5 +1,5 @@
 """End to end, as a user's VOC copy would go: train with the quickstart config pointed at a VOC
-devkit folder, then evaluate and predict with the tools, each as its own process."""
+devkit folder, then evaluate and predict with the tools from the checkpoint alone, each as its own process."""
 import json
 import os
 import subprocess
@@ -27,7 +27,7 @@ def test_train_eval_predict_on_a_voc_folder(tmp_path):
            "--data", "datamodules.voc.VOCDetectionDataModule", "--data.root", str(root),
            "--data.train_sets", '[["2007", "trainval"]]', "--data.val_sets", '[["2007", "test"]]',
            "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
-           "--model.init_args.image_size", "64", "--model.init_args.anchors", "null",
+           "--model.init_args.anchors", "null",
            "--model.init_args.backbone_kwargs", '{"width": 0.125}']
     run_tool("train.py", *run, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
@@ -36,7 +36,7 @@ def test_train_eval_predict_on_a_voc_folder(tmp_path):
     assert ckpt.is_file()
 
     out = tmp_path / "eval"
-    report = run_tool("eval.py", *run, "--ckpt", str(ckpt), "--split", "test", "--json", str(out / "m.json"),
+    report = run_tool("eval.py", "--ckpt", str(ckpt), "--split", "test", "--json", str(out / "m.json"),
                       "--out", str(out), "--trainer.enable_progress_bar", "false")
     results = json.loads((out / "m.json").read_text())
     assert KEYS <= set(results)
@@ -49,6 +49,8 @@ def test_train_eval_predict_on_a_voc_folder(tmp_path):
     assert isinstance(json.loads((out / "coco_results_test.json").read_text()), list)
 
     pictures = tmp_path / "pred"
-    run_tool("predict.py", "--config", "configs/quickstart_detect.yaml", *run[2:], "--ckpt", str(ckpt),
-             "--input", str(root / "VOC2007" / "JPEGImages"), "--out", str(pictures))
+    run_tool("predict.py", "--ckpt", str(ckpt), "--input", str(root / "VOC2007" / "JPEGImages"), "--out",
+             str(pictures), "--trainer.enable_progress_bar", "false")
     assert len(list(pictures.glob("*.png"))) == 12
+    detections = json.loads((pictures / "detections.json").read_text())
+    assert {"image_id", "category_id", "bbox", "score", "file_name"} <= set(detections[0])

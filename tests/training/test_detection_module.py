@@ -94,19 +94,24 @@ def voc_data(tmp_path, image_size=128):
                                   val_sets=[("2007", "test")], image_size=image_size, batch_size=4, augment=False)
 
 
+def per_step(metrics, stage="val"):
+    return [float(metrics[f"{stage}/map_50_step{t}"]) for t in range(sum(k.startswith(f"{stage}/map_50_step")
+                                                                         for k in metrics))]
+
+
 def test_perfect_predictions_give_map_one_at_every_step(tmp_path, monkeypatch):
     data = voc_data(tmp_path)  # non-square images: letterbox scale and pad are exercised
     module = tiny_detector(num_classes=20, image_size=128, anchors=None, num_steps=3)
     monkeypatch.setattr(module, "run_sequence", lambda batch: [perfect_outputs(batch, module)] * 3)
-    trainer(tmp_path).validate(module, datamodule=data, verbose=False)
-    assert module.map_50_per_step == [1.0, 1.0, 1.0]
-    assert module.eval_results["map"] == pytest.approx(1.0)
+    metrics = trainer(tmp_path).validate(module, datamodule=data, verbose=False)[0]
+    assert per_step(metrics) == [1.0, 1.0, 1.0]
+    assert metrics["val/map"] == pytest.approx(1.0) and metrics["val/ap_50/car"] in (1.0, -1.0)
     assert module.class_names[0] == "aeroplane"  # taken from the datamodule
     zero = module.run_sequence  # a model that sees nothing scores zero
     monkeypatch.setattr(module, "run_sequence",
                         lambda batch: [[torch.full_like(r, -20.0) for r in o] for o in zero(batch)])
-    trainer(tmp_path).validate(module, datamodule=data, verbose=False)
-    assert module.map_50_per_step == [0.0, 0.0, 0.0]
+    metrics = trainer(tmp_path).validate(module, datamodule=data, verbose=False)[0]
+    assert per_step(metrics) == [0.0, 0.0, 0.0]
 
 
 class SaveMetrics(pl.Callback):
@@ -115,7 +120,7 @@ class SaveMetrics(pl.Callback):
 
     def on_validation_end(self, trainer, module):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics["steps"] = module.map_50_per_step
+        metrics["steps"] = per_step(metrics)
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
 
 
@@ -131,3 +136,34 @@ def test_ddp_ranks_log_the_map_of_the_union(tmp_path):
     for key in ("val/map", "val/map_50", "val/map_75", "steps"):
         assert rank0[key] == rank1[key] == single[key], key
     assert len(rank0["steps"]) == 2
+
+
+def test_checkpoint_rebuilds_the_module_with_no_config(tmp_path):
+    torch.manual_seed(0)
+    data, module = shapes(num_val=4), tiny_detector(num_steps=3, conf_threshold=0.01)
+    fit = trainer(tmp_path, limit_train_batches=1, limit_val_batches=1)
+    fit.fit(module, datamodule=data)
+    fit.save_checkpoint(tmp_path / "plain.ckpt")
+    loaded = SpikingDetector.load_from_checkpoint(tmp_path / "plain.ckpt", map_location="cpu")
+    assert (loaded.num_steps, loaded.postprocess.conf_threshold, loaded.model.anchors) == (3, 0.01, module.model.anchors)
+    assert loaded.class_names == data.class_names and loaded.fptt_config == module.fptt_config
+    checkpoint = torch.load(tmp_path / "plain.ckpt", weights_only=True)
+    assert checkpoint["class_paths"] == {"model": "spikeloc.training.detection.SpikingDetector",
+                                         "data": "datamodules.shapes.ShapesDetectionDataModule"}
+    assert checkpoint["datamodule_hyper_parameters"]["num_val"] == 4
+    images = torch.rand(2, 3, 64, 64)
+    module.eval()
+    for found, again in zip(module.detect(images), loaded.eval().detect(images)):
+        assert torch.equal(found["boxes"], again["boxes"]) and torch.equal(found["scores"], again["scores"])
+
+
+def test_predict_step_gives_original_pixels(tmp_path):
+    data, module = voc_data(tmp_path), tiny_detector(num_classes=20, image_size=128, anchors=None)
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()))
+    raw = [perfect_outputs(batch, module)]
+    module.run_sequence = lambda batch: raw
+    found = module.predict_step(batch, 0)
+    for detections, target in zip(found, batch["targets"]):
+        assert detections["image_id"] == target["image_id"]
+        assert sorted(detections["boxes"].round().tolist()) == sorted(target["orig_boxes"].round().tolist())

@@ -21,8 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from spikeloc.checkpoints import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +73,7 @@ def _compact(keys: list[str]) -> str:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a checkpoint file: Lightning ``state_dict``, a ``model`` entry, or a plain dict."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise TypeError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
+    checkpoint = load_checkpoint(path)
     for key in ("state_dict", "model"):
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]

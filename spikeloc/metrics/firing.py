@@ -4,8 +4,11 @@ Attach to the module that advances ONE time step (backbone, detector) and run it
 
     stats = FiringStats(model)
     for t in range(T): out, state = model(x[t], state)
-    summary = stats.compute(time_steps=T)     # per-layer rates, SynOps, energy per sample
+    summary = stats.compute(time_steps=None)  # per-layer rates, SynOps, energy per sample
     stats.remove()
+
+A call with a fresh state (``state=None``, the backbone contract) starts a sequence, so the
+statistics per sample need no bookkeeping of T by the caller.
 
 Counting rules:
 
@@ -63,7 +66,8 @@ class FiringStats:
 
     def reset(self) -> None:
         """Forget everything counted so far (hooks stay attached)."""
-        self.sample_steps = 0
+        self.sample_steps = 0  # samples x steps seen
+        self.sequences = 0     # samples whose sequence started (called with a fresh state)
         self._spikes: dict[str, Tensor] = {}    # layer -> spike count (device, int64)
         self._neurons: dict[str, int] = {}      # layer -> neuron-steps seen
         self._ops: dict[str, Tensor] = {}       # layer -> [SynOps, analog MACs] (device, float)
@@ -84,7 +88,10 @@ class FiringStats:
     # ---- hooks: device tensors only, never .item() ------------------------------------------
     def _count_samples(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)), None)
-        self.sample_steps += first.shape[0] if first is not None and first.dim() > 0 else 1
+        batch = first.shape[0] if first is not None and first.dim() > 0 else 1
+        self.sample_steps += batch
+        if (args[1] if len(args) > 1 else kwargs.get("state")) is None:
+            self.sequences += batch
 
     def _spike_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: tuple[Tensor, Any]) -> None:
@@ -108,8 +115,9 @@ class FiringStats:
         return hook
 
     # ---- summary (one host sync) --------------------------------------------------------------
-    def compute(self, time_steps: int = 1) -> dict[str, Any]:
-        """Summary per sample of ``time_steps`` steps (per sample-step when 1).
+    def compute(self, time_steps: int | None = 1) -> dict[str, Any]:
+        """Summary per sample of ``time_steps`` steps (per sample-step when 1; ``None``: per sample
+        of the sequences seen, whatever their length).
 
         Returns ``firing_rate`` (layer -> spikes per neuron per step), ``mean_firing_rate``,
         ``synops`` / ``macs`` / ``ann_macs`` per sample, ``synops_per_layer``, energies
@@ -117,7 +125,8 @@ class FiringStats:
         """
         spikes = {name: float(count) for name, count in zip(self._spikes, self._to_host(self._spikes))}
         ops = dict(zip(self._ops, self._to_host(self._ops)))
-        per_sample = time_steps / max(self.sample_steps, 1)
+        per_sample = (time_steps if time_steps is not None else self.sample_steps / max(self.sequences, 1)) \
+            / max(self.sample_steps, 1)
         synops = sum(float(v[0]) for v in ops.values()) * per_sample
         macs = sum(float(v[1]) for v in ops.values()) * per_sample
         ann_macs = sum(self._dense_macs.values()) * per_sample

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import spikeloc.models.backbones  # noqa: F401  (registers the backbones)
-from spikeloc.models.stats import ENERGY_AC_PJ, ENERGY_MAC_PJ, FiringStats
+from spikeloc.metrics.firing import ENERGY_AC_PJ, ENERGY_MAC_PJ, FiringStats
 
 CONV_MACS = 3 * 4 * 4 * (2 * 3 * 3)  # outputs per sample x fan-in of Conv2d(2, 3, 3, padding=1) on 4x4
 
@@ -85,3 +85,16 @@ def test_hooks_keep_counts_on_device():
     stats = FiringStats(conv)
     conv(binary_input((4,)))
     assert all(isinstance(v, Tensor) for v in (*stats._spikes.values(), *stats._ops.values()))
+
+
+def test_fresh_state_starts_a_sequence():
+    torch.manual_seed(0)
+    model = timm.create_model("ltc_convnet", channels=(4, 8), num_classes=2)
+    with FiringStats(model) as stats, torch.no_grad():
+        for batch in (2, 3):  # two sequences of T = 3 steps
+            state = None
+            for _ in range(3):
+                _, state = model(torch.rand(batch, 1, 16, 16), state)
+        assert (stats.sequences, stats.sample_steps) == (5, 15)
+        assert stats.compute(time_steps=None) == stats.compute(time_steps=3)
+        assert stats.compute(time_steps=None)["synops"] == pytest.approx(3 * stats.compute()["synops"])
