@@ -1,4 +1,4 @@
-"""The shared online training loop: the LightningModule owns time (DESIGN 1.2, 2, 5).
+"""The shared online training loop: the LightningModule owns time (README "Training: FPTT and BPTT").
 
 ``OnlineModule`` runs a batch as T model steps. With ``algorithm="fptt"`` the T steps are
 cut into K parts; each part is forwarded with the state detached from the past, its loss

@@ -193,3 +193,23 @@ def test_baseline_neurons_and_kwargs_reach_every_cell(name, neuron):
     outputs, state = run(model, frames(2))
     assert [f.shape[1] for f in outputs[-1]] == model.out_channels
     assert all(leaf.shape[0] == BATCH for leaf in leaves(state))
+
+
+@pytest.mark.parametrize("name", ["spyv4_tiny", "ltc_resnet18"])
+def test_features_only_gives_the_backbone_with_feature_info(name):
+    model = timm.create_model(name, features_only=True, width=0.125)
+    assert model.num_classes == 0 and isinstance(model.get_classifier(), nn.Identity)
+    assert model.feature_info.channels() == model.out_channels
+    assert model.feature_info.reduction() == model.strides
+    features, _ = model(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1:] for f in features] == [(c, 64 // s, 64 // s) for c, s in zip(model.out_channels, model.strides)]
+    deepest = timm.create_model(name, features_only=True, out_indices=(-1,), width=0.125)
+    assert deepest.feature_info.reduction() == [32]
+
+
+def test_importing_spikeloc_registers_every_model():
+    import subprocess
+    import sys
+    code = "import timm, spikeloc; print(sorted(timm.list_models(['ltc_*', 'spyv4*', 'srnn*'])))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out) == ["ltc_convnet", "ltc_resnet18", "ltc_resnet34", "ltc_resnet50", "spyv4_tiny", "srnn_ltc"]

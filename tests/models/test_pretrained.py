@@ -158,3 +158,19 @@ def test_ann_key_mapping():
     assert ann_to_cell_key("layer1.0.bn2.running_mean") == "layer1.0.conv2.bn.running_mean"
     assert ann_to_cell_key("layer1.0.downsample.1.weight") == "layer1.0.downsample.1.weight"
     assert ann_to_cell_key("layer1.0.conv1.conv.weight") == "layer1.0.conv1.conv.weight"
+
+
+def test_timm_adapts_the_stem_and_resets_the_head(tmp_path):
+    rgb = scramble_buffers(build("ltc_resnet18", seed=0, num_classes=7))
+    torch.save({"state_dict": {f"net.{k}": v for k, v in rgb.state_dict().items()}}, tmp_path / "rgb.ckpt")
+    torch.manual_seed(1)
+    gray = timm.create_model("ltc_resnet18", pretrained=True, in_chans=1, num_classes=CLASSES, width=WIDTH,
+                             pretrained_cfg_overlay=dict(file=str(tmp_path / "rgb.ckpt")))
+    stem = rgb.conv1.conv.weight
+    assert torch.allclose(gray.conv1.conv.weight, stem.sum(dim=1, keepdim=True))  # timm's rule for 1 channel
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(gray.conv1.conv(x), rgb.conv1.conv(x.expand(2, 3, 32, 32)), atol=1e-5)
+    assert gray.fc.out_features == CLASSES  # a fresh head: the file's has 7 classes
+    same = {k: v for k, v in gray.state_dict().items() if not k.startswith(("fc.", "conv1.conv."))}
+    assert_same_tensors(same, {k: v for k, v in rgb.state_dict().items() if k in same})
+    assert gray.pretrained_cfg["input_size"][0] == 3 and gray.pretrained_cfg["num_classes"] == 7  # the file's

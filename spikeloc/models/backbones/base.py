@@ -1,6 +1,6 @@
 """What every spiking backbone shares: the classification head and channel scaling.
 
-The backbone contract (DESIGN 2): ``forward(x_t, state=None) -> (features, state)`` advances ONE
+The backbone contract (README): ``forward(x_t, state=None) -> (features, state)`` advances ONE
 time step; ``x_t`` is ``[B, in_chans, H, W]`` and ``features`` a list of spike tensors
 ``[B, out_channels[i], H / strides[i], W / strides[i]]`` ordered by increasing stride.
 ``forward_head(features) -> [B, num_classes]`` is a non-spiking average-pool + linear read-out
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from timm.models import FeatureInfo
 from torch import Tensor, nn
 
 State = Any
@@ -52,8 +53,11 @@ class SpikingBackbone(nn.Module):
     strides: list[int]
 
     def init_head(self, num_classes: int) -> None:
-        """Create ``fc``: linear read-out of the pooled deepest feature (identity for 0 classes)."""
+        """Create ``fc``: linear read-out of the pooled deepest feature (identity for 0 classes), and
+        timm's ``feature_info`` of the features ``forward`` returns."""
         self.num_features = self.out_channels[-1]
+        self.feature_info = FeatureInfo([dict(num_chs=c, reduction=s, module="") for c, s in
+                                         zip(self.out_channels, self.strides)], tuple(range(len(self.strides))))
         self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:

@@ -10,8 +10,10 @@ Three sources are understood, all read with ``torch.load(..., weights_only=True)
   cell's ``...convN.conv.weight`` and ``...bnN.*`` to ``...convN.bn.*``; the neurons' tau-convs
   keep their fresh initialisation and are reported missing.
 
-Classifier (``fc``) tensors whose shape differs (another ``num_classes``) are skipped and
-reported missing; any other shape mismatch raises unless ``strict_shapes=False``.
+The input conv and the classifier are timm's business: the registered models name them in their
+``pretrained_cfg`` (``first_conv``, ``classifier``), and timm's ``load_pretrained`` adapts a stem
+pretrained on other input channels (``adapt_input_conv``) and drops a classifier of another size
+(reported missing). Any other shape mismatch raises unless ``strict_shapes=False``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from timm.models import load_pretrained as timm_load_pretrained
 from torch import Tensor, nn
 
 from spikeloc.checkpoints import load_checkpoint
@@ -147,9 +151,10 @@ def match_state_dict(state_dict: dict[str, Tensor], model: nn.Module, strict_sha
             report.renamed_from_ann += name != stripped
         elif name == stem and _differs_in_input_channels(value, target[name]):
             # e.g. weights pretrained on grayscale frames feeding RGB images or 2-polarity events
-            matched[name] = adapt_input_channels(value, target[name].shape[1])
+            matched[name] = value  # adapted by timm (first_conv)
             report.input_adapted.append(name)
         elif head is not None and name.startswith(head):
+            matched[name] = value  # dropped by timm (classifier of another num_classes)
             report.head_skipped.append(name)
         else:
             report.mismatched.append((name, tuple(value.shape), tuple(target[name].shape)))
@@ -157,17 +162,11 @@ def match_state_dict(state_dict: dict[str, Tensor], model: nn.Module, strict_sha
         _raise_on_mismatch(report)
     if not matched:
         raise ValueError(f"nothing in {source} loads into {type(model).__name__} under prefix {prefix!r}")
-    report.loaded, report.missing = sorted(matched), sorted(model_keys - set(matched))
+    report.loaded = sorted(set(matched) - set(report.head_skipped))
+    report.missing = sorted(model_keys - set(report.loaded))
     report.unexpected.sort()
     report.head_skipped.sort()
     return matched, report
-
-
-def adapt_input_channels(weight: Tensor, channels: int) -> Tensor:
-    """Conv kernel ``[O, I, k, k]`` -> ``[O, channels, k, k]``: input channels tiled, rescaled by
-    ``I / channels`` so a constant input gives the same response (timm's rule, any I)."""
-    repeats = -(-channels // weight.shape[1])
-    return weight.repeat(1, repeats, 1, 1)[:, :channels] * (weight.shape[1] / channels)
 
 
 def _differs_in_input_channels(saved: Tensor, wanted: Tensor) -> bool:
@@ -179,22 +178,38 @@ def _log(report: LoadReport) -> None:
     logger.log(level, report.summary())
 
 
+def describe_source(cfg: dict[str, Any], matched: dict[str, Tensor]) -> dict[str, Any]:
+    """``cfg`` with ``input_size`` channels and ``num_classes`` read from the matched tensors of its
+    ``first_conv`` and ``classifier``, so timm adapts and resets exactly what the file holds."""
+    stem = matched.get(f"{cfg.get('first_conv')}.weight")
+    head = matched.get(f"{cfg.get('classifier')}.weight")
+    if stem is not None and stem.dim() == 4:
+        cfg["input_size"] = (stem.shape[1], *tuple(cfg.get("input_size") or (3, 224, 224))[1:])
+    if head is not None:
+        cfg["num_classes"] = head.shape[0]
+    return cfg
+
+
 def load_pretrained(model: nn.Module, path: str | Path, strict_shapes: bool = True,
                     prefix: str | None = None) -> LoadReport:
-    """Load a local checkpoint (Lightning ``.ckpt``, plain ``state_dict`` or ANN timm) into ``model``.
+    """Load a local checkpoint (Lightning ``.ckpt``, plain ``state_dict`` or ANN timm) into ``model``
+    through timm's ``load_pretrained`` (input-conv adaptation and classifier reset).
 
     Returns (and logs) the :class:`LoadReport`. ``prefix`` forces the module prefix to strip.
     """
-    state_dict = read_state_dict(path)
-    matched, report = match_state_dict(state_dict, model, strict_shapes, prefix, source=str(path))
-    model.load_state_dict(matched, strict=False)
+    matched, report = match_state_dict(read_state_dict(path), model, strict_shapes, prefix, source=str(path))
+    cfg = describe_source({**getattr(model, "pretrained_cfg", {}), "state_dict": matched}, matched)
+    timm_load_pretrained(model, cfg, num_classes=getattr(model, "num_classes", 0),
+                         in_chans=getattr(model, "in_chans", 3), strict=False)
     _log(report)
     return report
 
 
 def timm_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """``pretrained_filter_fn`` for ``timm.models.build_model_with_cfg``: the same matching as
-    :func:`load_pretrained` (timm has already read the file with ``weights_only=True``)."""
+    :func:`load_pretrained` (timm has already read the file with ``weights_only=True``). The model's
+    ``pretrained_cfg`` (the dict timm reads next) is updated to describe the file's stem and classifier."""
     matched, report = match_state_dict(state_dict, model, source="timm pretrained_cfg")
+    describe_source(model.pretrained_cfg, matched)
     _log(report)
     return matched

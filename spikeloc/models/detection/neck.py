@@ -8,17 +8,14 @@ concatenate with f_i, 3x3 conv to C_i -> head of scale i. Every conv is an LTC-S
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...neurons import NeuronKind, SpikingConv2d
-
-
-def _sub(state: dict | None, key: str) -> Any:
-    return None if state is None else state[key]
+from ..backbones.base import sub_state as _sub
 
 
 class SpikingYOLONeck(nn.Module):

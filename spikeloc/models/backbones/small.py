@@ -1,4 +1,4 @@
-"""Small spiking classification networks that follow the backbone contract.
+"""Small spiking classification networks that follow the backbone contract (registered in ``registry.py``).
 
 ``ltc_convnet``: stride-2 LTC-SN conv cells for frames ``[B, C, H, W]``.
 ``srnn_ltc``: recurrent dense LTC-SN layers with adaptive thresholds for vectors ``[B, D]``
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from timm.models import register_model
 from torch import Tensor, nn
 
 from spikeloc.neurons import LTCDense, NeuronKind, SpikingConv2d
-from .backbones.base import SpikingBackbone
-from .backbones.registry import _build, _cfg
+from .base import SpikingBackbone
 
 
 def _run_layers(layers: nn.ModuleList, x: Tensor, state: list | None) -> tuple[list[Tensor], list]:
@@ -65,19 +63,3 @@ class LTCRecurrentNet(SpikingBackbone):
 
     def forward_head(self, features: list[Tensor], pre_logits: bool = False) -> Tensor:
         return features[-1] if pre_logits else self.fc(features[-1])
-
-
-default_cfgs = {"ltc_convnet": {**_cfg(input_size=(1, 32, 32)), "num_classes": 10},
-                "srnn_ltc": {**_cfg(input_size=(1, 1, 1)), "num_classes": 10}}
-
-
-@register_model
-def ltc_convnet(pretrained: bool = False, **kwargs) -> LTCConvNet:
-    """Small LTC-SN conv net (3 stride-2 cells) for quick image / event-frame classification."""
-    return _build(LTCConvNet, "ltc_convnet", pretrained, **kwargs)
-
-
-@register_model
-def srnn_ltc(pretrained: bool = False, **kwargs) -> LTCRecurrentNet:
-    """Recurrent dense LTC-SN net with adaptive thresholds for vector sequences (S-MNIST)."""
-    return _build(LTCRecurrentNet, "srnn_ltc", pretrained, **kwargs)
