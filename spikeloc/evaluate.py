@@ -2,10 +2,12 @@
 overridden by a config), a readable report of the logged metrics, and image files as a dataset."""
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -15,13 +17,27 @@ from spikeloc.cli import LINKED_FROM_DATA, SpikelocCLI
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def _accepts(class_path: str) -> Callable[[str], bool]:
+    """Whether the class's ``__init__`` takes an argument of that name (all, with ``**kwargs``)."""
+    module, _, name = class_path.rpartition(".")
+    parameters = inspect.signature(getattr(importlib.import_module(module), name).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return lambda key: True
+    return lambda key: key in parameters
+
+
 def _component(hparams: dict[str, Any] | None, class_path: str | None, drop: Sequence[str] = ()) -> str | None:
-    """``{"class_path", "init_args"}`` as JSON from saved hyperparameters (``None`` when there are none)."""
+    """``{"class_path", "init_args"}`` as JSON from saved hyperparameters (``None`` when there are none).
+
+    Without the CLI, Lightning also saves the arguments of base-class ``__init__`` frames; those the
+    class itself does not take are left out."""
     hparams = dict(hparams or {})
     class_path = hparams.pop("_class_path", None) or class_path
     if not class_path or not hparams:
         return None
-    init_args = {key: value for key, value in hparams.items() if not key.startswith("_") and key not in drop}
+    accepts = _accepts(class_path)
+    init_args = {key: value for key, value in hparams.items()
+                 if not key.startswith("_") and key not in drop and accepts(key)}
     return json.dumps({"class_path": class_path, "init_args": init_args})
 
 

@@ -126,7 +126,7 @@ class SaveMetrics(pl.Callback):
 
 def test_ddp_ranks_log_the_map_of_the_union(tmp_path):
     torch.manual_seed(0)
-    data, module = shapes(num_val=10, batch_size=3), tiny_detector()
+    data, module = shapes(num_val=9, batch_size=3), tiny_detector()  # 2 ranks: the sampler repeats one image
     fit = trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[SaveMetrics(tmp_path)])
     fit.fit(module, datamodule=data)  # a briefly trained model: imperfect, non-trivial predictions
     single = json.loads((tmp_path / "rank0.json").read_text())
