@@ -3,6 +3,7 @@ from .classification import SpikingClassifier
 from .detection import SpikingDetector
 from .fptt import FPTT
 from .loop import FPTTConfig, OnlineModule, present, split_steps, step_weights
+from .writers import DetectionWriter, EvaluationWriter
 
-__all__ = ["FPTT", "FPTTConfig", "OnlineModule", "SpikingClassifier", "SpikingDetector", "present", "split_steps",
-           "step_weights"]
+__all__ = ["DetectionWriter", "EvaluationWriter", "FPTT", "FPTTConfig", "OnlineModule", "SpikingClassifier",
+           "SpikingDetector", "present", "split_steps", "step_weights"]
