@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOLoss, build_targets, decode_boxes,
-                                       encode_boxes, pad_targets)
+from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOGeometry, YOLOLoss, build_targets,
+                                       decode_boxes, encode_boxes, pad_targets)
 
 K = 4
 SIZE = 128
 SIZES = [(SIZE // s, SIZE // s) for s in SPYV4_STRIDES]
+GEOMETRY = YOLOGeometry.spyv4()
 
 
 
@@ -30,7 +31,7 @@ def _raw(batch: int = 3, seed: int = 0) -> list[torch.Tensor]:
 def _ideal(raw: list[torch.Tensor], targets, scale_xy: float = 1.05, match_iou: float = 0.213):
     """Raw outputs that decode to every assigned box, with confident objectness and classes."""
     gt = pad_targets(targets, raw[0])
-    scales = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, match_iou)
+    scales = build_targets(gt, GEOMETRY, SIZES, K, "threshold", match_iou)
     out = []
     for r, target, anchors, stride in zip(raw, scales, SPYV4_ANCHORS, SPYV4_STRIDES):
         r = r.clone()
@@ -46,15 +47,15 @@ def _ideal(raw: list[torch.Tensor], targets, scale_xy: float = 1.05, match_iou: 
 
 def test_assignment_best_anchor_and_threshold():
     gt = pad_targets([_target([[88.5, 46.5, 111.5, 73.5]], [1])], torch.zeros(1))  # 23 x 27 at (100, 60)
-    only_best = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=1.0)
+    only_best = build_targets(gt, GEOMETRY, SIZES, K, iou_threshold=1.0)
     assert only_best[0].positive.nonzero().tolist() == [[0, 0, 3, 6]] and not only_best[1].positive.any()
     # 23x27 vs 37x58 has wh-IoU 621 / 2146 = 0.289 > 0.213: that anchor predicts it too.
-    both = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=0.213)
+    both = build_targets(gt, GEOMETRY, SIZES, K, iou_threshold=0.213)
     assert both[0].positive.nonzero().tolist() == [[0, 0, 3, 6], [0, 1, 3, 6]]
     assert both[0].classes[0, 1, 3, 6].tolist() == [0, 1, 0, 0]
     # An 80x80 box matches the (81, 82) anchor present at both scales.
     gt = pad_targets([_target([[20, 30, 100, 110]], [2])], torch.zeros(1))
-    scales = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=0.9)
+    scales = build_targets(gt, GEOMETRY, SIZES, K, iou_threshold=0.9)
     assert scales[0].positive.nonzero().tolist() == [[0, 2, 4, 3]]
     assert scales[1].positive.nonzero().tolist() == [[0, 0, 2, 1]]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOPostprocess, build_targets,
+from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOGeometry, YOLOPostprocess, build_targets,
                                        detections_to_original, encode_boxes, pad_targets, to_original_boxes)
 
 BOXES = torch.tensor([[10, 10, 50, 50], [12, 12, 52, 52], [11, 9, 49, 51], [60, 60, 90, 90],
@@ -18,7 +18,7 @@ def _by_hand(boxes, scores, conf, iou, max_det):
     """torchvision.ops.nms run per class, merged by decreasing score."""
     rows = []
     for k in range(scores.shape[1]):
-        keep = scores[:, k] > conf
+        keep = scores[:, k] >= conf
         kept = nms(boxes[keep], scores[keep, k], iou)
         rows += [(float(scores[keep, k][i]), k, boxes[keep][i].tolist()) for i in kept]
     return sorted(rows, key=lambda r: -r[0])[:max_det]
@@ -58,7 +58,7 @@ def test_decodes_assigned_boxes_end_to_end():
     gt = torch.tensor([[88.5, 46.5, 111.5, 73.5], [20.0, 30.0, 100.0, 110.0]])
     sizes = [(size // s, size // s) for s in SPYV4_STRIDES]
     scales = build_targets(pad_targets([{"boxes": gt, "labels": torch.tensor([1, 2])}], gt),
-                           SPYV4_ANCHORS, SPYV4_STRIDES, sizes, num_classes, iou_threshold=1.0)
+                           YOLOGeometry.spyv4(), sizes, num_classes, iou_threshold=1.0)
     raw = []
     for target, anchors, stride in zip(scales, SPYV4_ANCHORS, SPYV4_STRIDES):
         r = torch.full((1, 3, *target.positive.shape[2:], 5 + num_classes), -10.0)
