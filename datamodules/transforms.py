@@ -33,14 +33,20 @@ class LetterboxInfo:
     pass it through untouched).
     """
 
-    scale: float = 1.0
+    scale: float | tuple[float, float] = 1.0  # one factor, or (s_x, s_y) after a plain resize
     pad: tuple[float, float] = (0.0, 0.0)  # (pad_x, pad_y)
 
-    def then(self, scale: float, pad: tuple[float, float]) -> "LetterboxInfo":
-        """Compose with a further ``x * scale + pad`` step."""
-        return LetterboxInfo(
-            self.scale * scale, (self.pad[0] * scale + pad[0], self.pad[1] * scale + pad[1])
-        )
+    def then(self, scale: float | tuple[float, float], pad: tuple[float, float]) -> "LetterboxInfo":
+        """Compose with a further ``x * scale + pad`` step (``scale`` one factor or ``(s_x, s_y)``;
+        once a pair, always a pair)."""
+        (ax, ay), (bx, by) = _pair(self.scale), _pair(scale)
+        paired = isinstance(self.scale, tuple) or isinstance(scale, tuple)
+        new = (ax * bx, ay * by) if paired else ax * bx
+        return LetterboxInfo(new, (self.pad[0] * bx + pad[0], self.pad[1] * by + pad[1]))
+
+
+def _pair(scale: float | tuple[float, float]) -> tuple[float, float]:
+    return (float(scale), float(scale)) if isinstance(scale, (int, float)) else (float(scale[0]), float(scale[1]))
 
 
 def letterbox_params(height: int, width: int, size: int) -> dict[str, Any]:
@@ -91,6 +97,34 @@ class Letterbox(v2.Transform):
         return self._call_kernel(F.pad, out, params["padding"], fill=fill)
 
 
+class Stretch(v2.Transform):
+    """Resize to ``size x size`` without keeping the aspect ratio (no padding), as the reference
+    evaluates; records ``(s_x, s_y)`` in the :class:`LetterboxInfo` so boxes map back exactly."""
+
+    _transformed_types = (torch.Tensor, PIL.Image.Image, LetterboxInfo)
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"Stretch size must be positive, got {size}")
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return dict(scale=(self.size / width, self.size / height))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, LetterboxInfo):
+            return inpt.then(params["scale"], (0.0, 0.0))
+        mode = v2.InterpolationMode.NEAREST if isinstance(inpt, tv_tensors.Mask) else v2.InterpolationMode.BILINEAR
+        return self._call_kernel(F.resize, inpt, [self.size, self.size], interpolation=mode, antialias=True)
+
+
+def resize_to_input(size: int, letterbox: bool = True) -> v2.Transform:
+    """The last geometric step: :class:`Letterbox` (spikeloc) or :class:`Stretch` (the reference)."""
+    return Letterbox(size) if letterbox else Stretch(size)
+
+
 def _is_integer(inpt: Any) -> bool:
     return isinstance(inpt, PIL.Image.Image) or not inpt.is_floating_point()
 
@@ -101,8 +135,10 @@ def target_fields(inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(target[key] for key in TARGET_FIELDS if key in target)
 
 
-def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: bool = True) -> v2.Compose:
-    """Training augmentation: colour jitter, zoom-out / IoU crop, horizontal flip, sanitise, letterbox.
+def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: bool = True,
+                    letterbox: bool = True) -> v2.Compose:
+    """Training augmentation: colour jitter, zoom-out / IoU crop, horizontal flip, sanitise, letterbox
+    (or a plain resize with ``letterbox=False``).
 
     Args:
         size: network input side S.
@@ -120,10 +156,11 @@ def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: boo
     if flip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(labels_getter=target_fields),
-              Letterbox(size), v2.ToDtype(torch.float32, scale=True)]
+              resize_to_input(size, letterbox), v2.ToDtype(torch.float32, scale=True)]
     return v2.Compose(steps)
 
 
-def eval_transform(size: int) -> v2.Compose:
-    """Evaluation: letterbox only (every box kept, mapped exactly), then float in [0, 1]."""
-    return v2.Compose([Letterbox(size), v2.ToDtype(torch.float32, scale=True)])
+def eval_transform(size: int, letterbox: bool = True) -> v2.Compose:
+    """Evaluation: letterbox (or, ``letterbox=False``, a plain resize as the reference evaluates) only,
+    every box kept and mapped exactly, then float in [0, 1]."""
+    return v2.Compose([resize_to_input(size, letterbox), v2.ToDtype(torch.float32, scale=True)])

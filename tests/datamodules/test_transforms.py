@@ -117,3 +117,23 @@ def test_empty_image_and_collate_contract() -> None:
                                "scale", "pad"}
         assert target["image_id"] == image_id and target["orig_size"] == (60, 100)
         assert isinstance(target["scale"], float) and all(isinstance(p, float) for p in target["pad"])
+
+
+def test_plain_resize_maps_boxes_and_inverts() -> None:
+    from spikeloc.models.detection import to_original_boxes
+
+    image, boxes = scene()  # 60 x 100
+    record = make_record(3, boxes, [0, 1, 2, 3], [False] * 4)
+    sample = make_sample(image, record, eval_transform(200, letterbox=False))
+    out, target = sample["image"], sample["target"]
+    assert out.shape == (3, 200, 200) and target["scale"] == pytest.approx((2.0, 200 / 60))
+    assert target["pad"] == (0.0, 0.0)
+    torch.testing.assert_close(target["boxes"], torch.from_numpy(boxes) * torch.tensor([2.0, 200 / 60] * 2))
+    back = to_original_boxes(target["boxes"], target["scale"], target["pad"], target["orig_size"])
+    torch.testing.assert_close(back, torch.from_numpy(boxes), atol=1e-4, rtol=0)
+    for box, color in zip(target["boxes"], COLORS):  # the pixels moved with the boxes
+        cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+        assert torch.allclose(out[:, cy, cx] * 255, color.float(), atol=2)
+    assert LetterboxInfo(2.0, (1.0, 3.0)).then((0.5, 2.0), (0.0, 0.0)) == LetterboxInfo((1.0, 4.0), (0.5, 6.0))
+    augmented = make_sample(image, record, train_transform(64, letterbox=False))
+    assert augmented["image"].shape == (3, 64, 64) and augmented["target"]["pad"] == (0.0, 0.0)
