@@ -12,6 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from torch.utils.data import Dataset
 
@@ -126,7 +127,8 @@ class VOCDetectionDataModule(DetectionDataModule):
         val_sets: pairs for validation; default VOC2007 test.
         test_sets: pairs for testing; ``None`` means the validation sets.
         class_names: the label names in label order; default the 20 VOC classes.
-        image_size, batch_size, num_workers, seed, augment, letterbox: see :class:`DetectionDataModule`.
+        image_size, batch_size, num_workers, seed, augment, letterbox, augmentation: see
+            :class:`DetectionDataModule`.
         train_difficult: keep ``difficult`` objects in training targets (eval always keeps and flags them).
     """
 
@@ -134,9 +136,10 @@ class VOCDetectionDataModule(DetectionDataModule):
                  val_sets: VOCSets = (("2007", "test"),), test_sets: VOCSets | None = None,
                  class_names: list[str] | None = None, image_size: int = 416, batch_size: int = 16,
                  num_workers: int = 0, seed: int = 0, augment: bool = True, train_difficult: bool = False,
-                 letterbox: bool = True) -> None:
+                 letterbox: bool = True, augmentation: Literal["spikeloc", "reference"] = "spikeloc") -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         augment=augment, train_difficult=train_difficult, letterbox=letterbox)
+                         augment=augment, train_difficult=train_difficult, letterbox=letterbox,
+                         augmentation=augmentation)
         names = list(VOC_CLASSES if class_names is None else class_names)
         if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise ValueError(f"class_names must be distinct non-empty names, got {class_names!r}")

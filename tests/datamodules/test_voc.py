@@ -158,3 +158,9 @@ def test_plain_resize_without_letterbox(voc: dict) -> None:
         sx, sy = target["scale"]
         assert (sx, sy) == pytest.approx((64 / width, 64 / height))
         torch.testing.assert_close(target["boxes"], target["orig_boxes"] * torch.tensor([sx, sy, sx, sy]))
+    reference = VOCDetectionDataModule(str(voc["root"]), train_sets=[("2007", "trainval")], image_size=64,
+                                       letterbox=False, augmentation="reference")
+    reference.setup("fit")
+    assert reference.train_set[0]["image"].shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="augmentation"):
+        VOCDetectionDataModule(str(voc["root"]), augmentation="mosaic")

@@ -35,7 +35,7 @@ def test_spyv4_voc_config_selects_the_reference():
     assert (post.conf_threshold, post.iou_threshold, post.max_detections, post.pre_nms_top_k, post.multi_label) == \
         (0.001, 0.5, None, None, False)
     assert module.fptt_config.alpha == 0.1 and module.fptt_config.update_alpha == 0.5
-    assert module.num_steps == 8 and not data.letterbox
+    assert module.num_steps == 8 and not data.letterbox and data.augmentation == "reference"
 
 
 def test_pretrained_backbone_is_loaded_after_weight_init(tmp_path):
