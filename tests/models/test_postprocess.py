@@ -85,3 +85,17 @@ def test_to_original_inverts_letterbox_and_clips():
     mapped = detections_to_original(dets, [{"scale": scale, "pad": pad, "orig_size": size}])
     torch.testing.assert_close(mapped[0]["boxes"], back)
     assert mapped[0]["scores"] is dets[0]["scores"]
+
+
+def test_reference_protocol_threshold_inclusive_one_label_no_cap():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [0, 40, 10, 50]])
+    scores = torch.tensor([[0.001, 0.0], [0.0009, 0.0], [0.3, 0.2], [0.5, 0.6]])
+    reference = YOLOPostprocess(0.001, 0.5, None, pre_nms_top_k=None, multi_label=False)
+    rows = _rows(reference.select(boxes[None], scores[None])[0])
+    # score >= 0.001 is kept (0.0009 is not); one label per box: box 2 is class 0 only, box 3 class 1 only.
+    assert [(round(s, 4), k) for s, k, _ in rows] == [(0.6, 1), (0.3, 0), (0.001, 0)]
+    many = torch.rand(1, 300, 2, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.01
+    spread = torch.arange(300.0)[:, None] * 20  # 300 disjoint boxes: NMS keeps every one
+    grid = torch.cat((spread, spread, spread + 10, spread + 10), dim=1)[None]
+    assert len(reference.select(grid, many)[0]["scores"]) == 300
+    assert len(YOLOPostprocess(0.001, 0.5).select(grid, many)[0]["scores"]) == 100  # spikeloc's cap
