@@ -86,7 +86,8 @@ class FPTT:
         torch._foreach_copy_([p.detach() for p in self.params], self.running)
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha, "beta": self.beta, "update_alpha": self.update_alpha, "running": list(self.running), "trace": list(self.trace)}
+        return {"alpha": self.alpha, "beta": self.beta, "update_alpha": self.update_alpha,
+                "running": list(self.running), "trace": list(self.trace)}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:

@@ -8,11 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from ...neurons import NeuronKind
+from ...neurons.modules import InitState
 from .geometry import DEFAULT_SCALE_XY, LOG_WH_RANGE, Anchors, YOLOGeometry
 from .head import Readout, YOLOHead
 from .neck import SpikingYOLONeck, Upsample
 
-InitState = Literal["zeros", "uniform"]
 WeightInit = Literal["default", "xavier_normal"]
 
 
@@ -100,7 +100,7 @@ class SpikingYOLO(nn.Module):
         return seeded_rng(device, self.eval_seed)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, geometry={self.geometry}, init_state={self.init_state}")
+        return f"num_classes={self.num_classes}, geometry={self.geometry}, init_state={self.init_state}"
 
 
 @contextlib.contextmanager

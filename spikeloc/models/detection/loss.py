@@ -43,7 +43,8 @@ def ciou_loss(pred: Tensor, goal: Tensor, alpha_grad: bool = False, eps: float =
     """
     x1, y1, x2, y2 = pred.unbind(-1)
     gx1, gy1, gx2, gy2 = goal.unbind(-1)
-    inter = (torch.min(x2, gx2) - torch.max(x1, gx1)).clamp(min=0) * (torch.min(y2, gy2) - torch.max(y1, gy1)).clamp(min=0)
+    inter_w = (torch.min(x2, gx2) - torch.max(x1, gx1)).clamp(min=0)
+    inter = inter_w * (torch.min(y2, gy2) - torch.max(y1, gy1)).clamp(min=0)
     w, h, gw, gh = x2 - x1, y2 - y1, gx2 - gx1, gy2 - gy1
     iou = inter / (w * h + gw * gh - inter + eps)
     diagonal = (torch.max(x2, gx2) - torch.min(x1, gx1)) ** 2 + (torch.max(y2, gy2) - torch.min(y1, gy1)) ** 2 + eps
