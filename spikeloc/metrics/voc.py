@@ -48,6 +48,13 @@ def voc_ap(dets: np.ndarray, gts: np.ndarray, num_classes: int, use_07_metric: b
     return out
 
 
+def xml_boxes(boxes: np.ndarray) -> np.ndarray:
+    """spikeloc's continuous xyxy ``[N, 4]`` (``xmin - 1, ymin - 1, xmax, ymax``) -> the VOC XML's
+    inclusive 1-based values ``(xmin, ymin, xmax, ymax)``, which the reference compares its
+    detections with: pass ground truth through this to reproduce its numbers exactly."""
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.array([1.0, 1.0, 0.0, 0.0])
+
+
 def match_class(dets: np.ndarray, gts: np.ndarray, difficult: np.ndarray,
                 iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """True / false positive flags ``[D]`` of score-sorted ``dets`` ``[D, 5]`` (image_id, xyxy)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spikeloc.metrics.voc import voc_ap
+from spikeloc.metrics.voc import voc_ap, xml_boxes
 
 
 def _gt(image, box, label=0, difficult=0):
@@ -133,3 +133,11 @@ def test_equals_plain_devkit_loop(seed, use_07):
     expected = devkit_loop(dets, gts, 4, use_07)
     np.testing.assert_allclose(voc_ap(dets, gts, 4, use_07_metric=use_07), expected, rtol=0, atol=1e-12)
     assert (expected > 0).sum() >= 2  # the case exercises real matches
+
+
+def test_xml_boxes_recover_the_annotation_values():
+    # VOC XML xmin=1 .. xmax=10 covers pixels 0..9: spikeloc holds (0, ., 10, .), the devkit (1, ., 10, .).
+    continuous = np.array([[0.0, 4.0, 10.0, 20.0]])
+    assert xml_boxes(continuous).tolist() == [[1.0, 5.0, 10.0, 20.0]]
+    gts = np.array([_gt(1, xml_boxes(continuous)[0])])
+    assert voc_ap(np.array([_det(1, (1, 5, 10, 20), 0.9)]), gts, 1) == pytest.approx([1.0])
