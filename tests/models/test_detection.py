@@ -197,3 +197,16 @@ def test_neck_upsample_order_sets_where_the_neuron_lives():
         assert [o.shape for o in outs] == [(2, 8, 4, 4), (2, 16, 2, 2)]
     with pytest.raises(ValueError, match="upsample"):
         SpikingYOLONeck([8, 16], upsample="bilinear")
+
+
+def test_one_geometry_from_flat_anchors_and_masks():
+    flat = [(10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)]
+    model = SpikingYOLO(TinyBackbone(), K, anchors=flat, anchor_masks=[[1, 2, 3], [3, 4, 5]], scale_xy=1.0,
+                        log_wh_clamp=None)
+    assert model.geometry.anchors[0] == (10.0, 14.0)
+    assert model.anchors == [[(23.0, 27.0), (37.0, 58.0), (81.0, 82.0)], [(81.0, 82.0), (135.0, 169.0), (344.0, 319.0)]]
+    assert model.geometry.scale_xy == 1.0 and model.geometry.log_wh_clamp is None
+    with pytest.raises(ValueError, match="strides"):
+        SpikingYOLO(TinyBackbone(strides=(8, 16, 32), channels=(4, 8, 16)), K)  # SPYv4's anchors need (16, 32)
+    with pytest.raises(ValueError, match="masks"):
+        SpikingYOLO(TinyBackbone(), K, anchors=flat, anchor_masks=[[1, 2, 6], [3]])
