@@ -98,8 +98,8 @@ class Letterbox(v2.Transform):
 
 
 class Stretch(v2.Transform):
-    """Resize to ``size x size`` without keeping the aspect ratio (no padding), as the reference
-    evaluates; records ``(s_x, s_y)`` in the :class:`LetterboxInfo` so boxes map back exactly."""
+    """Resize to ``size x size`` without keeping the aspect ratio (no padding; bicubic), as the
+    reference evaluates; records ``(s_x, s_y)`` in the :class:`LetterboxInfo` so boxes map back exactly."""
 
     _transformed_types = (torch.Tensor, PIL.Image.Image, LetterboxInfo)
 
@@ -116,7 +116,7 @@ class Stretch(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, LetterboxInfo):
             return inpt.then(params["scale"], (0.0, 0.0))
-        mode = v2.InterpolationMode.NEAREST if isinstance(inpt, tv_tensors.Mask) else v2.InterpolationMode.BILINEAR
+        mode = v2.InterpolationMode.NEAREST if isinstance(inpt, tv_tensors.Mask) else v2.InterpolationMode.BICUBIC
         return self._call_kernel(F.resize, inpt, [self.size, self.size], interpolation=mode, antialias=True)
 
 
