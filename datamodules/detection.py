@@ -12,6 +12,8 @@ Batch contract (what ``collate_detection`` returns and every detection loader yi
                    "scale": float, "pad": (pad_x, pad_y) floats}, ... B of them ]}
 
 with ``boxes = orig_boxes * scale + (pad_x, pad_y, pad_x, pad_y)`` exactly for evaluation samples.
+With ``letterbox=False`` (a plain resize, as the reference evaluates) ``scale`` is ``(s_x, s_y)``
+and ``pad`` is zero.
 For augmented training samples ``scale``/``pad`` describe only the final letterbox (crops and
 flips come before it) and ``orig_boxes`` are the source boxes of the objects that survived.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import lightning as L
 import numpy as np
@@ -30,7 +32,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from datamodules.common import make_loader
-from datamodules.transforms import LetterboxInfo, eval_transform, train_transform
+from datamodules.transforms import LetterboxInfo, eval_transform, reference_train_transform, train_transform
 
 Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -96,7 +98,7 @@ def make_sample(image: torch.Tensor, record: DetectionRecord, transform: Transfo
         "image_id": int(record.image_id),
         "orig_size": (int(height), int(width)),
         "orig_boxes": orig_boxes[out["index"]].reshape(-1, 4),
-        "scale": float(info.scale),
+        "scale": info.scale if isinstance(info.scale, tuple) else float(info.scale),
         "pad": (float(info.pad[0]), float(info.pad[1])),
     }}
 
@@ -145,6 +147,10 @@ class DetectionDataModule(L.LightningDataModule, ABC):
         seed: seed of the epoch-reproducible shuffling.
         augment: random augmentation on the training split (otherwise letterbox only).
         train_difficult: keep difficult / crowd objects in training targets.
+        letterbox: fit images into the square input keeping their aspect ratio (spikeloc), or
+            ``False``: resize them to it without padding (the reference's evaluation).
+        augmentation: with ``augment``, spikeloc's pipeline (``"spikeloc"``) or the reference's random
+            aspect / scale / HSV jitter and flip (``"reference"``, which places the image itself).
 
     Attributes:
         in_channels: image channels (3, RGB), for models built from the datamodule.
@@ -153,7 +159,8 @@ class DetectionDataModule(L.LightningDataModule, ABC):
     in_channels: int = 3
 
     def __init__(self, image_size: int = 416, batch_size: int = 16, num_workers: int = 0, seed: int = 0,
-                 augment: bool = True, train_difficult: bool = False) -> None:
+                 augment: bool = True, train_difficult: bool = False, letterbox: bool = True,
+                 augmentation: Literal["spikeloc", "reference"] = "spikeloc") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.image_size = image_size
@@ -162,6 +169,10 @@ class DetectionDataModule(L.LightningDataModule, ABC):
         self.seed = seed
         self.augment = augment
         self.train_difficult = train_difficult
+        self.letterbox = letterbox
+        if augmentation not in ("spikeloc", "reference"):
+            raise ValueError(f"augmentation must be 'spikeloc' or 'reference', got {augmentation!r}")
+        self.augmentation = augmentation
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -180,10 +191,14 @@ class DetectionDataModule(L.LightningDataModule, ABC):
         """Dataset of ``split`` in ``("train", "val", "test")`` whose items come from :func:`make_sample`."""
 
     def train_transform(self) -> Transform:
-        return train_transform(self.image_size) if self.augment else eval_transform(self.image_size)
+        if self.augment and self.augmentation == "reference":
+            return reference_train_transform(self.image_size)
+        if self.augment:
+            return train_transform(self.image_size, letterbox=self.letterbox)
+        return eval_transform(self.image_size, self.letterbox)
 
     def eval_transform(self) -> Transform:
-        return eval_transform(self.image_size)
+        return eval_transform(self.image_size, self.letterbox)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets a Lightning stage needs (``fit``, ``validate``, ``test``, ``predict``)."""

@@ -33,14 +33,20 @@ class LetterboxInfo:
     pass it through untouched).
     """
 
-    scale: float = 1.0
+    scale: float | tuple[float, float] = 1.0  # one factor, or (s_x, s_y) after a plain resize
     pad: tuple[float, float] = (0.0, 0.0)  # (pad_x, pad_y)
 
-    def then(self, scale: float, pad: tuple[float, float]) -> "LetterboxInfo":
-        """Compose with a further ``x * scale + pad`` step."""
-        return LetterboxInfo(
-            self.scale * scale, (self.pad[0] * scale + pad[0], self.pad[1] * scale + pad[1])
-        )
+    def then(self, scale: float | tuple[float, float], pad: tuple[float, float]) -> "LetterboxInfo":
+        """Compose with a further ``x * scale + pad`` step (``scale`` one factor or ``(s_x, s_y)``;
+        once a pair, always a pair)."""
+        (ax, ay), (bx, by) = _pair(self.scale), _pair(scale)
+        paired = isinstance(self.scale, tuple) or isinstance(scale, tuple)
+        new = (ax * bx, ay * by) if paired else ax * bx
+        return LetterboxInfo(new, (self.pad[0] * bx + pad[0], self.pad[1] * by + pad[1]))
+
+
+def _pair(scale: float | tuple[float, float]) -> tuple[float, float]:
+    return (float(scale), float(scale)) if isinstance(scale, (int, float)) else (float(scale[0]), float(scale[1]))
 
 
 def letterbox_params(height: int, width: int, size: int) -> dict[str, Any]:
@@ -91,6 +97,133 @@ class Letterbox(v2.Transform):
         return self._call_kernel(F.pad, out, params["padding"], fill=fill)
 
 
+class Stretch(v2.Transform):
+    """Resize to ``size x size`` without keeping the aspect ratio (no padding; bicubic), as the
+    reference evaluates; records ``(s_x, s_y)`` in the :class:`LetterboxInfo` so boxes map back exactly."""
+
+    _transformed_types = (torch.Tensor, PIL.Image.Image, LetterboxInfo)
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"Stretch size must be positive, got {size}")
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return dict(scale=(self.size / width, self.size / height))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, LetterboxInfo):
+            return inpt.then(params["scale"], (0.0, 0.0))
+        mode = v2.InterpolationMode.NEAREST if isinstance(inpt, tv_tensors.Mask) else v2.InterpolationMode.BICUBIC
+        return self._call_kernel(F.resize, inpt, [self.size, self.size], interpolation=mode, antialias=True)
+
+
+def resize_to_input(size: int, letterbox: bool = True) -> v2.Transform:
+    """The last geometric step: :class:`Letterbox` (spikeloc) or :class:`Stretch` (the reference)."""
+    return Letterbox(size) if letterbox else Stretch(size)
+
+
+class RandomAspectScale(v2.Transform):
+    """The reference's geometric augmentation: stretch the aspect ratio by
+    ``U(1 - jitter, 1 + jitter) / U(1 - jitter, 1 + jitter)``, scale the longer output side to
+    ``U(*scale) * size``, and paste the result at a random offset on a grey ``size x size`` canvas
+    (cropping what falls outside). Boxes move with the pixels; the :class:`LetterboxInfo` records
+    ``(s_x, s_y)`` and the offset. Then clamp and sanitise the boxes.
+    """
+
+    _transformed_types = (torch.Tensor, LetterboxInfo)
+
+    def __init__(self, size: int, jitter: float = 0.3, scale: tuple[float, float] = (0.25, 2.0),
+                 fill: int = 128) -> None:
+        super().__init__()
+        if size <= 0 or not 0 <= jitter < 1 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"RandomAspectScale needs size > 0, 0 <= jitter < 1, 0 < scale[0] <= scale[1]; "
+                             f"got {size}, {jitter}, {scale}")
+        self.size, self.jitter, self.scale, self.fill = size, jitter, tuple(scale), fill
+
+    @staticmethod
+    def _uniform(low: float, high: float) -> float:
+        """``low + (high - low) U(0, 1)`` (``high < low`` allowed: an offset when the image overflows)."""
+        return low + (high - low) * float(torch.rand(()))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        j = self.jitter
+        aspect = self._uniform(1 - j, 1 + j) / self._uniform(1 - j, 1 + j)  # output w/h for a square input
+        side = self._uniform(*self.scale) * self.size
+        new_w, new_h = (int(side * aspect), int(side)) if aspect < 1 else (int(side), int(side / aspect))
+        new_w, new_h = max(new_w, 1), max(new_h, 1)
+        return dict(new_hw=(new_h, new_w), scale=(new_w / width, new_h / height),
+                    offset=(int(self._uniform(0, self.size - new_w)), int(self._uniform(0, self.size - new_h))))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        (dx, dy), (sx, sy) = params["offset"], params["scale"]
+        if isinstance(inpt, LetterboxInfo):
+            return inpt.then((sx, sy), (float(dx), float(dy)))
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            xyxy = F.convert_bounding_box_format(inpt, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+            moved = xyxy.as_subclass(torch.Tensor) * xyxy.new_tensor([sx, sy, sx, sy]) + xyxy.new_tensor(
+                [dx, dy, dx, dy])
+            return tv_tensors.wrap(moved, like=xyxy, canvas_size=(self.size, self.size))
+        image = F.resize(inpt.as_subclass(torch.Tensor), list(params["new_hw"]),
+                         interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        fill = self.fill if _is_integer(inpt) else self.fill / 255.0
+        canvas = image.new_full((*image.shape[:-2], self.size, self.size), fill)
+        (new_h, new_w), size = params["new_hw"], self.size
+        x0, y0, x1, y1 = max(dx, 0), max(dy, 0), min(dx + new_w, size), min(dy + new_h, size)
+        if x1 > x0 and y1 > y0:
+            canvas[..., y0:y1, x0:x1] = image[..., y0 - dy:y1 - dy, x0 - dx:x1 - dx]
+        return tv_tensors.wrap(canvas, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else canvas
+
+
+def hsv_jitter(image: torch.Tensor, hue: float, saturation: float, value: float) -> torch.Tensor:
+    """Shift the hue by ``hue`` turns, multiply saturation and value (each clipped to 1) of an RGB
+    image ``[..., 3, H, W]`` in [0, 1] (float) or uint8; returns the same dtype."""
+    dtype = image.dtype
+    x = F.adjust_hue(F.to_dtype(image, torch.float32, scale=True), hue)
+    peak = x.amax(dim=-3, keepdim=True)  # V
+    spread = peak - x.amin(dim=-3, keepdim=True)  # V - min = S V
+    stretch = torch.minimum(torch.full_like(peak, saturation), peak / spread.clamp(min=1e-12))  # S' = min(S s, 1)
+    x = peak - stretch * (peak - x)
+    x = x * torch.minimum(torch.full_like(peak, value), 1 / peak.clamp(min=1e-12))  # V' = min(V v, 1)
+    return F.to_dtype(x.clamp(0, 1), dtype, scale=True)
+
+
+class HSVJitter(v2.Transform):
+    """The reference's colour augmentation: hue shift ``U(-hue, hue)`` turns, saturation and value
+    factors each ``U(1, s)`` or its inverse with probability 1/2 (see :func:`hsv_jitter`)."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, hue: float = 0.1, saturation: float = 1.5, value: float = 1.5) -> None:
+        super().__init__()
+        self.hue, self.saturation, self.value = hue, saturation, value
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        def factor(high: float) -> float:
+            draw = float(torch.empty(()).uniform_(1.0, high))
+            return draw if float(torch.rand(())) < 0.5 else 1.0 / draw
+
+        return dict(hue=float(torch.empty(()).uniform_(-self.hue, self.hue)), saturation=factor(self.saturation),
+                    value=factor(self.value))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out = hsv_jitter(inpt.as_subclass(torch.Tensor), params["hue"], params["saturation"], params["value"])
+        return tv_tensors.wrap(out, like=inpt)
+
+
+def reference_train_transform(size: int) -> v2.Compose:
+    """The reference's training augmentation: :class:`RandomAspectScale` (aspect jitter 0.3, scale
+    0.25-2, grey canvas), horizontal flip (p=0.5), :class:`HSVJitter` (0.1, 1.5, 1.5), then boxes
+    clamped and those under one pixel wide or high dropped. (The reference's optional mosaic is
+    not implemented.)"""
+    return v2.Compose([RandomAspectScale(size), v2.RandomHorizontalFlip(p=0.5), HSVJitter(),
+                       v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1, labels_getter=target_fields),
+                       v2.ToDtype(torch.float32, scale=True)])
+
+
 def _is_integer(inpt: Any) -> bool:
     return isinstance(inpt, PIL.Image.Image) or not inpt.is_floating_point()
 
@@ -101,8 +234,10 @@ def target_fields(inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(target[key] for key in TARGET_FIELDS if key in target)
 
 
-def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: bool = True) -> v2.Compose:
-    """Training augmentation: colour jitter, zoom-out / IoU crop, horizontal flip, sanitise, letterbox.
+def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: bool = True,
+                    letterbox: bool = True) -> v2.Compose:
+    """Training augmentation: colour jitter, zoom-out / IoU crop, horizontal flip, sanitise, letterbox
+    (or a plain resize with ``letterbox=False``).
 
     Args:
         size: network input side S.
@@ -120,10 +255,11 @@ def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: boo
     if flip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(labels_getter=target_fields),
-              Letterbox(size), v2.ToDtype(torch.float32, scale=True)]
+              resize_to_input(size, letterbox), v2.ToDtype(torch.float32, scale=True)]
     return v2.Compose(steps)
 
 
-def eval_transform(size: int) -> v2.Compose:
-    """Evaluation: letterbox only (every box kept, mapped exactly), then float in [0, 1]."""
-    return v2.Compose([Letterbox(size), v2.ToDtype(torch.float32, scale=True)])
+def eval_transform(size: int, letterbox: bool = True) -> v2.Compose:
+    """Evaluation: letterbox (or, ``letterbox=False``, a plain resize as the reference evaluates) only,
+    every box kept and mapped exactly, then float in [0, 1]."""
+    return v2.Compose([resize_to_input(size, letterbox), v2.ToDtype(torch.float32, scale=True)])

@@ -1,7 +1,9 @@
 """Neuron modules: own the parameters, call the pure step functions, keep state explicit.
 
 Every module here: ``forward(x_t, state=None) -> (y_t, state)`` for one time step, where
-``state`` is a dict of batch-first tensors and ``None`` means fresh (all zeros).
+``state`` is a dict of batch-first tensors and ``None`` means fresh: all zeros, except the
+membrane ``u`` of the spiking neurons when ``init_state="uniform"`` (drawn from U[0, 1) with the
+global torch RNG, as the reference does; seed it for reproducible runs).
 """
 from __future__ import annotations
 
@@ -14,10 +16,22 @@ from . import functional as F
 from .surrogate import Surrogate, get_surrogate
 
 NeuronKind = Literal["ltc", "lif", "alif"]
+InitState = Literal["zeros", "uniform"]
 
 
 def _zeros(state: dict | None, key: str, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if state is None else state[key]
+
+
+def _membrane(state: dict | None, like: Tensor, init_state: InitState) -> Tensor:
+    """``state["u"]``, or a fresh membrane: zeros, or U[0, 1) for ``init_state="uniform"``."""
+    if state is not None:
+        return state["u"]
+    if init_state == "uniform":
+        return torch.rand_like(like)
+    if init_state != "zeros":
+        raise ValueError(f"init_state must be 'zeros' or 'uniform', got {init_state!r}")
+    return torch.zeros_like(like)
 
 
 class LTCNeuron(nn.Module):
@@ -27,14 +41,16 @@ class LTCNeuron(nn.Module):
     """
 
     def __init__(self, channels: int, tau_kernel: int = 3, threshold: float = 1.0,
-                 surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard") -> None:
+                 surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
+                 init_state: InitState = "zeros") -> None:
         super().__init__()
+        self.init_state = init_state
         self.tau_conv = nn.Conv2d(channels, channels, tau_kernel, padding=tau_kernel // 2, bias=False)
         self.tau_bn = nn.BatchNorm2d(channels)
         self.threshold, self.surrogate, self.reset = threshold, get_surrogate(surrogate), reset
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        u = _zeros(state, "u", current)
+        u = _membrane(state, current, self.init_state)
         tau = torch.sigmoid(self.tau_bn(self.tau_conv(current + u)))
         spike, u = F.ltc_step(current, u, tau, self.threshold, self.surrogate, self.reset)
         return spike, {"u": u}
@@ -44,12 +60,14 @@ class LIFNeuron(nn.Module):
     """Leaky integrate-and-fire with a fixed leak ``decay``; any input shape; state ``{"u"}``."""
 
     def __init__(self, channels: int | None = None, decay: float = 0.5, threshold: float = 1.0,
-                 surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard") -> None:
+                 surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
+                 init_state: InitState = "zeros") -> None:
         super().__init__()
+        self.init_state = init_state
         self.decay, self.threshold, self.surrogate, self.reset = decay, threshold, get_surrogate(surrogate), reset
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        u = _zeros(state, "u", current)
+        u = _membrane(state, current, self.init_state)
         spike, u = F.lif_step(current, u, self.decay, self.threshold, self.surrogate, self.reset)
         return spike, {"u": u}
 
@@ -61,13 +79,16 @@ class ALIFNeuron(nn.Module):
     """
 
     def __init__(self, channels: int | None = None, decay: float = 0.5, rho: float = 0.9, threshold: float = 1.0,
-                 scale: float = 1.8, surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard") -> None:
+                 scale: float = 1.8, surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
+                 init_state: InitState = "zeros") -> None:
         super().__init__()
+        self.init_state = init_state
         self.decay, self.rho, self.threshold, self.scale = decay, rho, threshold, scale
         self.surrogate, self.reset = get_surrogate(surrogate), reset
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        u, b, s = (_zeros(state, key, current) for key in ("u", "b", "s"))
+        u = _membrane(state, current, self.init_state)
+        b, s = (_zeros(state, key, current) for key in ("b", "s"))
         theta, b = F.adaptive_threshold(b, s, self.rho, self.threshold, self.scale)
         spike, u = F.lif_step(current, u, self.decay, theta, self.surrogate, self.reset)
         return spike, {"u": u, "b": b, "s": spike}

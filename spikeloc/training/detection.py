@@ -18,18 +18,12 @@ from torch import Tensor, nn
 
 from spikeloc.metrics import DetectionMAP
 from spikeloc.models.backbones.pretrained import load_pretrained
-from spikeloc.models.detection import (SPYV4_ANCHORS, SpikingYOLO, YOLOLoss, YOLOPostprocess,
-                                       detections_to_original)
+from spikeloc.models.detection import (SpikingYOLO, YOLOLoss, YOLOPostprocess, detections_to_original,
+                                       scaled_anchors)
 from .loop import OnlineModule, present
 
 Batch = dict[str, Any]  # {"images": [B, 3, S, S] or [B, T, 3, S, S], "targets": [B dicts]}
-REFERENCE_SIZE = 416  # the input side the SPYv4 anchors were chosen for
-
-
-def scaled_anchors(image_size: int) -> list[list[tuple[float, float]]]:
-    """SPYv4's anchors scaled from 416x416 to ``image_size`` (identical at 416)."""
-    factor = image_size / REFERENCE_SIZE
-    return [[(w * factor, h * factor) for w, h in scale] for scale in SPYV4_ANCHORS]
+__all__ = ["SpikingDetector", "scaled_anchors"]
 
 
 class SpikingDetector(OnlineModule):
@@ -41,12 +35,16 @@ class SpikingDetector(OnlineModule):
         pretrained: local backbone weights (spikeloc ``.ckpt``, ``state_dict`` or ANN timm file).
         num_classes / in_channels: linked from the datamodule by the CLI.
         class_names: names for the metric; ``None``: the datamodule's ``class_names`` at setup.
-        anchors: per scale a list of (w, h) in input pixels; ``None``: SPYv4's scaled to ``image_size``.
+        anchors: per scale a list of (w, h) in input pixels (or, with ``anchor_masks``, one flat list);
+            ``None``: SPYv4's six scaled to ``image_size``.
+        anchor_masks, scale_xy, log_wh_clamp, neck_upsample, init_state, input_dropout, weight_init:
+            see :class:`SpikingYOLO` (the README's "VOC and the paper's protocol" gives the reference).
         readout: ``last`` (the head's output of each step) or ``leaky`` (integrated over steps).
         image_size: network input side (anchor scaling, head bias priors).
         neck_kwargs: ``neuron`` / ``neuron_kwargs`` of the neck cells.
-        loss_kwargs: extra :class:`YOLOLoss` arguments (``box_weight``, ``ignore_iou`` ...).
-        conf_threshold / iou_threshold / max_detections: post-processing for evaluation.
+        loss_kwargs: extra :class:`YOLOLoss` arguments (``box_weight``, ``ignore_iou``, ``assign`` ...).
+        conf_threshold / iou_threshold / max_detections / pre_nms_top_k / multi_label: post-processing
+            for evaluation, see :class:`YOLOPostprocess`.
         **kwargs: the loop's settings (``num_steps``, ``algorithm``, ``fptt`` ...), see :class:`OnlineModule`.
     """
 
@@ -55,17 +53,24 @@ class SpikingDetector(OnlineModule):
                  class_names: list[str] | None = None, anchors: list[list[tuple[float, float]]] | None = None,
                  readout: Literal["last", "leaky"] = "last", image_size: int = 416,
                  neck_kwargs: dict[str, Any] | None = None, loss_kwargs: dict[str, Any] | None = None,
-                 conf_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int = 100,
-                 **kwargs: Any) -> None:
+                 conf_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int | None = 100,
+                 pre_nms_top_k: int | None = 1000, multi_label: bool = True,
+                 anchor_masks: list[list[int]] | None = None, scale_xy: float = 1.05,
+                 log_wh_clamp: tuple[float, float] | None = (-8.0, 4.0),
+                 neck_upsample: Literal["current", "spikes"] = "current",
+                 init_state: Literal["zeros", "uniform"] = "zeros", input_dropout: float = 0.0,
+                 weight_init: Literal["default", "xavier_normal"] = "default", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         net = timm.create_model(backbone, num_classes=0, in_chans=in_channels, **(backbone_kwargs or {}))
-        if pretrained:
+        self.model = SpikingYOLO(net, num_classes, anchors, readout, image_size=image_size, anchor_masks=anchor_masks,
+                                 scale_xy=scale_xy, log_wh_clamp=log_wh_clamp, neck_upsample=neck_upsample,
+                                 init_state=init_state, input_dropout=input_dropout, weight_init=weight_init,
+                                 **(neck_kwargs or {}))
+        if pretrained:  # after weight_init, which covers the whole network
             rank_zero_info(load_pretrained(net, pretrained).summary())
-        anchors = anchors if anchors is not None else scaled_anchors(image_size)
-        self.model = SpikingYOLO(net, num_classes, anchors, readout, image_size=image_size, **(neck_kwargs or {}))
-        self.loss = YOLOLoss(self.model.anchors, self.model.strides, num_classes, **(loss_kwargs or {}))
-        self.postprocess = YOLOPostprocess(conf_threshold, iou_threshold, max_detections,
-                                           anchors=self.model.anchors, strides=self.model.strides)
+        self.loss = YOLOLoss(self.model.geometry, num_classes, **(loss_kwargs or {}))
+        self.postprocess = YOLOPostprocess(conf_threshold, iou_threshold, max_detections, self.model.geometry,
+                                           pre_nms_top_k, multi_label)
         self.num_classes, self.image_size = num_classes, image_size
         self.class_names = list(class_names) if class_names is not None else None
         self._check_class_names()

@@ -7,9 +7,11 @@ Lagrange-like trace ``lam`` (starts at 0). Each truncated update minimises
 
 and after ``optimizer.step()`` calls :meth:`FPTT.update`:
 
-    lam   <- lam - alpha * (W - W_bar)
-    W_bar <- (1 - beta) * W_bar + beta * W - (beta / alpha) * lam
+    lam   <- lam - a * (W - W_bar)
+    W_bar <- (1 - beta) * W_bar + beta * W - (beta / a) * lam
 
+with ``a = update_alpha``, which is ``alpha`` unless set: the reference detection script uses
+alpha 0.1 in the penalty and 0.5 in these updates (its classification scripts use one alpha).
 All tensors move together through ``torch._foreach_*`` kernels and nothing is read back
 to the host, so the per-step overhead stays a handful of fused launches.
 """
@@ -49,13 +51,18 @@ class FPTT:
         params: the trainable parameters (their order defines the state layout).
         alpha: regulariser strength (reference 0.1).
         beta: running-average rate (reference 0.5).
+        update_alpha: the alpha of the trace and running-average updates (``None``: ``alpha``;
+            the reference detection run: 0.5 with ``alpha=0.1``).
     """
 
-    def __init__(self, params: Iterable[Tensor], alpha: float = 0.1, beta: float = 0.5) -> None:
-        if alpha <= 0 or not 0 < beta <= 1:
-            raise ValueError(f"FPTT needs alpha > 0 and 0 < beta <= 1, got alpha={alpha}, beta={beta}")
+    def __init__(self, params: Iterable[Tensor], alpha: float = 0.1, beta: float = 0.5,
+                 update_alpha: float | None = None) -> None:
+        update_alpha = alpha if update_alpha is None else update_alpha
+        if alpha <= 0 or update_alpha <= 0 or not 0 < beta <= 1:
+            raise ValueError(f"FPTT needs alpha > 0, update_alpha > 0 and 0 < beta <= 1, got alpha={alpha}, "
+                             f"update_alpha={update_alpha}, beta={beta}")
         self.params = [p for p in params if p.requires_grad]
-        self.alpha, self.beta = float(alpha), float(beta)
+        self.alpha, self.beta, self.update_alpha = float(alpha), float(beta), float(update_alpha)
         with torch.no_grad():
             self.running = [p.detach().clone() for p in self.params]
             self.trace = [torch.zeros_like(p) for p in self.params]
@@ -68,10 +75,10 @@ class FPTT:
     def update(self) -> None:
         """Advance ``lam`` and ``W_bar``; call right after ``optimizer.step()``."""
         params = [p.detach() for p in self.params]
-        torch._foreach_add_(self.trace, torch._foreach_sub(params, self.running), alpha=-self.alpha)
+        torch._foreach_add_(self.trace, torch._foreach_sub(params, self.running), alpha=-self.update_alpha)
         torch._foreach_mul_(self.running, 1.0 - self.beta)
         torch._foreach_add_(self.running, params, alpha=self.beta)
-        torch._foreach_add_(self.running, self.trace, alpha=-self.beta / self.alpha)
+        torch._foreach_add_(self.running, self.trace, alpha=-self.beta / self.update_alpha)
 
     @torch.no_grad()
     def consolidate(self) -> None:
@@ -79,7 +86,8 @@ class FPTT:
         torch._foreach_copy_([p.detach() for p in self.params], self.running)
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha, "beta": self.beta, "running": list(self.running), "trace": list(self.trace)}
+        return {"alpha": self.alpha, "beta": self.beta, "update_alpha": self.update_alpha,
+                "running": list(self.running), "trace": list(self.trace)}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -95,3 +103,4 @@ class FPTT:
                                      f"parameter has {tuple(dst.shape)}")
             torch._foreach_copy_(mine, [t.to(d.device, d.dtype) for t, d in zip(saved, mine)])
         self.alpha, self.beta = float(state["alpha"]), float(state["beta"])
+        self.update_alpha = float(state.get("update_alpha", self.alpha))

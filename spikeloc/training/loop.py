@@ -35,6 +35,7 @@ class FPTTConfig:
     beta: float = 0.5
     parts: int | None = None
     consolidate: bool = True  # copy the running average into the weights after each epoch's last batch
+    update_alpha: float | None = None  # alpha of the trace / running-average update (None: alpha)
 
 
 def step_weights(num_steps: int, weighting: Weighting = "uniform", start: int = 0) -> list[float]:
@@ -156,7 +157,8 @@ class OnlineModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.algorithm == "fptt":
-            self.fptt = FPTT(self.parameters(), self.fptt_config.alpha, self.fptt_config.beta)
+            self.fptt = FPTT(self.parameters(), self.fptt_config.alpha, self.fptt_config.beta,
+                             self.fptt_config.update_alpha)
             if self._pending_fptt_state is not None:
                 self.fptt.load_state_dict(self._pending_fptt_state)
                 self._pending_fptt_state = None

@@ -117,3 +117,86 @@ def test_empty_image_and_collate_contract() -> None:
                                "scale", "pad"}
         assert target["image_id"] == image_id and target["orig_size"] == (60, 100)
         assert isinstance(target["scale"], float) and all(isinstance(p, float) for p in target["pad"])
+
+
+def test_plain_resize_maps_boxes_and_inverts() -> None:
+    from spikeloc.models.detection import to_original_boxes
+
+    image, boxes = scene()  # 60 x 100
+    record = make_record(3, boxes, [0, 1, 2, 3], [False] * 4)
+    sample = make_sample(image, record, eval_transform(200, letterbox=False))
+    out, target = sample["image"], sample["target"]
+    assert out.shape == (3, 200, 200) and target["scale"] == pytest.approx((2.0, 200 / 60))
+    assert target["pad"] == (0.0, 0.0)
+    torch.testing.assert_close(target["boxes"], torch.from_numpy(boxes) * torch.tensor([2.0, 200 / 60] * 2))
+    back = to_original_boxes(target["boxes"], target["scale"], target["pad"], target["orig_size"])
+    torch.testing.assert_close(back, torch.from_numpy(boxes), atol=1e-4, rtol=0)
+    for box, color in zip(target["boxes"], COLORS):  # the pixels moved with the boxes
+        cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+        assert torch.allclose(out[:, cy, cx] * 255, color.float(), atol=2)
+    assert LetterboxInfo(2.0, (1.0, 3.0)).then((0.5, 2.0), (0.0, 0.0)) == LetterboxInfo((1.0, 4.0), (0.5, 6.0))
+    augmented = make_sample(image, record, train_transform(64, letterbox=False))
+    assert augmented["image"].shape == (3, 64, 64) and augmented["target"]["pad"] == (0.0, 0.0)
+
+
+def test_random_aspect_scale_by_hand_and_boxes_follow_pixels() -> None:
+    from torchvision import tv_tensors
+
+    from datamodules.transforms import RandomAspectScale
+
+    image, boxes = scene()  # 60 x 100
+    step = RandomAspectScale(80)
+    # new size 50 x 120 (h x w) pasted at (-20, 10): s = (1.2, 50 / 60), 20 columns cut on the left.
+    params = dict(new_hw=(50, 120), scale=(1.2, 50 / 60), offset=(-20, 10))
+    out = step.transform(tv_tensors.Image(image), params)
+    assert out.shape == (3, 80, 80) and (out[:, :10] == 128).all() and (out[:, 60:] == 128).all()
+    moved = step.transform(tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(60, 100)),
+                           params)
+    expected = torch.from_numpy(boxes) * torch.tensor([1.2, 50 / 60] * 2) + torch.tensor([-20.0, 10.0] * 2)
+    torch.testing.assert_close(moved.as_subclass(torch.Tensor), expected)
+    assert step.transform(LetterboxInfo(), params) == LetterboxInfo((1.2, 50 / 60), (-20.0, 10.0))
+    for box, color in zip(expected, COLORS):  # box centres inside the canvas show their colour
+        cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+        if 0 <= cx < 80 and 0 <= cy < 80:
+            assert torch.allclose(out[:, cy, cx].float(), color.float(), atol=12)
+    torch.manual_seed(0)
+    draws = [step.make_params([tv_tensors.Image(image)]) for _ in range(300)]
+    longer = torch.tensor([max(d["new_hw"]) / 80 for d in draws])
+    aspect = torch.tensor([d["new_hw"][1] / d["new_hw"][0] for d in draws])
+    assert 0.24 < longer.min() < 0.35 and 1.8 < longer.max() <= 2.0  # scale 0.25..2 of the side
+    assert 0.5 < aspect.min() < 0.7 and 1.4 < aspect.max() < 1.9  # (1.3 / 0.7) at most
+
+
+def test_hsv_jitter_matches_colorsys() -> None:
+    import colorsys
+
+    from datamodules.transforms import hsv_jitter
+
+    pixels = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    for hue, sat, val in ((0.0, 1.5, 1.0), (0.07, 0.7, 1.4), (-0.1, 1.3, 0.8)):
+        out = hsv_jitter(pixels, hue, sat, val)
+        for y in range(4):
+            for x in range(5):
+                h, s, v = colorsys.rgb_to_hsv(*pixels[:, y, x].tolist())
+                expected = colorsys.hsv_to_rgb((h + hue) % 1.0, min(s * sat, 1.0), min(v * val, 1.0))
+                assert out[:, y, x].tolist() == pytest.approx(expected, abs=2e-3)
+    as_uint8 = hsv_jitter((pixels * 255).round().to(torch.uint8), 0.0, 1.0, 1.0)
+    assert as_uint8.dtype == torch.uint8 and (as_uint8.float() - (pixels * 255).round()).abs().max() <= 1
+
+
+def test_reference_augmentation_keeps_boxes_valid_and_aligned() -> None:
+    from datamodules.transforms import reference_train_transform
+
+    torch.manual_seed(0)
+    image, boxes = scene()
+    record = make_record(1, boxes, [0, 1, 2, 3], [False, True, False, True])
+    kept = 0
+    for _ in range(20):
+        sample = make_sample(image, record, reference_train_transform(96))
+        target = sample["target"]
+        assert sample["image"].shape == (3, 96, 96) and sample["image"].dtype == torch.float32
+        assert (target["boxes"] >= 0).all() and (target["boxes"] <= 96).all()
+        assert (target["boxes"][:, 2:] - target["boxes"][:, :2] >= 1).all()
+        assert target["difficult"].tolist() == [bool(label % 2) for label in target["labels"].tolist()]
+        kept += len(target["labels"])
+    assert kept > 20

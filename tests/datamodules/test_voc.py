@@ -112,3 +112,55 @@ def test_cli_types_parse_from_yaml_values(voc: dict) -> None:
     dm = VOCDetectionDataModule(**cfg.data)
     dm.setup("fit")
     assert len(dm.train_set) == 5
+
+
+def test_own_classes_folder_and_set_names(tmp_path: Path) -> None:
+    from PIL import Image
+
+    fix = write_voc_fixture(tmp_path, "2007", {"mine": 3, "held_out": 2}, seed=3)
+    (tmp_path / "VOC2007").rename(tmp_path / "MyData")  # a folder in VOC layout, not a VOC year
+    first = fix["sets"]["mine"][0]
+    jpg = tmp_path / "MyData" / "JPEGImages" / f"{first}.jpg"
+    Image.open(jpg).save(jpg.with_suffix(".png"))  # people label PNGs too
+    jpg.unlink()
+    names = ["dog", "person", "car"]  # their own classes, in their own order
+    dm = VOCDetectionDataModule(str(tmp_path), train_sets=[("MyData", "mine")], val_sets=[["MyData", "held_out"]],
+                                class_names=names, image_size=64, augment=False)
+    assert dm.num_classes == 3 and dm.class_names == names
+    dm.setup("fit")
+    assert len(dm.train_set) == 3 and len(dm.val_set) == 2
+    for index, image_id in enumerate(fix["sets"]["mine"]):
+        objects = fix["images"][image_id]["objects"]
+        target = dm.train_set[index]["target"]
+        kept = [o for o in objects if not o["difficult"]]
+        assert target["labels"].tolist() == [names.index(o["name"]) for o in kept]
+    with pytest.raises(ValueError, match="distinct"):
+        VOCDetectionDataModule(str(tmp_path), class_names=["dog", "dog"])
+
+
+def test_unknown_class_names_file_name_and_allowed_names(tmp_path: Path) -> None:
+    fix = write_voc_fixture(tmp_path, "2007", {"test": 2}, classes=("car",), seed=4)
+    dm = VOCDetectionDataModule(str(tmp_path), val_sets=[("2007", "test")], class_names=["person", "dog"])
+    with pytest.raises(ValueError) as err:
+        dm.setup("validate")
+    message = str(err.value)
+    assert f"{fix['sets']['test'][0]}.xml" in message and "'car'" in message and "['person', 'dog']" in message
+
+
+def test_plain_resize_without_letterbox(voc: dict) -> None:
+    dm = VOCDetectionDataModule(str(voc["root"]), val_sets=[("2007", "test")], image_size=64, letterbox=False)
+    dm.setup("validate")
+    for index in range(len(dm.val_set)):
+        sample = dm.val_set[index]
+        target = sample["target"]
+        height, width = target["orig_size"]
+        assert sample["image"].shape == (3, 64, 64) and target["pad"] == (0.0, 0.0)
+        sx, sy = target["scale"]
+        assert (sx, sy) == pytest.approx((64 / width, 64 / height))
+        torch.testing.assert_close(target["boxes"], target["orig_boxes"] * torch.tensor([sx, sy, sx, sy]))
+    reference = VOCDetectionDataModule(str(voc["root"]), train_sets=[("2007", "trainval")], image_size=64,
+                                       letterbox=False, augmentation="reference")
+    reference.setup("fit")
+    assert reference.train_set[0]["image"].shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="augmentation"):
+        VOCDetectionDataModule(str(voc["root"]), augmentation="mosaic")

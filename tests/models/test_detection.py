@@ -125,3 +125,88 @@ def test_neck_matches_yolov4_tiny_widths():
     assert torch.allclose(bias[:, 4], torch.full((3,), math.log(8 / 26**2)))
     with pytest.raises(ValueError):
         YOLOHead([8], [3], K, readout="mean")
+
+
+# ---- the reference's options -------------------------------------------------------------------
+def test_init_state_uniform_is_seeded_in_eval_and_random_in_training():
+    torch.manual_seed(0)
+    model = SpikingYOLO(TinyBackbone(), K, init_state="uniform").eval()
+    x = torch.rand(2, 3, 64, 64)
+    neurons = [m for m in model.modules() if hasattr(m, "init_state") and m is not model]
+    assert neurons and all(m.init_state == "uniform" for m in neurons)
+    first, state = model(x, None)
+    u = _leaves(state)
+    torch.manual_seed(123)  # whatever ran before, a fresh evaluation sequence draws the same membranes
+    again, _ = model(x, None)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(1))  # ... and leaves the global RNG where it was
+    zeros, zero_state = SpikingYOLO(TinyBackbone(), K).eval()(x, None)
+    assert not torch.allclose(u[0], _leaves(zero_state)[0])
+    model.train()
+    trained_a, _ = model(x, None)
+    trained_b, _ = model(x, None)
+    assert not torch.equal(trained_a[0], trained_b[0])  # training draws fresh membranes every sequence
+    # The fresh membrane is U[0, 1): check the distribution on the first backbone cell directly.
+    cell = model.backbone.cells[0].neuron
+    torch.manual_seed(0)
+    drawn = torch.rand(2, 8, 16, 16)
+    torch.manual_seed(0)
+    current = torch.zeros(2, 8, 16, 16)
+    tau = torch.sigmoid(cell.tau_bn(cell.tau_conv(current + drawn)))
+    _, new = cell(current, None)
+    torch.testing.assert_close(new["u"], (drawn + tau * (current - drawn)) * (drawn + tau * (current - drawn) <= 1))
+
+
+def test_input_dropout_only_in_training():
+    torch.manual_seed(0)
+    model = SpikingYOLO(TinyBackbone(), K, input_dropout=0.5)
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    x = torch.rand(4, 3, 64, 64) + 0.1
+    model.train()(x, None)
+    model.eval()(x, None)
+    dropped = (seen[0] == 0).all(dim=(2, 3))  # whole channels, the survivors scaled by 1 / (1 - p)
+    assert 0 < dropped.float().mean() < 1
+    torch.testing.assert_close(seen[0][~dropped], (x * 2)[~dropped])
+    torch.testing.assert_close(seen[1], x)
+
+
+def test_xavier_normal_init_covers_every_conv():
+    torch.manual_seed(0)
+    model = SpikingYOLO(TinyBackbone(), K, weight_init="xavier_normal")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 2 * 2 + 4 * 2 + 2  # backbone and neck cells (conv + tau conv), two heads
+    for conv in convs:
+        fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        if conv.weight.numel() >= 500:
+            assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.15)
+        assert conv.bias is None or (conv.bias == 0).all()  # no head bias priors either
+    default = SpikingYOLO(TinyBackbone(), K)
+    assert (default.head.convs[0].bias != 0).any()
+
+
+def test_neck_upsample_order_sets_where_the_neuron_lives():
+    x = [torch.rand(2, 8, 4, 4), torch.rand(2, 16, 2, 2)]
+    for upsample, size in (("current", (4, 4)), ("spikes", (2, 2))):
+        neck = SpikingYOLONeck([8, 16], upsample=upsample)
+        outs, state = neck(x)
+        assert state["reduce"][0]["u"].shape[-2:] == size
+        assert [o.shape for o in outs] == [(2, 8, 4, 4), (2, 16, 2, 2)]
+    with pytest.raises(ValueError, match="upsample"):
+        SpikingYOLONeck([8, 16], upsample="bilinear")
+
+
+def test_one_geometry_from_flat_anchors_and_masks():
+    flat = [(10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)]
+    model = SpikingYOLO(TinyBackbone(), K, anchors=flat, anchor_masks=[[1, 2, 3], [3, 4, 5]], scale_xy=1.0,
+                        log_wh_clamp=None)
+    assert model.geometry.anchors[0] == (10.0, 14.0)
+    assert model.anchors == [[(23.0, 27.0), (37.0, 58.0), (81.0, 82.0)], [(81.0, 82.0), (135.0, 169.0), (344.0, 319.0)]]
+    assert model.geometry.scale_xy == 1.0 and model.geometry.log_wh_clamp is None
+    with pytest.raises(ValueError, match="strides"):
+        SpikingYOLO(TinyBackbone(strides=(8, 16, 32), channels=(4, 8, 16)), K)  # SPYv4's anchors need (16, 32)
+    with pytest.raises(ValueError, match="masks"):
+        SpikingYOLO(TinyBackbone(), K, anchors=flat, anchor_masks=[[1, 2, 6], [3]])

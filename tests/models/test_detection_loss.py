@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOLoss, build_targets, decode_boxes,
-                                       encode_boxes, pad_targets)
+from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOGeometry, YOLOLoss, build_targets,
+                                       decode_boxes, encode_boxes, pad_targets)
 
 K = 4
 SIZE = 128
 SIZES = [(SIZE // s, SIZE // s) for s in SPYV4_STRIDES]
+GEOMETRY = YOLOGeometry.spyv4()
 
 
 
@@ -30,7 +31,7 @@ def _raw(batch: int = 3, seed: int = 0) -> list[torch.Tensor]:
 def _ideal(raw: list[torch.Tensor], targets, scale_xy: float = 1.05, match_iou: float = 0.213):
     """Raw outputs that decode to every assigned box, with confident objectness and classes."""
     gt = pad_targets(targets, raw[0])
-    scales = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, match_iou)
+    scales = build_targets(gt, GEOMETRY, SIZES, K, "threshold", match_iou)
     out = []
     for r, target, anchors, stride in zip(raw, scales, SPYV4_ANCHORS, SPYV4_STRIDES):
         r = r.clone()
@@ -46,15 +47,15 @@ def _ideal(raw: list[torch.Tensor], targets, scale_xy: float = 1.05, match_iou: 
 
 def test_assignment_best_anchor_and_threshold():
     gt = pad_targets([_target([[88.5, 46.5, 111.5, 73.5]], [1])], torch.zeros(1))  # 23 x 27 at (100, 60)
-    only_best = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=1.0)
+    only_best = build_targets(gt, GEOMETRY, SIZES, K, iou_threshold=1.0)
     assert only_best[0].positive.nonzero().tolist() == [[0, 0, 3, 6]] and not only_best[1].positive.any()
     # 23x27 vs 37x58 has wh-IoU 621 / 2146 = 0.289 > 0.213: that anchor predicts it too.
-    both = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=0.213)
+    both = build_targets(gt, GEOMETRY, SIZES, K, iou_threshold=0.213)
     assert both[0].positive.nonzero().tolist() == [[0, 0, 3, 6], [0, 1, 3, 6]]
     assert both[0].classes[0, 1, 3, 6].tolist() == [0, 1, 0, 0]
     # An 80x80 box matches the (81, 82) anchor present at both scales.
     gt = pad_targets([_target([[20, 30, 100, 110]], [2])], torch.zeros(1))
-    scales = build_targets(gt, SPYV4_ANCHORS, SPYV4_STRIDES, SIZES, K, iou_threshold=0.9)
+    scales = build_targets(gt, GEOMETRY, SIZES, K, iou_threshold=0.9)
     assert scales[0].positive.nonzero().tolist() == [[0, 2, 4, 3]]
     assert scales[1].positive.nonzero().tolist() == [[0, 0, 2, 1]]
 
@@ -150,3 +151,102 @@ def test_loss_has_no_host_sync():
         total.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ---- the reference's options -------------------------------------------------------------------
+def test_geometry_spyv4_and_from_scales():
+    g = YOLOGeometry.spyv4(208)
+    assert g.anchors[0] == (5.0, 7.0) and g.masks == ((1, 2, 3), (3, 4, 5)) and g.strides == (16, 32)
+    assert g.scale_anchors[1][2] == (172.0, 159.5)
+    shared = YOLOGeometry.from_scales(SPYV4_ANCHORS, SPYV4_STRIDES)  # (81, 82) of both scales becomes one
+    assert shared.masks == ((0, 1, 2), (2, 3, 4)) and shared.scale_anchors == YOLOGeometry.spyv4().scale_anchors
+    for bad in (dict(masks=((0, 9), (1,))), dict(strides=(16,)), dict(log_wh_clamp=(4.0, -8.0))):
+        with pytest.raises(ValueError):
+            YOLOGeometry(**{**dict(anchors=((1, 2), (3, 4)), masks=((0,), (1,)), strides=(16, 32)), **bad})
+
+
+def test_decoding_constants_come_from_the_geometry():
+    raw = torch.zeros(1, 3, 2, 2, 4)
+    raw[0, 0, 1, 0, 2:] = 10.0  # t_w = t_h = 10 at cell (x=0, y=1), anchor (23, 27)
+    reference = YOLOGeometry.spyv4(scale_xy=1.0, log_wh_clamp=None)
+    box = decode_boxes(raw, reference.scale_anchors[0], 16, reference.scale_xy, reference.log_wh_clamp)[0, 0, 1, 0]
+    w, h = 23 * torch.exp(torch.tensor(10.0)), 27 * torch.exp(torch.tensor(10.0))
+    torch.testing.assert_close(box, torch.stack([8 - w / 2, 24 - h / 2, 8 + w / 2, 24 + h / 2]))
+    clamped = decode_boxes(raw, SPYV4_ANCHORS[0], 16, 1.05)[0, 0, 1, 0]  # spikeloc: t_wh <= 4, scale_xy 1.05
+    assert clamped[2] - clamped[0] == pytest.approx(23 * torch.exp(torch.tensor(4.0)).item())
+    loss = YOLOLoss(reference, num_classes=K)
+    assert loss.geometry is reference
+
+
+def test_assign_best_of_all_six_anchors():
+    ref = YOLOGeometry.spyv4()
+    gt = pad_targets([_target([[88.5, 46.5, 111.5, 73.5], [0, 0, 10, 14], [20, 30, 100, 110]], [1, 0, 2])],
+                     torch.zeros(1))
+    best = build_targets(gt, ref, SIZES, K, assign="best")
+    # 23x27 -> anchor (23, 27) only (its 0.289 wh-IoU with (37, 58) no longer counts); 10x14 -> anchor
+    # (10, 14), in no mask: dropped; 80x80 -> (81, 82), in both masks: one positive at each scale.
+    assert best[0].positive.nonzero().tolist() == [[0, 0, 3, 6], [0, 2, 4, 3]]
+    assert best[1].positive.nonzero().tolist() == [[0, 0, 2, 1]]
+    threshold = build_targets(gt, ref, SIZES, K, assign="threshold", iou_threshold=0.213)
+    # spikeloc: 10x14 goes to its best used anchor (23, 27) (wh-IoU 140 / 621 = 0.225 > 0.213 too).
+    assert [0, 0, 0, 0] in threshold[0].positive.nonzero().tolist()
+    assert [0, 1, 3, 6] in threshold[0].positive.nonzero().tolist()
+
+
+def test_normalize_by_positives():
+    raw = _raw()
+    by_batch = YOLOLoss(num_classes=K)(raw, TARGETS)[1]
+    by_pos = YOLOLoss(num_classes=K, normalize="positives")(raw, TARGETS)[1]
+    num_pos = float(by_batch["num_pos"])
+    assert num_pos >= 3
+    for name in ("box", "obj", "cls"):
+        assert float(by_pos[name]) == pytest.approx(float(by_batch[name]) * len(TARGETS) / num_pos, rel=1e-5)
+    empty = [_target([], [])] * 2  # no positives: divided by 1
+    obj_pos = YOLOLoss(num_classes=K, normalize="positives")(_raw(batch=2), empty)[1]["obj"]
+    assert float(obj_pos) == pytest.approx(2 * float(YOLOLoss(num_classes=K)(_raw(batch=2), empty)[1]["obj"]))
+
+
+def test_box_area_weight():
+    target = [_target([[88.5, 46.5, 111.5, 73.5]], [1])]  # 23 x 27 in a 128 x 128 input
+    raw = _raw(batch=1)
+    plain = YOLOLoss(num_classes=K)(raw, target)[1]["box"]
+    weighted = YOLOLoss(num_classes=K, box_area_weight=True)(raw, target)[1]["box"]
+    assert float(weighted) == pytest.approx(float(plain) * (2 - 23 * 27 / 128**2), rel=1e-6)
+
+
+def test_ciou_by_hand_and_torchvision():
+    from torchvision.ops import complete_box_iou_loss
+
+    from spikeloc.models.detection import ciou_loss
+    pred = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 1.0]], dtype=torch.float64)
+    goal = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0]], dtype=torch.float64)
+    # 1: IoU 1/7, centres 2 apart squared over an 18 diagonal squared, same aspect (v = 0).
+    # 2: IoU 1/2, centres 0.25 / 8; v = 4/pi^2 (atan 1 - atan 2)^2 = 0.0419568, alpha = v / (0.5 + v).
+    v = 4 / torch.pi**2 * (torch.atan(torch.tensor(1.0)) - torch.atan(torch.tensor(2.0))) ** 2
+    hand = torch.tensor([1 - 1 / 7 + 2 / 18, 0.5 + 0.25 / 8 + v * v / (0.5 + v)], dtype=torch.float64)
+    for alpha_grad in (False, True):
+        torch.testing.assert_close(ciou_loss(pred, goal, alpha_grad), hand)
+    torch.testing.assert_close(ciou_loss(pred, goal), complete_box_iou_loss(pred, goal))
+    p = (pred + 0.1).requires_grad_()
+    grad = torch.autograd.grad(ciou_loss(p, goal).sum(), p)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(complete_box_iou_loss(p, goal).sum(), p)[0])
+    # Through alpha the gradient is the true derivative of the value; with alpha constant it is not.
+    assert torch.autograd.gradcheck(lambda b: ciou_loss(b, goal, True), (p,))
+    assert not torch.autograd.gradcheck(lambda b: ciou_loss(b, goal, False), (p,), raise_exception=False)
+
+
+def test_reference_loss_trains_and_is_finite():
+    loss = YOLOLoss(YOLOGeometry.spyv4(scale_xy=1.0, log_wh_clamp=None), num_classes=K, box_weight=1.0,
+                    assign="best", ignore_iou=0.5, normalize="positives", box_area_weight=True, ciou_alpha_grad=True)
+    params = [r.clone().requires_grad_() for r in _raw()]
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    values = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        total, parts = loss(params, TARGETS)
+        total.backward()
+        assert torch.isfinite(total) and all(torch.isfinite(p.grad).all() for p in params)
+        optimizer.step()
+        values.append(float(total.detach()))
+    # one anchor per box; the 81x82 box has anchor (81, 82), in both masks: 1 + 2 + 1 positives
+    assert values[-1] < values[0] and parts["num_pos"] == 4

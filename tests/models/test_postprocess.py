@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOPostprocess, build_targets,
+from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOGeometry, YOLOPostprocess, build_targets,
                                        detections_to_original, encode_boxes, pad_targets, to_original_boxes)
 
 BOXES = torch.tensor([[10, 10, 50, 50], [12, 12, 52, 52], [11, 9, 49, 51], [60, 60, 90, 90],
@@ -18,7 +18,7 @@ def _by_hand(boxes, scores, conf, iou, max_det):
     """torchvision.ops.nms run per class, merged by decreasing score."""
     rows = []
     for k in range(scores.shape[1]):
-        keep = scores[:, k] > conf
+        keep = scores[:, k] >= conf
         kept = nms(boxes[keep], scores[keep, k], iou)
         rows += [(float(scores[keep, k][i]), k, boxes[keep][i].tolist()) for i in kept]
     return sorted(rows, key=lambda r: -r[0])[:max_det]
@@ -58,7 +58,7 @@ def test_decodes_assigned_boxes_end_to_end():
     gt = torch.tensor([[88.5, 46.5, 111.5, 73.5], [20.0, 30.0, 100.0, 110.0]])
     sizes = [(size // s, size // s) for s in SPYV4_STRIDES]
     scales = build_targets(pad_targets([{"boxes": gt, "labels": torch.tensor([1, 2])}], gt),
-                           SPYV4_ANCHORS, SPYV4_STRIDES, sizes, num_classes, iou_threshold=1.0)
+                           YOLOGeometry.spyv4(), sizes, num_classes, iou_threshold=1.0)
     raw = []
     for target, anchors, stride in zip(scales, SPYV4_ANCHORS, SPYV4_STRIDES):
         r = torch.full((1, 3, *target.positive.shape[2:], 5 + num_classes), -10.0)
@@ -85,3 +85,17 @@ def test_to_original_inverts_letterbox_and_clips():
     mapped = detections_to_original(dets, [{"scale": scale, "pad": pad, "orig_size": size}])
     torch.testing.assert_close(mapped[0]["boxes"], back)
     assert mapped[0]["scores"] is dets[0]["scores"]
+
+
+def test_reference_protocol_threshold_inclusive_one_label_no_cap():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [0, 40, 10, 50]])
+    scores = torch.tensor([[0.001, 0.0], [0.0009, 0.0], [0.3, 0.2], [0.5, 0.6]])
+    reference = YOLOPostprocess(0.001, 0.5, None, pre_nms_top_k=None, multi_label=False)
+    rows = _rows(reference.select(boxes[None], scores[None])[0])
+    # score >= 0.001 is kept (0.0009 is not); one label per box: box 2 is class 0 only, box 3 class 1 only.
+    assert [(round(s, 4), k) for s, k, _ in rows] == [(0.6, 1), (0.3, 0), (0.001, 0)]
+    many = torch.rand(1, 300, 2, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.01
+    spread = torch.arange(300.0)[:, None] * 20  # 300 disjoint boxes: NMS keeps every one
+    grid = torch.cat((spread, spread, spread + 10, spread + 10), dim=1)[None]
+    assert len(reference.select(grid, many)[0]["scores"]) == 300
+    assert len(YOLOPostprocess(0.001, 0.5).select(grid, many)[0]["scores"]) == 100  # spikeloc's cap

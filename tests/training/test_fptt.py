@@ -15,8 +15,9 @@ def _model():
 
 
 class LoopReference:
-    def __init__(self, params):
+    def __init__(self, params, update_alpha=ALPHA):
         self.params = list(params)
+        self.update_alpha = update_alpha
         self.w_bar = [p.detach().clone() for p in self.params]
         self.lam = [torch.zeros_like(p) for p in self.params]
 
@@ -28,8 +29,8 @@ class LoopReference:
 
     def update(self):
         for i, w in enumerate(self.params):
-            self.lam[i] = self.lam[i] - ALPHA * (w.detach() - self.w_bar[i])
-            self.w_bar[i] = (1 - BETA) * self.w_bar[i] + BETA * w.detach() - BETA / ALPHA * self.lam[i]
+            self.lam[i] = self.lam[i] - self.update_alpha * (w.detach() - self.w_bar[i])
+            self.w_bar[i] = (1 - BETA) * self.w_bar[i] + BETA * w.detach() - BETA / self.update_alpha * self.lam[i]
 
 
 def _train(model, regulariser, steps=6):
@@ -47,10 +48,12 @@ def _train(model, regulariser, steps=6):
     return torch.stack(penalties)
 
 
-def test_penalty_and_update_match_loop_reference():
+@pytest.mark.parametrize("update_alpha", [None, 0.5])
+def test_penalty_and_update_match_loop_reference(update_alpha):
+    """``update_alpha`` (the reference detection run: 0.1 in the penalty, 0.5 in the updates)."""
     model, ref_model = _model(), _model()
-    fptt = FPTT(model.parameters(), ALPHA, BETA)
-    reference = LoopReference(ref_model.parameters())
+    fptt = FPTT(model.parameters(), ALPHA, BETA, update_alpha)
+    reference = LoopReference(ref_model.parameters(), ALPHA if update_alpha is None else update_alpha)
     penalties, ref_penalties = _train(model, fptt), _train(ref_model, reference)
     assert torch.allclose(penalties, ref_penalties, atol=1e-6)
     assert ref_penalties.abs().max() > 1e-4  # the regulariser was active

@@ -1,22 +1,25 @@
-"""Spiking YOLO detection: model (neck, head, detector), anchors, loss and post-processing.
+"""Spiking YOLO detection: model (neck, head, detector), geometry, anchors, loss and post-processing.
 
-Separate objects, wired by the training module::
+Separate objects that share the model's :class:`YOLOGeometry`, wired by the training module::
 
     model = SpikingYOLO(backbone, num_classes)
-    loss = YOLOLoss(model.anchors, model.strides, num_classes)
-    post = YOLOPostprocess(anchors=model.anchors, strides=model.strides)
+    loss = YOLOLoss(model.geometry, num_classes)
+    post = YOLOPostprocess(geometry=model.geometry)
 """
-from .anchors import (DEFAULT_SCALE_XY, SPYV4_ANCHORS, SPYV4_STRIDES, PaddedTargets, ScaleTargets, build_targets,
-                      decode, decode_boxes, encode_boxes, match_anchors, pad_targets, wh_iou)
-from .detector import SpikingYOLO, count_parameters
+from .anchors import (PaddedTargets, ScaleTargets, build_targets, decode, decode_boxes, decode_scale, encode_boxes,
+                      match_anchors, pad_targets, wh_iou)
+from .detector import SpikingYOLO, count_parameters, make_geometry, seeded_rng, xavier_init
+from .geometry import (DEFAULT_SCALE_XY, LOG_WH_RANGE, SPYV4_ALL_ANCHORS, SPYV4_ANCHORS, SPYV4_MASKS, SPYV4_STRIDES,
+                       YOLOGeometry, scaled_anchors)
 from .head import YOLOHead
-from .loss import YOLOLoss
+from .loss import YOLOLoss, ciou_loss
 from .neck import SpikingYOLONeck
 from .postprocess import YOLOPostprocess, detections_to_original, to_original_boxes
 
 __all__ = [
-    "DEFAULT_SCALE_XY", "PaddedTargets", "SPYV4_ANCHORS", "SPYV4_STRIDES", "ScaleTargets", "SpikingYOLO",
-    "SpikingYOLONeck", "YOLOHead", "YOLOLoss", "YOLOPostprocess", "build_targets", "count_parameters", "decode",
-    "decode_boxes", "detections_to_original", "encode_boxes", "match_anchors", "pad_targets", "to_original_boxes",
-    "wh_iou",
+    "DEFAULT_SCALE_XY", "LOG_WH_RANGE", "PaddedTargets", "SPYV4_ALL_ANCHORS", "SPYV4_ANCHORS", "SPYV4_MASKS",
+    "SPYV4_STRIDES", "ScaleTargets", "SpikingYOLO", "SpikingYOLONeck", "YOLOGeometry", "YOLOHead", "YOLOLoss",
+    "YOLOPostprocess", "build_targets", "ciou_loss", "count_parameters", "decode", "decode_boxes", "decode_scale",
+    "detections_to_original", "encode_boxes", "make_geometry", "match_anchors", "pad_targets", "scaled_anchors",
+    "seeded_rng", "to_original_boxes", "wh_iou", "xavier_init",
 ]

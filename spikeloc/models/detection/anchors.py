@@ -1,34 +1,23 @@
-"""YOLO anchors: configuration, decoding, encoding and target assignment.
+"""YOLO anchors: decoding, encoding and target assignment over a :class:`YOLOGeometry`.
 
 Raw head outputs per scale are ``[B, A, H, W, 5 + K]`` laid out as
 ``(t_x, t_y, t_w, t_h, t_obj, t_cls_0 .. t_cls_{K-1})``. Boxes are ``xyxy`` in input pixels.
 Decoding (YOLOv4): ``xy = (sigmoid(t_xy) * s - (s - 1) / 2 + grid) * stride`` with
-``s = scale_xy`` and ``wh = exp(t_wh) * anchor``.
+``s = scale_xy`` and ``wh = exp(clamp(t_wh)) * anchor`` (see :mod:`.geometry`).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_convert, box_iou
 
-Anchors = Sequence[Sequence[Sequence[float]]]  # per scale, per anchor: (w, h) in input pixels
+from .geometry import DEFAULT_SCALE_XY, LOG_WH_RANGE, Anchors, YOLOGeometry
 
-#: SPYv4 / YOLOv4-tiny anchors at 416x416 input: masks (1, 2, 3) at stride 16, (3, 4, 5) at stride 32.
-SPYV4_ANCHORS: list[list[tuple[float, float]]] = [
-    [(23, 27), (37, 58), (81, 82)],
-    [(81, 82), (135, 169), (344, 319)],
-]
-SPYV4_STRIDES: tuple[int, ...] = (16, 32)
-#: YOLOv4-tiny's ``scale_x_y``: lets the centre reach the cell borders without saturating the sigmoid.
-DEFAULT_SCALE_XY = 1.05
-#: ``t_wh`` is clamped to this range before ``exp`` (a box 1/3000 to ~55x its anchor), so boxes are
-#: never degenerate (CIoU's aspect term divides by the height) nor infinite.
-LOG_WH_RANGE = (-8.0, 4.0)
+Assign = Literal["threshold", "best"]
 
 
 def anchor_tensor(anchors: Sequence[Sequence[float]], like: Tensor) -> Tensor:
@@ -45,20 +34,27 @@ def make_grid(height: int, width: int, like: Tensor) -> Tensor:
 
 
 def decode_boxes(raw: Tensor, anchors: Sequence[Sequence[float]], stride: int,
-                 scale_xy: float = DEFAULT_SCALE_XY) -> Tensor:
+                 scale_xy: float = DEFAULT_SCALE_XY,
+                 log_wh_clamp: tuple[float, float] | None = LOG_WH_RANGE) -> Tensor:
     """Boxes ``[B, A, H, W, 4]`` xyxy in input pixels from raw outputs ``[B, A, H, W, >=4]``."""
     height, width = raw.shape[2:4]
     grid = make_grid(height, width, raw)  # [H, W, 2]
     xy = (torch.sigmoid(raw[..., 0:2]) * scale_xy - (scale_xy - 1) / 2 + grid) * stride
-    wh = torch.exp(raw[..., 2:4].clamp(*LOG_WH_RANGE)) * anchor_tensor(anchors, raw).view(1, -1, 1, 1, 2)
+    t_wh = raw[..., 2:4] if log_wh_clamp is None else raw[..., 2:4].clamp(*log_wh_clamp)
+    wh = torch.exp(t_wh) * anchor_tensor(anchors, raw).view(1, -1, 1, 1, 2)
     return torch.cat((xy - wh / 2, xy + wh / 2), dim=-1)
 
 
-def decode(raw: Tensor, anchors: Sequence[Sequence[float]], stride: int,
-           scale_xy: float = DEFAULT_SCALE_XY) -> tuple[Tensor, Tensor, Tensor]:
-    """Raw ``[B, A, H, W, 5 + K]`` -> boxes ``[B, A, H, W, 4]``, objectness ``[B, A, H, W]``,
-    class probabilities ``[B, A, H, W, K]`` (independent sigmoids, YOLOv3+)."""
-    return decode_boxes(raw, anchors, stride, scale_xy), torch.sigmoid(raw[..., 4]), torch.sigmoid(raw[..., 5:])
+def decode_scale(raw: Tensor, geometry: YOLOGeometry, scale: int) -> Tensor:
+    """:func:`decode_boxes` of scale ``scale`` with ``geometry``'s anchors, stride and constants."""
+    return decode_boxes(raw, geometry.scale_anchors[scale], geometry.strides[scale], geometry.scale_xy,
+                        geometry.log_wh_clamp)
+
+
+def decode(raw: Tensor, geometry: YOLOGeometry, scale: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Raw ``[B, A, H, W, 5 + K]`` of scale ``scale`` -> boxes ``[B, A, H, W, 4]``, objectness
+    ``[B, A, H, W]``, class probabilities ``[B, A, H, W, K]`` (independent sigmoids, YOLOv3+)."""
+    return decode_scale(raw, geometry, scale), torch.sigmoid(raw[..., 4]), torch.sigmoid(raw[..., 5:])
 
 
 def encode_boxes(boxes: Tensor, cells: Tensor, anchors: Tensor, stride: int,
@@ -118,39 +114,50 @@ class ScaleTargets:
     classes: Tensor
 
 
-def match_anchors(gt: PaddedTargets, anchors: Anchors, iou_threshold: float) -> Tensor:
-    """Bool ``[B, N, sum(A_i)]``: the best anchor (by wh-IoU, over all scales) of each valid box,
-    plus every anchor whose wh-IoU exceeds ``iou_threshold``."""
-    all_anchors = torch.cat([anchor_tensor(a, gt.boxes) for a in anchors])  # [A_total, 2]
+def match_anchors(gt: PaddedTargets, geometry: YOLOGeometry, assign: Assign = "threshold",
+                  iou_threshold: float = 0.213) -> Tensor:
+    """Bool ``[B, N, len(geometry.anchors)]``: which anchors predict each valid box (by wh-IoU).
+
+    ``assign="best"`` (the reference): only the box's best anchor over ALL anchors, so a box whose
+    best anchor is in no scale's mask is not trained on. ``"threshold"``: the best anchor among
+    those some scale uses, plus every anchor whose wh-IoU exceeds ``iou_threshold``.
+    """
+    if assign not in ("threshold", "best"):
+        raise ValueError(f"assign must be 'threshold' or 'best', got {assign!r}")
+    all_anchors = anchor_tensor(geometry.anchors, gt.boxes)  # [A_all, 2]
     batch, count = gt.valid.shape
     wh = (gt.boxes[..., 2:] - gt.boxes[..., :2]).reshape(-1, 2)
     ious = wh_iou(wh, all_anchors).view(batch, count, len(all_anchors))
-    best = torch.nn.functional.one_hot(ious.argmax(-1), ious.shape[-1]).bool()
+    if assign == "best":
+        return gt.valid[..., None] & torch.nn.functional.one_hot(ious.argmax(-1), ious.shape[-1]).bool()
+    used = torch.zeros(len(all_anchors), dtype=torch.bool, device=ious.device)
+    used[[i for mask in geometry.masks for i in mask]] = True
+    best = torch.nn.functional.one_hot(ious.masked_fill(~used, -1.0).argmax(-1), ious.shape[-1]).bool()
     return gt.valid[..., None] & (best | (ious > iou_threshold))
 
 
-def build_targets(gt: PaddedTargets, anchors: Anchors, strides: Sequence[int], sizes: Sequence[tuple[int, int]],
-                  num_classes: int, iou_threshold: float = 0.213) -> list[ScaleTargets]:
-    """Dense per-scale targets: each matched (box, anchor) pair marks the cell holding the box centre.
+def build_targets(gt: PaddedTargets, geometry: YOLOGeometry, sizes: Sequence[tuple[int, int]], num_classes: int,
+                  assign: Assign = "threshold", iou_threshold: float = 0.213) -> list[ScaleTargets]:
+    """Dense per-scale targets: each matched (box, anchor) pair marks the cell holding the box centre
+    at every scale whose mask holds that anchor (:func:`match_anchors`).
 
     Sync-free: unmatched pairs are scattered into a spare "trash" slot that is dropped afterwards.
     When two boxes claim the same (anchor, cell), one box target wins (unspecified which) and the
     class target keeps both labels.
     """
-    match = match_anchors(gt, anchors, iou_threshold)  # [B, N, A_total]
+    match = match_anchors(gt, geometry, assign, iou_threshold)  # [B, N, A_all]
     batch, count = gt.valid.shape
     centres = (gt.boxes[..., :2] + gt.boxes[..., 2:]) / 2  # [B, N, 2]
     b_idx = torch.arange(batch, device=gt.boxes.device).view(-1, 1, 1)
-    out, first = [], 0
-    for scale_anchors, stride, (height, width) in zip(anchors, strides, sizes):
-        num_a = len(scale_anchors)
+    out = []
+    for mask, stride, (height, width) in zip(geometry.masks, geometry.strides, sizes):
+        num_a = len(mask)
         a_idx = torch.arange(num_a, device=gt.boxes.device).view(1, 1, -1)
         cx = (centres[..., 0] / stride).floor().long().clamp(0, width - 1)[..., None]  # [B, N, 1]
         cy = (centres[..., 1] / stride).floor().long().clamp(0, height - 1)[..., None]
         cells = batch * num_a * height * width
         flat = ((b_idx * num_a + a_idx) * height + cy) * width + cx  # [B, N, A]
-        flat = torch.where(match[..., first:first + num_a], flat, torch.full_like(flat, cells)).reshape(-1)
-        first += num_a
+        flat = torch.where(match[..., list(mask)], flat, torch.full_like(flat, cells)).reshape(-1)
         positive = gt.boxes.new_zeros(cells + 1, dtype=torch.bool).index_put_((flat,), torch.ones_like(flat).bool())
         boxes = gt.boxes.new_zeros(cells + 1, 4).index_put_(
             (flat,), gt.boxes[:, :, None].expand(batch, count, num_a, 4).reshape(-1, 4))
@@ -160,15 +167,4 @@ def build_targets(gt: PaddedTargets, anchors: Anchors, strides: Sequence[int], s
         shape = (batch, num_a, height, width)
         out.append(ScaleTargets(positive[:-1].view(shape), boxes[:-1].view(*shape, 4),
                                 classes[:-num_classes].view(*shape, num_classes)))
-    return out
-
-
-def check_anchors(anchors: Anchors, strides: Sequence[int]) -> list[list[tuple[float, float]]]:
-    """Validate a per-scale anchor list against the strides; returns plain lists of (w, h) tuples."""
-    if len(anchors) != len(strides):
-        raise ValueError(f"{len(anchors)} anchor groups for {len(strides)} scales (strides {list(strides)}); "
-                         "give one list of (w, h) anchors per scale")
-    out = [[(float(w), float(h)) for w, h in scale] for scale in anchors]
-    if any(not scale or any(w <= 0 or h <= 0 or math.isnan(w + h) for w, h in scale) for scale in out):
-        raise ValueError(f"anchors must be non-empty lists of positive (w, h): {anchors}")
     return out

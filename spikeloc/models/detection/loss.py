@@ -1,20 +1,25 @@
 """YOLO loss: CIoU box loss, BCE objectness with an ignore region, BCE classification.
 
-Every term is a sum over the batch divided by the batch size (darknet style), computed densely
-over all cells with masks, so it has no host syncs, no per-box Python loops, and is finite
-(with exactly zero box/class gradients) when a batch holds no objects.
+Every term is a sum over the batch, divided by the batch size (``normalize="batch"``, darknet
+style) or by the number of positive anchors summed over scales (``"positives"``, the reference).
+It is computed densely over all cells with masks, so it has no host syncs, no per-box Python
+loops, and is finite (with exactly zero box/class gradients) when a batch holds no objects.
+The README's "VOC and the paper's protocol" lists which settings are the paper's.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_iou, complete_box_iou_loss
+from torchvision.ops import box_iou
 
-from .anchors import (DEFAULT_SCALE_XY, SPYV4_ANCHORS, SPYV4_STRIDES, Anchors, PaddedTargets, build_targets,
-                      check_anchors, decode_boxes, pad_targets)
+from .anchors import Assign, PaddedTargets, build_targets, decode_scale, pad_targets
+from .geometry import YOLOGeometry
+
+Normalize = Literal["batch", "positives"]
 
 
 def max_iou_with_targets(boxes: Tensor, gt: PaddedTargets) -> Tensor:
@@ -28,33 +33,64 @@ def max_iou_with_targets(boxes: Tensor, gt: PaddedTargets) -> Tensor:
     return ious.masked_fill(~gt.valid[:, None, :], 0.0).amax(dim=-1)
 
 
+def ciou_loss(pred: Tensor, goal: Tensor, alpha_grad: bool = False, eps: float = 1e-7) -> Tensor:
+    """``1 - CIoU`` of xyxy boxes ``[..., 4]`` -> ``[...]``.
+
+    ``CIoU = IoU - d^2 / c^2 - alpha v`` with ``v = 4 / pi^2 (atan(w_g / h_g) - atan(w / h))^2`` and
+    ``alpha = v / (1 - IoU + v)``. ``alpha_grad=False`` treats ``alpha`` as a constant (the CIoU
+    paper, torchvision's ``complete_box_iou_loss``); ``True`` back-propagates through it (the
+    reference code).
+    """
+    x1, y1, x2, y2 = pred.unbind(-1)
+    gx1, gy1, gx2, gy2 = goal.unbind(-1)
+    inter_w = (torch.min(x2, gx2) - torch.max(x1, gx1)).clamp(min=0)
+    inter = inter_w * (torch.min(y2, gy2) - torch.max(y1, gy1)).clamp(min=0)
+    w, h, gw, gh = x2 - x1, y2 - y1, gx2 - gx1, gy2 - gy1
+    iou = inter / (w * h + gw * gh - inter + eps)
+    diagonal = (torch.max(x2, gx2) - torch.min(x1, gx1)) ** 2 + (torch.max(y2, gy2) - torch.min(y1, gy1)) ** 2 + eps
+    centres = ((x1 + x2 - gx1 - gx2) ** 2 + (y1 + y2 - gy1 - gy2) ** 2) / 4
+    v = (4 / math.pi**2) * (torch.atan(gw / gh.clamp(min=eps)) - torch.atan(w / h.clamp(min=eps))) ** 2
+    alpha = v / (1 - iou + v + eps)
+    return 1 - iou + centres / diagonal + (alpha if alpha_grad else alpha.detach()) * v
+
+
 class YOLOLoss(nn.Module):
     """``(raw_outputs, targets) -> (total, parts)`` for :class:`SpikingYOLO` outputs.
 
     Args:
-        anchors: per scale, the (w, h) anchors in input pixels.
-        strides: per scale, the stride in input pixels.
+        geometry: the model's :class:`YOLOGeometry` (anchors, masks, strides, decoding); default
+            SPYv4's at 416x416.
         num_classes: K.
-        box_weight, obj_weight, cls_weight: weights of the three terms.
-        match_iou: wh-IoU above which an anchor also predicts a box (besides the best anchor).
+        box_weight, obj_weight, cls_weight: weights of the three terms (reference: 1, 1, 1).
+        assign: ``"threshold"`` (best anchor plus every anchor with wh-IoU > ``match_iou``) or
+            ``"best"`` (the reference: only the best of all anchors), see :func:`match_anchors`.
+        match_iou: the wh-IoU threshold of ``assign="threshold"``.
         ignore_iou: a non-assigned prediction whose decoded box has IoU above this with any
-            ground truth of its image is not trained as background.
+            ground truth of its image is not trained as background (reference 0.5).
+        normalize: divide by the batch size (``"batch"``) or by the number of positives summed
+            over scales, at least 1 (``"positives"``, the reference).
+        box_area_weight: weight each box term by ``2 - w h / (W H)`` (box over input area; reference).
+        ciou_alpha_grad: back-propagate through CIoU's ``alpha`` (reference), see :func:`ciou_loss`.
         scale_balance: optional per-scale weights of the objectness term.
-        scale_xy: YOLOv4 centre scaling, must match post-processing.
     """
 
-    def __init__(self, anchors: Anchors = SPYV4_ANCHORS, strides: Sequence[int] = SPYV4_STRIDES,
-                 num_classes: int = 20, box_weight: float = 2.0, obj_weight: float = 1.0, cls_weight: float = 1.0,
-                 match_iou: float = 0.213, ignore_iou: float = 0.7, scale_balance: Sequence[float] | None = None,
-                 scale_xy: float = DEFAULT_SCALE_XY) -> None:
+    def __init__(self, geometry: YOLOGeometry | None = None, num_classes: int = 20, box_weight: float = 2.0,
+                 obj_weight: float = 1.0, cls_weight: float = 1.0, assign: Assign = "threshold",
+                 match_iou: float = 0.213, ignore_iou: float = 0.7, normalize: Normalize = "batch",
+                 box_area_weight: bool = False, ciou_alpha_grad: bool = False,
+                 scale_balance: Sequence[float] | None = None) -> None:
         super().__init__()
-        self.anchors = check_anchors(anchors, strides)
-        self.strides = list(strides)
+        self.geometry = geometry if geometry is not None else YOLOGeometry.spyv4()
         self.num_classes = num_classes
         self.box_weight, self.obj_weight, self.cls_weight = box_weight, obj_weight, cls_weight
-        self.match_iou, self.ignore_iou, self.scale_xy = match_iou, ignore_iou, scale_xy
-        self.scale_balance = list(scale_balance) if scale_balance is not None else [1.0] * len(self.strides)
-        if len(self.scale_balance) != len(self.strides):
+        if assign not in ("threshold", "best") or normalize not in ("batch", "positives"):
+            raise ValueError(f"assign must be 'threshold' or 'best' and normalize 'batch' or 'positives', "
+                             f"got {assign!r}, {normalize!r}")
+        self.assign, self.match_iou, self.ignore_iou, self.normalize = assign, match_iou, ignore_iou, normalize
+        self.box_area_weight, self.ciou_alpha_grad = box_area_weight, ciou_alpha_grad
+        scales = len(self.geometry.strides)
+        self.scale_balance = list(scale_balance) if scale_balance is not None else [1.0] * scales
+        if len(self.scale_balance) != scales:
             raise ValueError("scale_balance needs one weight per scale")
 
     def forward(self, raw_outputs: Sequence[Tensor], targets: Sequence[dict]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -66,30 +102,35 @@ class YOLOLoss(nn.Module):
             ``total`` (scalar) and ``parts`` ``{"box", "obj", "cls"}`` (weighted scalars, still on the
             autograd graph: detach before logging) plus ``"num_pos"`` (positives in the batch).
         """
-        if len(raw_outputs) != len(self.strides):
-            raise ValueError(f"expected {len(self.strides)} scales, got {len(raw_outputs)}")
+        geometry = self.geometry
+        if len(raw_outputs) != len(geometry.strides):
+            raise ValueError(f"expected {len(geometry.strides)} scales, got {len(raw_outputs)}")
         raw_outputs = [r.float() for r in raw_outputs]  # pixel-scale IoU terms overflow in float16
-        batch = raw_outputs[0].shape[0]
         gt = pad_targets(targets, raw_outputs[0])
         sizes = [tuple(r.shape[2:4]) for r in raw_outputs]
-        scale_targets = build_targets(gt, self.anchors, self.strides, sizes, self.num_classes, self.match_iou)
+        input_area = sizes[0][0] * sizes[0][1] * geometry.strides[0] ** 2
+        scale_targets = build_targets(gt, geometry, sizes, self.num_classes, self.assign, self.match_iou)
         box = obj = cls = num_pos = raw_outputs[0].new_zeros(())
-        for raw, anchors, stride, target, balance in zip(raw_outputs, self.anchors, self.strides, scale_targets,
-                                                          self.scale_balance):
-            pred = decode_boxes(raw, anchors, stride, self.scale_xy)  # [B, A, H, W, 4]
+        for index, (raw, target) in enumerate(zip(raw_outputs, scale_targets)):
+            pred = decode_scale(raw, geometry, index)  # [B, A, H, W, 4]
             pos = target.positive
             posf = pos.to(raw.dtype)
             # Non-positive cells compare the prediction with itself (zero loss, finite gradient).
             goal = torch.where(pos[..., None], target.boxes, pred.detach())
-            box = box + (complete_box_iou_loss(pred, goal) * posf).sum()
+            box_weight = posf
+            if self.box_area_weight:
+                area = (target.boxes[..., 2] - target.boxes[..., 0]) * (target.boxes[..., 3] - target.boxes[..., 1])
+                box_weight = posf * (2 - area / input_area)
+            box = box + (ciou_loss(pred, goal, self.ciou_alpha_grad) * box_weight).sum()
             cls = cls + (F.binary_cross_entropy_with_logits(raw[..., 5:], target.classes, reduction="none")
                          .sum(-1) * posf).sum()
             best = max_iou_with_targets(pred.detach().flatten(1, 3), gt).view_as(posf)
             weight = (pos | (best <= self.ignore_iou)).to(raw.dtype)
-            obj = obj + balance * (F.binary_cross_entropy_with_logits(raw[..., 4], posf, reduction="none")
-                                   * weight).sum()
+            obj = obj + self.scale_balance[index] * (
+                F.binary_cross_entropy_with_logits(raw[..., 4], posf, reduction="none") * weight).sum()
             num_pos = num_pos + posf.sum()
-        parts = {"box": self.box_weight * box / batch, "obj": self.obj_weight * obj / batch,
-                 "cls": self.cls_weight * cls / batch}
+        norm = num_pos.clamp(min=1) if self.normalize == "positives" else raw_outputs[0].shape[0]
+        parts = {"box": self.box_weight * box / norm, "obj": self.obj_weight * obj / norm,
+                 "cls": self.cls_weight * cls / norm}
         total = parts["box"] + parts["obj"] + parts["cls"]
         return total, {**parts, "num_pos": num_pos.detach()}

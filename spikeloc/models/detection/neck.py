@@ -5,10 +5,14 @@ C -> head of scale n-1. For each shallower scale i, from the deeper source (the 
 i = n-2, else the fused output of scale i+1): 1x1 conv to C_i/2, nearest upsample to f_i's size,
 concatenate with f_i, 3x3 conv to C_i -> head of scale i. Every conv is an LTC-SN cell
 (:class:`~spikeloc.neurons.SpikingConv2d`); all neck outputs are spikes.
+
+``upsample="current"`` (the reference) upsamples the 1x1 cell's synaptic current ``BN(conv(x))``
+before its neuron, so that neuron (and its state) lives at the finer scale's size;
+``"spikes"`` runs the neuron at the coarse size and upsamples its spikes.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +20,8 @@ from torch import Tensor, nn
 
 from ...neurons import NeuronKind, SpikingConv2d
 from ..backbones.base import sub_state as _sub
+
+Upsample = Literal["current", "spikes"]
 
 
 class SpikingYOLONeck(nn.Module):
@@ -25,6 +31,7 @@ class SpikingYOLONeck(nn.Module):
         in_channels: channels of the backbone features, ordered by increasing stride.
         neuron: neuron of every cell (``ltc``, ``lif`` or ``alif``).
         neuron_kwargs: extra arguments for the neurons.
+        upsample: ``"current"`` (reference) or ``"spikes"``, see the module docstring.
 
     ``forward(features, state)``: ``features`` = list of ``[B, C_i, H_i, W_i]`` (increasing stride)
     -> list of spikes ``[B, C_i, H_i, W_i]`` (same channels and sizes) and the state dict
@@ -32,8 +39,11 @@ class SpikingYOLONeck(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], neuron: NeuronKind = "ltc",
-                 neuron_kwargs: dict | None = None) -> None:
+                 neuron_kwargs: dict | None = None, upsample: Upsample = "current") -> None:
         super().__init__()
+        if upsample not in ("current", "spikes"):
+            raise ValueError(f"upsample must be 'current' or 'spikes', got {upsample!r}")
+        self.upsample = upsample
         channels = [int(c) for c in in_channels]
         if not channels:
             raise ValueError("the neck needs at least one feature map")
@@ -62,10 +72,19 @@ class SpikingYOLONeck(nn.Module):
         outs: list[Tensor] = [top]
         source = lateral
         for i in reversed(range(n - 1)):
-            reduced, new_reduce[i] = self.reduce[i](source, None if reduce_state is None else reduce_state[i])
-            upsampled = F.interpolate(reduced, size=features[i].shape[-2:], mode="nearest")
+            upsampled, new_reduce[i] = self._reduce(i, source, features[i].shape[-2:],
+                                                    None if reduce_state is None else reduce_state[i])
             fused, new_fuse[i] = self.fuse[i](torch.cat((upsampled, features[i]), dim=1),
                                               None if fuse_state is None else fuse_state[i])
             outs.insert(0, fused)
             source = fused
         return outs, {"lateral": lateral_state, "top": top_state, "reduce": new_reduce, "fuse": new_fuse}
+
+    def _reduce(self, i: int, source: Tensor, size: torch.Size, state: dict | None) -> tuple[Tensor, dict]:
+        """1x1 cell ``i`` on ``source`` ``[B, C, h, w]`` -> spikes ``[B, C_i / 2, *size]`` and its state."""
+        cell = self.reduce[i]
+        if self.upsample == "spikes":
+            spikes, state = cell(source, state)
+            return F.interpolate(spikes, size=size, mode="nearest"), state
+        current = F.interpolate(cell.bn(cell.conv(source)), size=size, mode="nearest")
+        return cell.neuron(current, state)

@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from .anchors import DEFAULT_SCALE_XY, SPYV4_ANCHORS, SPYV4_STRIDES, Anchors, check_anchors, decode
+from .anchors import decode
+from .geometry import YOLOGeometry
 
 Detections = list[dict[str, Tensor]]
 
@@ -15,26 +16,28 @@ Detections = list[dict[str, Tensor]]
 class YOLOPostprocess:
     """Raw outputs -> per image ``{"boxes": [M, 4] xyxy input pixels, "scores": [M], "labels": [M]}``.
 
-    ``score = objectness * class probability``; with ``multi_label`` every (box, class) pair above
-    ``conf_threshold`` is a candidate (standard for mAP evaluation), otherwise only the best class.
-    Per image at most ``pre_nms_top_k`` candidates (``None``: all) enter class-wise NMS
-    (``torchvision.ops.batched_nms``) and the best ``max_detections`` are kept, sorted by score.
-    ``anchors``, ``strides`` and ``scale_xy`` must be the model's and the loss's.
+    ``score = objectness * class probability``; with ``multi_label`` every (box, class) pair with
+    ``score >= conf_threshold`` is a candidate (standard for mAP evaluation), otherwise only the
+    best class of each box (the reference). Per image at most ``pre_nms_top_k`` candidates
+    (``None``: all) enter class-wise NMS (``torchvision.ops.batched_nms``) and the best
+    ``max_detections`` (``None``: all, the reference) are kept, sorted by score. ``geometry`` is the
+    model's (default SPYv4's at 416x416), so decoding is the loss's.
+    The reference protocol: ``conf_threshold=0.001, iou_threshold=0.5, max_detections=None,
+    pre_nms_top_k=None, multi_label=False``.
     """
 
-    def __init__(self, conf_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int = 100,
-                 anchors: Anchors = SPYV4_ANCHORS, strides: Sequence[int] = SPYV4_STRIDES,
-                 scale_xy: float = DEFAULT_SCALE_XY, pre_nms_top_k: int | None = 1000,
+    def __init__(self, conf_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int | None = 100,
+                 geometry: YOLOGeometry | None = None, pre_nms_top_k: int | None = 1000,
                  multi_label: bool = True) -> None:
         self.conf_threshold, self.iou_threshold, self.max_detections = conf_threshold, iou_threshold, max_detections
-        self.anchors, self.strides = check_anchors(anchors, strides), list(strides)
-        self.scale_xy, self.pre_nms_top_k, self.multi_label = scale_xy, pre_nms_top_k, multi_label
+        self.geometry = geometry if geometry is not None else YOLOGeometry.spyv4()
+        self.pre_nms_top_k, self.multi_label = pre_nms_top_k, multi_label
 
     def decode_all(self, raw_outputs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-scale raw ``[B, A_i, H_i, W_i, 5 + K]`` -> boxes ``[B, P, 4]``, scores ``[B, P, K]``."""
         boxes, scores = [], []
-        for raw, anchors, stride in zip(raw_outputs, self.anchors, self.strides):
-            box, obj, cls = decode(raw.float(), anchors, stride, self.scale_xy)
+        for index, raw in enumerate(raw_outputs):
+            box, obj, cls = decode(raw.float(), self.geometry, index)
             boxes.append(box.flatten(1, 3))
             scores.append((obj[..., None] * cls).flatten(1, 3))
         return torch.cat(boxes, dim=1), torch.cat(scores, dim=1)
@@ -48,7 +51,7 @@ class YOLOPostprocess:
             flat, labels = scores.max(dim=-1)  # [B, P]
         k = flat.shape[1] if self.pre_nms_top_k is None else min(self.pre_nms_top_k, flat.shape[1])
         top, index = flat.topk(k, dim=1)  # [B, k]
-        keep = top > self.conf_threshold
+        keep = top >= self.conf_threshold
         image = torch.arange(batch, device=scores.device)[:, None].expand(batch, k)[keep]
         index, top = index[keep], top[keep]
         if self.multi_label:
@@ -59,7 +62,7 @@ class YOLOPostprocess:
         kept = batched_nms(box, top, image * num_classes + label, self.iou_threshold)  # by decreasing score
         out = []
         for i in range(batch):
-            mine = kept[image[kept] == i][: self.max_detections]
+            mine = kept[image[kept] == i][: self.max_detections]  # [:None] keeps all
             out.append({"boxes": box[mine], "scores": top[mine], "labels": label[mine]})
         return out
 
@@ -71,17 +74,21 @@ class YOLOPostprocess:
 
 def _pair(value) -> tuple[float, float]:
     values = value.tolist() if isinstance(value, Tensor) else value
+    if isinstance(values, (int, float)):
+        return float(values), float(values)
     return float(values[0]), float(values[1])
 
 
-def to_original_boxes(boxes: Tensor, scale: float | Tensor, pad: Sequence[float] | Tensor,
+def to_original_boxes(boxes: Tensor, scale: float | Sequence[float] | Tensor, pad: Sequence[float] | Tensor,
                       orig_size: Sequence[int] | Tensor) -> Tensor:
     """Input-pixel boxes ``[M, 4]`` -> original-image boxes, inverting ``input = orig * scale + pad``
-    and clipping to ``orig_size`` = (h, w)."""
+    and clipping to ``orig_size`` = (h, w). ``scale`` is one factor (letterbox) or ``(s_x, s_y)``
+    (a plain resize to the square input)."""
     pad_x, pad_y = _pair(pad)
+    scale_x, scale_y = _pair(scale)
     height, width = _pair(orig_size)
     offset = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
-    original = (boxes - offset) / float(scale)
+    original = (boxes - offset) / boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
     return clip_boxes_to_image(original, (int(height), int(width)))
 
 
