@@ -132,13 +132,11 @@ def image_files(path: str | Path) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """Image files letterboxed like the evaluation transform: ``{"image": [3, S, S], "target": {"image_id",
+    """Image files through an evaluation ``transform``: ``{"image": [3, S, S], "target": {"image_id",
     "path", "scale", "pad", "orig_size"}}`` (``image_id`` = position + 1)."""
 
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
-        from datamodules.transforms import eval_transform
-
-        self.paths, self.transform = list(paths), eval_transform(size)
+    def __init__(self, paths: Sequence[Path], transform: Callable) -> None:
+        self.paths, self.transform = list(paths), transform
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -153,8 +151,11 @@ class ImageFiles(Dataset):
         return sample
 
 
-def image_loader(path: str | Path, size: int, batch_size: int = 8) -> DataLoader:
-    """Batches ``{"images": [B, 3, S, S], "targets": [...]}`` of the images at ``path`` (a file or folder)."""
+def image_loader(path: str | Path, size: int, datamodule: Any = None, batch_size: int = 8) -> DataLoader:
+    """Batches ``{"images": [B, 3, S, S], "targets": [...]}`` of the images at ``path`` (a file or folder),
+    prepared as the datamodule's evaluation split is (letterbox or plain resize), else letterboxed to ``size``."""
     from datamodules.detection import collate_detection
+    from datamodules.transforms import eval_transform
 
-    return DataLoader(ImageFiles(image_files(path), size), batch_size=batch_size, collate_fn=collate_detection)
+    transform = datamodule.eval_transform() if hasattr(datamodule, "eval_transform") else eval_transform(size)
+    return DataLoader(ImageFiles(image_files(path), transform), batch_size=batch_size, collate_fn=collate_detection)

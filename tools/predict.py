@@ -1,6 +1,6 @@
 """Detect objects in image files: ``python tools/predict.py --ckpt P --input IMG_OR_DIR --out DIR [--config C]``.
 
-Each image is letterboxed like the evaluation transform and shown to the network for its T time steps
+Each image is prepared as the datamodule's evaluation split (letterbox or plain resize) and shown to the network for its T time steps
 (``trainer.predict``); the last step's boxes, labels and scores are drawn into ``DIR/<name>.png`` and
 written to ``DIR/detections.json`` (COCO results format). Extra ``--key value`` arguments override
 the checkpoint's settings (``--model.init_args.conf_threshold 0.1``).
@@ -23,7 +23,7 @@ def main() -> None:
     cli = build_run(args.ckpt, args.config, overrides)
     writer = DetectionWriter(args.out, cli.model.class_names, args.score)
     cli.trainer.callbacks.append(writer)
-    loader = image_loader(args.input, cli.model.image_size, args.batch_size)
+    loader = image_loader(args.input, cli.model.image_size, cli.datamodule, args.batch_size)
     cli.trainer.predict(cli.model, loader, ckpt_path=args.ckpt, return_predictions=False, weights_only=True)
     for path, drawn, picture in writer.pictures:
         print(f"{path}: {drawn} detections -> {picture}")
