@@ -19,7 +19,8 @@ Counting rules:
 * energy (45 nm, Horowitz 2014): 0.9 pJ per AC, 4.6 pJ per MAC; the equivalent ANN does all
   MACs as MACs. BatchNorm (foldable), pooling and neuron element-wise maths are not counted.
 
-Data-dependent counts stay on the device (no host sync in the hooks); ``compute`` syncs once.
+``FiringStats`` is a ``torchmetrics.Metric``: its counts are device tensors summed across DDP
+ranks before ``compute`` (no host sync in the hooks; ``compute`` syncs once).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from torchmetrics import Metric
 
 from spikeloc.neurons import ALIFNeuron, LIFNeuron, LTCDense, LTCNeuron
 
@@ -51,27 +53,35 @@ def _accumulator_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-class FiringStats:
-    """Accumulates per-layer spike counts and per-layer SynOps / MACs of ``model`` while it runs."""
+class FiringStats(Metric):
+    """Accumulates per-layer spike counts and per-layer SynOps / MACs of ``model`` while it runs.
 
-    def __init__(self, model: nn.Module, spiking_types: tuple[type[nn.Module], ...] = SPIKING_TYPES) -> None:
-        self.model = model
+    The states live on the model's device: ``spikes`` / ``neurons`` ``[L]`` per spiking layer,
+    ``ops`` ``[O, 2]`` (SynOps, analog MACs) and ``dense_macs`` ``[O]`` per conv / linear layer,
+    ``sample_steps`` and ``sequences`` (all summed across ranks).
+    """
+
+    full_state_update = False
+
+    def __init__(self, model: nn.Module, spiking_types: tuple[type[nn.Module], ...] = SPIKING_TYPES,
+                 **kwargs: Any) -> None:
+        super().__init__(**{"compute_with_cache": False, **kwargs})  # hooks count outside update()
+        device = next(model.parameters(), torch.empty(0)).device
+        dtype = _accumulator_dtype(device)
+        spiking = [(n, m) for n, m in model.named_modules() if isinstance(m, spiking_types)]
+        ops = [(n, m) for n, m in model.named_modules() if isinstance(m, OP_TYPES) and not isinstance(m, spiking_types)]
+        self.layer_names = [name.removesuffix(".neuron") for name, _ in spiking]
+        self.op_names = [name for name, _ in ops]
+        for state, shape in (("spikes", [len(spiking)]), ("neurons", [len(spiking)]), ("ops", [len(ops), 2]),
+                             ("dense_macs", [len(ops)]), ("sample_steps", []), ("sequences", [])):
+            self.add_state(state, default=torch.zeros(shape, dtype=dtype), dist_reduce_fx="sum")
+        self.to(device)
         self._handles: list[RemovableHandle] = [model.register_forward_pre_hook(self._count_samples, with_kwargs=True)]
-        for name, module in model.named_modules():
-            if isinstance(module, spiking_types):
-                self._handles.append(module.register_forward_hook(self._spike_hook(name.removesuffix(".neuron"))))
-            elif isinstance(module, OP_TYPES):
-                self._handles.append(module.register_forward_hook(self._ops_hook(name, fan_in(module))))
-        self.reset()
+        self._handles += [m.register_forward_hook(self._spike_hook(i)) for i, (_, m) in enumerate(spiking)]
+        self._handles += [m.register_forward_hook(self._ops_hook(i, fan_in(m))) for i, (_, m) in enumerate(ops)]
 
-    def reset(self) -> None:
-        """Forget everything counted so far (hooks stay attached)."""
-        self.sample_steps = 0  # samples x steps seen
-        self.sequences = 0     # samples whose sequence started (called with a fresh state)
-        self._spikes: dict[str, Tensor] = {}    # layer -> spike count (device, int64)
-        self._neurons: dict[str, int] = {}      # layer -> neuron-steps seen
-        self._ops: dict[str, Tensor] = {}       # layer -> [SynOps, analog MACs] (device, float)
-        self._dense_macs: dict[str, int] = {}   # layer -> MACs if every op were a MAC
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing to add by hand: the forward hooks count while the model runs."""
 
     def remove(self) -> None:
         """Detach all hooks from the model."""
@@ -89,29 +99,28 @@ class FiringStats:
     def _count_samples(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)), None)
         batch = first.shape[0] if first is not None and first.dim() > 0 else 1
+        self._update_count += 1
         self.sample_steps += batch
-        if (args[1] if len(args) > 1 else kwargs.get("state")) is None:
+        if (args[1] if len(args) > 1 else kwargs.get("state")) is None:  # a fresh state starts a sequence
             self.sequences += batch
 
-    def _spike_hook(self, name: str):
+    def _spike_hook(self, index: int):
         def hook(module: nn.Module, inputs: tuple, output: tuple[Tensor, Any]) -> None:
             spikes = output[0]
             with torch.no_grad():
-                count = torch.count_nonzero(spikes)
-            self._spikes[name] = count if name not in self._spikes else self._spikes[name] + count
-            self._neurons[name] = self._neurons.get(name, 0) + spikes.numel()
+                self.spikes[index] += torch.count_nonzero(spikes)
+            self.neurons[index] += spikes.numel()
         return hook
 
-    def _ops_hook(self, name: str, ops_per_output: int):
+    def _ops_hook(self, index: int, ops_per_output: int):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             x = inputs[0]
             macs = output.numel() * ops_per_output
             with torch.no_grad():
-                nonzero = torch.count_nonzero(x).to(_accumulator_dtype(x.device))
+                nonzero = torch.count_nonzero(x).to(self.ops.dtype)
                 binary = (torch.count_nonzero(x == 1) == nonzero).to(nonzero.dtype)  # 1: input is spikes
-                counts = torch.stack([binary * nonzero * (macs / x.numel()), (1 - binary) * float(macs)])
-            self._ops[name] = counts if name not in self._ops else self._ops[name] + counts
-            self._dense_macs[name] = self._dense_macs.get(name, 0) + macs
+                self.ops[index] += torch.stack([binary * nonzero * (macs / x.numel()), (1 - binary) * float(macs)])
+            self.dense_macs[index] += macs
         return hook
 
     # ---- summary (one host sync) --------------------------------------------------------------
@@ -123,29 +132,24 @@ class FiringStats:
         ``synops`` / ``macs`` / ``ann_macs`` per sample, ``synops_per_layer``, energies
         ``energy_snn_mj`` / ``energy_ann_mj`` (millijoules per sample) and ``energy_ratio`` (ANN / SNN).
         """
-        spikes = {name: float(count) for name, count in zip(self._spikes, self._to_host(self._spikes))}
-        ops = dict(zip(self._ops, self._to_host(self._ops)))
-        per_sample = (time_steps if time_steps is not None else self.sample_steps / max(self.sequences, 1)) \
-            / max(self.sample_steps, 1)
-        synops = sum(float(v[0]) for v in ops.values()) * per_sample
-        macs = sum(float(v[1]) for v in ops.values()) * per_sample
-        ann_macs = sum(self._dense_macs.values()) * per_sample
+        flat = torch.cat([self.spikes, self.neurons, self.ops.flatten(), self.dense_macs,
+                          self.sample_steps[None], self.sequences[None]]).double().cpu()
+        spikes, neurons, ops, dense_macs, (sample_steps, sequences) = flat.split(
+            [len(self.spikes), len(self.neurons), self.ops.numel(), len(self.dense_macs), 2])
+        ops = ops.view(-1, 2)
+        steps = max(float(sample_steps), 1.0)
+        per_sample = (time_steps if time_steps is not None else steps / max(float(sequences), 1.0)) / steps
+        synops, macs = (float(v) * per_sample for v in ops.sum(dim=0))
         energy_snn = (synops * ENERGY_AC_PJ + macs * ENERGY_MAC_PJ) * 1e-9
-        energy_ann = ann_macs * ENERGY_MAC_PJ * 1e-9
+        energy_ann = float(dense_macs.sum()) * per_sample * ENERGY_MAC_PJ * 1e-9
+        seen = neurons > 0
         return {
-            "firing_rate": {name: spikes[name] / self._neurons[name] for name in spikes},
-            "mean_firing_rate": sum(spikes.values()) / max(sum(self._neurons.values()), 1),
-            "sample_steps": self.sample_steps,
-            "synops": synops, "macs": macs, "ann_macs": ann_macs,
-            "synops_per_layer": {name: float(v[0]) * per_sample for name, v in ops.items()},
+            "firing_rate": {name: float(s / n) for name, s, n, ok in zip(self.layer_names, spikes, neurons, seen) if ok},
+            "mean_firing_rate": float(spikes.sum() / max(float(neurons.sum()), 1.0)),
+            "sample_steps": int(sample_steps),
+            "synops": synops, "macs": macs, "ann_macs": float(dense_macs.sum()) * per_sample,
+            "synops_per_layer": {name: float(v) * per_sample for name, v, m in zip(self.op_names, ops[:, 0], dense_macs)
+                                 if m > 0},
             "energy_snn_mj": energy_snn, "energy_ann_mj": energy_ann,
             "energy_ratio": energy_ann / energy_snn if energy_snn > 0 else float("inf"),
         }
-
-    @staticmethod
-    def _to_host(values: dict[str, Tensor]) -> list[Tensor]:
-        """All accumulators to the CPU in one transfer per dtype."""
-        if not values:
-            return []
-        return list(torch.stack([v.to(torch.float64 if v.device.type != "mps" else torch.float32)
-                                 for v in values.values()]).cpu())

@@ -1,4 +1,4 @@
-"""DetectionMAP under DDP (two gloo processes): the mAP of the gathered union equals one process's."""
+"""The metrics under DDP (two gloo processes, uneven splits): the gathered result equals one process's."""
 import json
 import os
 
@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from spikeloc.metrics import DetectionMAP
+from spikeloc.metrics import DetectionMAP, FiringStats
 from .test_detection_map import NAMES, _pred, _target
 
 # Five images; image 5 has two cats and a dog. Scores interleave across images so that the order
@@ -28,6 +28,7 @@ SPLITS = {0: ([0, 2], [4]), 1: ([1, 3], [0])}  # two updates per rank: rank 0 ho
 def _worker(rank: int, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"])
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    _firing(rank, folder)
     metric = DetectionMAP(NAMES)
     for indices in SPLITS[rank]:
         preds = [PADDING if rank == 1 and i == 0 else PREDS[i] for i in indices]
@@ -40,11 +41,39 @@ def _worker(rank: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
+def _network() -> torch.nn.Module:
+    import timm
+    torch.manual_seed(0)
+    return timm.create_model("ltc_convnet", channels=(4, 8), num_classes=2)
+
+
+def _sequences(rank: int | None) -> list[torch.Tensor]:
+    """Three sequences of 2 steps (batches 3, 1, 2); rank 0 runs the first two, rank 1 the last."""
+    generator = torch.Generator().manual_seed(1)
+    batches = [2 * torch.rand(size, 1, 16, 16, generator=generator) for size in (3, 1, 2)]
+    return batches if rank is None else batches[:2] if rank == 0 else batches[2:]
+
+
+def _firing(rank: int | None, folder: str | None = None) -> dict:
+    network = _network()
+    stats = FiringStats(network)
+    with torch.no_grad():
+        for x in _sequences(rank):
+            state = None
+            for _ in range(2):
+                _, state = network(x, state)
+    result = stats.compute(time_steps=None)
+    if folder is not None:
+        with open(os.path.join(folder, f"firing{rank}.json"), "w") as handle:
+            json.dump(result, handle)
+    return result
+
+
 def _key(entry: dict) -> tuple:
     return entry["image_id"], -entry["score"]
 
 
-def test_ddp_map_equals_single_process(tmp_path, monkeypatch):
+def test_ddp_metrics_equal_single_process(tmp_path, monkeypatch):
     single = DetectionMAP(NAMES)
     single.update(PREDS, TARGETS)
     expected = single.compute()
@@ -61,3 +90,8 @@ def test_ddp_map_equals_single_process(tmp_path, monkeypatch):
         assert sorted(in_rank_order, key=_key) == sorted(json.loads(json.dumps(single.to_coco_results())), key=_key)
         assert result == {**json.loads(json.dumps(expected)), "local_images": result["local_images"]}
     assert ranks[0]["local_images"] == [1, 3, 5] and ranks[1]["local_images"] == [2, 4, 1]
+    expected = _firing(None)
+    assert expected["sample_steps"] == 12 and expected["mean_firing_rate"] > 0
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"firing{rank}.json").read_text())
+        assert result == json.loads(json.dumps(expected))  # integer counts: exact
