@@ -1,9 +1,9 @@
 """Detect objects in image files: ``python tools/predict.py --ckpt P --input IMG_OR_DIR --out DIR [--config C]``.
 
-Each image is prepared as the datamodule's evaluation split (letterbox or plain resize) and shown to the network for its T time steps
-(``trainer.predict``); the last step's boxes, labels and scores are drawn into ``DIR/<name>.png`` and
-written to ``DIR/detections.json`` (COCO results format). Extra ``--key value`` arguments override
-the checkpoint's settings (``--model.init_args.conf_threshold 0.1``).
+Each image is prepared as the datamodule's evaluation split (letterbox or plain resize) and shown to
+the network for its T time steps (``trainer.predict``); the last step's boxes, labels and scores are
+drawn into ``DIR/<name>.png`` and written to ``DIR/detections.json`` (COCO results format). Extra
+``--key value`` arguments override the checkpoint's settings (``--model.init_args.conf_threshold 0.1``).
 """
 import argparse
 

@@ -144,7 +144,8 @@ class FiringStats(Metric):
         energy_ann = float(dense_macs.sum()) * per_sample * ENERGY_MAC_PJ * 1e-9
         seen = neurons > 0
         return {
-            "firing_rate": {name: float(s / n) for name, s, n, ok in zip(self.layer_names, spikes, neurons, seen) if ok},
+            "firing_rate": {name: float(s / n) for name, s, n, ok in zip(self.layer_names, spikes, neurons, seen)
+                            if ok},
             "mean_firing_rate": float(spikes.sum() / max(float(neurons.sum()), 1.0)),
             "sample_steps": int(sample_steps),
             "synops": synops, "macs": macs, "ann_macs": float(dense_macs.sum()) * per_sample,

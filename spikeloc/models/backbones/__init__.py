@@ -14,5 +14,6 @@ BACKBONES = ("ltc_resnet18", "ltc_resnet34", "ltc_resnet50", "spyv4_tiny")
 
 __all__ = [
     "BACKBONES", "BasicBlock", "Bottleneck", "CSPBlock", "LTCConvNet", "LTCRecurrentNet", "LTCResNet", "LoadReport",
-    "SPYv4Tiny", "SpikingBackbone", "ann_to_cell_key", "load_pretrained", "match_state_dict", "read_state_dict", "scale_channels",
+    "SPYv4Tiny", "SpikingBackbone", "ann_to_cell_key", "load_pretrained", "match_state_dict", "read_state_dict",
+    "scale_channels",
 ]
