@@ -102,7 +102,7 @@ def format_report(results: dict[str, Any]) -> str:
         lines += ["Detection, AP in percent (prediction read at the last time step)"]
         lines += [f"  {label:<20s}{100 * results[key]:6.2f}" for key, label in (
             ("map", "mAP@[.5:.95] (COCO)"), ("map_50", "mAP@0.5"), ("map_75", "mAP@0.75"),
-            ("voc07", "VOC07 11-point @0.5"))]
+            ("voc07", "VOC07 11-point @0.5"), ("voc_ap", "VOC all-point @0.5"))]
         lines += ["", "  AP@0.5 per class:"] + [f"    {name:<16s} {'   n/a' if ap < 0 else f'{100 * ap:6.2f}'}"
                                                 for name, ap in results.get("per_class", {}).items()]
         lines += ["", "  mAP@0.5 per time step: " + "  ".join(

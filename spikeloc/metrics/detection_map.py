@@ -1,4 +1,5 @@
-"""Detection mAP as a ``torchmetrics.Metric`` on pycocotools (COCO mAP@[.5:.95], AP@.5, AP@.75, VOC07 11-point AP@.5).
+"""Detection mAP as a ``torchmetrics.Metric``: COCO mAP@[.5:.95], AP@.5, AP@.75 on pycocotools, and
+the VOC devkit's 11-point and all-point AP@.5 (:mod:`spikeloc.metrics.voc`).
 
 Detections and ground truth are list states (``dist_reduce_fx="cat"``): under DDP torchmetrics
 gathers every rank's rows before ``compute()``, so the mAP is computed once on the union of
@@ -29,6 +30,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from .voc import voc_ap, xml_boxes
+
 MISSING = -1.0  # AP of a class without ground truth (pycocotools' convention)
 
 
@@ -58,8 +61,9 @@ class DetectionMAP(Metric):
         verbose: let pycocotools print (and print its summary).
         **kwargs: ``torchmetrics.Metric`` options (``sync_on_compute``, ``process_group`` ...).
 
-    ``compute()`` returns ``map`` (AP@[.5:.95]), ``map_50``, ``map_75``, ``voc07`` (11-point AP@.5),
-    ``per_class`` {name: AP@.5} and ``per_class_voc07`` {name: 11-point AP@.5}; -1 where undefined.
+    ``compute()`` returns COCO's ``map`` (AP@[.5:.95]), ``map_50`` (101-point AP@.5), ``map_75``, the
+    VOC devkit's ``voc07`` (11-point AP@.5) and ``voc_ap`` (all-point AP@.5, the paper's metric), and
+    per class ``per_class`` (COCO AP@.5), ``per_class_voc07``, ``per_class_voc_ap``; -1 where undefined.
     """
 
     full_state_update = False
@@ -179,16 +183,12 @@ class DetectionMAP(Metric):
         valid = precision[0, 0] > MISSING  # [K] classes with ground truth
         ap = precision.mean(axis=1)  # [T, K]
         t50, t75 = int(np.argmin(abs(iou_thrs - 0.5))), int(np.argmin(abs(iou_thrs - 0.75)))
-        # VOC07 11-point AP: mean over r in {0, 0.1, ..., 1} of p_interp(r) = max precision at any recall
-        # >= r (0 if r is never reached). COCOeval's precision at a recall threshold r is exactly that:
-        # accumulate() replaces each precision by the max over all later (higher-recall) detections, then
-        # reads it at the first detection whose recall is >= r, and leaves 0 where r is not reached.
-        # So the 11 COCO values at r = 0, 0.1, ..., 1 are VOC07's p_interp. What differs is matching:
-        # COCO counts IoU >= t (VOC > 0.5, +1-pixel areas), lets a detection take the next-best free ground
-        # truth (VOC: a duplicate of its best one is a false positive), and ignores detections on difficult
-        # boxes by intersection over detection area; COCOeval also keeps max_detections per image and class.
-        eleven = [int(np.argmin(abs(rec_thrs - r))) for r in np.linspace(0.0, 1.0, 11)]
-        voc07 = precision[t50, eleven].mean(axis=0)  # [K]
+        # The VOC devkit's own matching and AP rules (README, "VOC and the paper's protocol"): ground
+        # truth as the XML's inclusive pixel values, detections as they are, as the reference compares them.
+        voc_gts = data.gts.copy()
+        voc_gts[:, 1:5] = xml_boxes(voc_gts[:, 1:5])
+        voc07 = voc_ap(data.dets, voc_gts, len(self.class_names), use_07_metric=True)  # [K]
+        all_point = voc_ap(data.dets, voc_gts, len(self.class_names))  # [K]
 
         def mean(values: np.ndarray) -> float:
             return float(values[valid].mean()) if valid.any() else MISSING
@@ -197,7 +197,8 @@ class DetectionMAP(Metric):
             return {name: float(v) if ok else MISSING for name, v, ok in zip(self.class_names, values, valid)}
 
         return {"map": mean(ap.mean(axis=0)), "map_50": mean(ap[t50]), "map_75": mean(ap[t75]),
-                "voc07": mean(voc07), "per_class": per_class(ap[t50]), "per_class_voc07": per_class(voc07)}
+                "voc07": mean(voc07), "voc_ap": mean(all_point), "per_class": per_class(ap[t50]),
+                "per_class_voc07": per_class(voc07), "per_class_voc_ap": per_class(all_point)}
 
 
 def _xywh(box: np.ndarray) -> list[float]:

@@ -155,13 +155,13 @@ class SpikingDetector(OnlineModule):
         return {"detections": detections[-1]}
 
     def end_evaluation(self, stage: str) -> None:
-        """Logs the last step's ``map``, ``map_50``, ``map_75``, ``voc07`` and ``ap_50/<class>``, and
+        """Logs the last step's ``map``, ``map_50``, ``map_75``, ``voc07``, ``voc_ap`` and ``ap_50/<class>``, and
         ``map_50_step<t>`` of every step (identical on every rank: computed on the gathered union)."""
         super().end_evaluation(stage)
         results = [metric.compute() for metric in self.maps if metric.update_count]
         if not results:
             return
-        for key in ("map", "map_50", "map_75", "voc07"):
+        for key in ("map", "map_50", "map_75", "voc07", "voc_ap"):
             self.log(f"{stage}/{key}", results[-1][key], prog_bar=key == "map_50")
         for name, value in results[-1]["per_class"].items():
             self.log(f"{stage}/ap_50/{name}", value)

@@ -56,12 +56,13 @@ PREDS = [_pred([[10, 10, 60, 60], [200, 20, 250, 80], [100, 100, 180, 150]], [0.
 # r <= 0.5 (51 points) -> 1, r > 0.5 (50 points) -> 2/3. VOC07: 6 points -> 1, 5 points -> 2/3.
 CAT_AP = (51 + 50 * 2 / 3) / 101
 CAT_VOC07 = (6 + 5 * 2 / 3) / 11
+CAT_ALL_POINT = 0.5 * 1 + 0.5 * 2 / 3  # area under the precision envelope
 
 
 def test_perfect_predictions():
     preds = [_pred(t["orig_boxes"], [0.9] * len(t["labels"]), t["labels"]) for t in TARGETS]
     result = _metric(preds, TARGETS).compute()
-    assert [result[k] for k in ("map", "map_50", "map_75", "voc07")] == pytest.approx([1.0] * 4)
+    assert [result[k] for k in ("map", "map_50", "map_75", "voc07", "voc_ap")] == pytest.approx([1.0] * 5)
     assert result["per_class"] == pytest.approx({"cat": 1.0, "dog": 1.0, "bird": -1.0})
 
 
@@ -85,6 +86,8 @@ def test_false_positive_ranked_above_true_positive():
     assert result["per_class_voc07"]["cat"] == pytest.approx(CAT_VOC07)
     assert result["map_50"] == pytest.approx((CAT_AP + 1.0) / 2)
     assert result["voc07"] == pytest.approx((CAT_VOC07 + 1.0) / 2)
+    assert result["per_class_voc_ap"]["cat"] == pytest.approx(CAT_ALL_POINT)
+    assert result["voc_ap"] == pytest.approx((CAT_ALL_POINT + 1.0) / 2)
     stats = _coco_stats(metric)
     assert (result["map"], result["map_50"], result["map_75"]) == pytest.approx(tuple(stats[:3]))
 
@@ -107,7 +110,7 @@ def test_difficult_neither_helps_nor_hurts(detected):
 def test_no_detections_is_zero():
     empty = [_pred([], [], []) for _ in TARGETS]
     result = _metric(empty, TARGETS).compute()
-    assert result["map"] == result["map_50"] == result["voc07"] == 0.0
+    assert result["map"] == result["map_50"] == result["voc07"] == result["voc_ap"] == 0.0
     assert result["per_class"] == {"cat": 0.0, "dog": 0.0, "bird": -1.0}
     assert DetectionMAP(NAMES).compute()["map"] == -1.0  # nothing at all: undefined, no crash
 
