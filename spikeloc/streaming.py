@@ -11,7 +11,7 @@ that row's state is reset with :func:`spikeloc.neurons.reset_state` (the other r
 - :class:`Streamer` carries state over windows of a ``[B, W, ...]`` batch, with per-row resets.
 - :func:`interleave` schedules many recordings over ``slots`` batch rows (resets included).
 - :func:`stream_detect` runs a trained ``SpikingDetector`` over one recording, yielding per-window
-  detections; :func:`event_picture` / :func:`annotate` draw them on the window's last event frame.
+  detections; :func:`annotate` draws them on the window's last event frame.
 """
 from __future__ import annotations
 
@@ -154,17 +154,8 @@ def stream_detect(module: Any, frames: Tensor | Iterable[Tensor], window: int) -
         step += len(chunk)
 
 
-def event_picture(frame: Tensor) -> Tensor:
-    """``[2, H, W]`` ON/OFF counts -> uint8 ``[3, H, W]``: grey background, ON white, OFF black."""
-    on, off = (frame[:2].float() > 0).unbind(0)
-    picture = torch.full(frame.shape[-2:], 128, dtype=torch.uint8)
-    picture[on], picture[off & ~on] = 255, 0
-    return picture.expand(3, -1, -1).clone()
-
-
 def annotate(result: WindowDetections, class_names: Sequence[str], score_threshold: float = 0.25) -> Tensor:
     """uint8 ``[3, H', W']`` picture of the window's last event frame with its detections drawn."""
-    from spikeloc.visualize import draw_detections
+    from spikeloc.visualize import draw_detections  # event frames drawn with visualize.event_picture
 
-    return draw_detections(event_picture(result.frame), result.detections, class_names,
-                           score_threshold=score_threshold)
+    return draw_detections(result.frame, result.detections, class_names, score_threshold=score_threshold)

@@ -93,3 +93,27 @@ def test_peak_memory_is_flat_over_100_windows():
     # peak after window 100 is within 2 MiB of the peak after window 10; keeping the graph grows it
     assert flat["peak_100"] - flat["peak_10"] < 2 * 2 ** 20, result
     assert leaking["peak_100"] - leaking["peak_10"] > 20 * 2 ** 20, result
+
+
+def test_training_over_windows_detaches_state_between_windows():
+    """FPTT-style streaming training: backward per window, state carried but never unrolled."""
+    net, step = _net(2)
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    streamer = Streamer(step, grad=True)
+    frames = 3 * (torch.rand(2, 12, 2, 16, 16) < 0.3).float()
+    before = [p.detach().clone() for p in net.parameters()]
+    for window in frames.split(4, dim=1):
+        loss = torch.stack(streamer(window)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()  # a graph reaching into the previous window would fail here
+        optimizer.step()
+        assert all(leaf.grad_fn is not None for leaf in _leaves(streamer.state))
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def _leaves(state):
+    from spikeloc.neurons import map_state
+    found = []
+    map_state(lambda t: found.append(t) or t, state)
+    return [t for t in found if t.requires_grad]

@@ -8,7 +8,7 @@ from tonic.transforms import ToFrame
 
 from datamodules.events import EventClassificationDataModule, local_dataset
 from datamodules.frames import FixedFrames, bin_events
-from tests.event_formats import random_events, write_atis_bin, write_gesture_npy
+from tests.event_formats import random_events, write_aedat4, write_atis_bin, write_gesture_npy
 
 EV_DTYPE = np.dtype([("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])
 
@@ -71,6 +71,31 @@ def test_ncaltech101_events_are_shifted_to_the_origin_by_tonic(tmp_path):
     assert label == "airplanes"
     np.testing.assert_array_equal(events["x"], ev["x"] - ev["x"].min())
     np.testing.assert_array_equal(events["t"], ev["t"])
+
+
+def test_cifar10_dvs_aedat4_files_read_back_and_split(tmp_path):
+    rng, written = np.random.default_rng(6), {}
+    for name in ("airplane", "cat", "truck"):
+        for k in range(5):
+            ev = random_events(rng, 25, 128, 128, 1_000_000)
+            path = tmp_path / "CIFAR10DVS" / name / f"cifar10_{name}_{k}.aedat4"
+            write_aedat4(path, ev)
+            written[str(path)] = ev
+    data = local_dataset("cifar10_dvs", tmp_path, "all")
+    assert len(data) == 15
+    for index in range(len(data)):
+        events, label = data[index]
+        ev = written[data.data[index]]
+        assert label == {"airplane": 0, "cat": 3, "truck": 9}[Path(data.data[index]).parent.name]
+        for key in "xytp":
+            np.testing.assert_array_equal(events[key].astype(np.int64), ev[key])
+    module = EventClassificationDataModule("cifar10_dvs", str(tmp_path), num_steps=4, val_fraction=0.25,
+                                           test_fraction=0.2, batch_size=2)
+    module.setup("fit")
+    sizes = [len(module.datasets[k]) for k in ("train", "val", "test")]
+    assert sizes == [9, 3, 3] and module.num_classes == 10
+    x, y = module.datasets["test"][0]
+    assert x.shape == (4, 2, 128, 128) and x.sum() > 0
 
 
 def test_missing_root_fails_at_once_naming_the_layout(tmp_path):
