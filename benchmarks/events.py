@@ -12,8 +12,14 @@ times, as the median of ``--repeats`` runs each:
 - ``bin_events_per_s``: :func:`datamodules.frames.bin_events` (one ``np.bincount``) on 1 M events;
 - ``tonic_to_frame_events_per_s``: tonic ``ToFrame`` (through :class:`FixedFrames`) on the same events.
 
-Usage: ``python benchmarks/events.py [--events 10000000] [--repeats 5] [--json]``; with ``--json``
-the last stdout line is one JSON object.
+With ``--add-task-memory`` it also trains the Add task (one recurrent LTC-SN layer of 128, batch
+128, a few batches) at T = 100 and T = 1000, each (algorithm, T) in a fresh worker process, and
+reports the peak memory training adds (``benchmarks/memory.py``'s meter: VmHWM after
+``clear_refs`` over the RSS at the first batch): ``add_task_peak_bytes`` per algorithm and T, for
+FPTT with K = T (one update per step), FPTT with K = 10 and BPTT.
+
+Usage: ``python benchmarks/events.py [--events 10000000] [--repeats 5] [--add-task-memory] [--json]``;
+with ``--json`` the last stdout line is one JSON object.
 """
 from __future__ import annotations
 
@@ -82,15 +88,68 @@ def run(num_events: int, repeats: int) -> dict[str, float]:
     return results
 
 
+def add_task_worker(seq_len: int, algorithm: str, parts: int | None, batches: int = 3) -> int:
+    """Peak bytes training ``batches`` Add-task batches adds (run in a fresh process)."""
+    import importlib.util
+
+    import lightning.pytorch as pl
+    import torch
+
+    from datamodules.add_task import AddTaskDataModule
+    from spikeloc.training.loop import FPTTConfig
+    from spikeloc.training.regression import SpikingRegressor
+
+    spec = importlib.util.spec_from_file_location("memory_bench", Path(__file__).with_name("memory.py"))
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    torch.manual_seed(0)
+    meter = memory.Meter("cpu")
+    probe = memory._probe(meter)
+    data = AddTaskDataModule(seq_len=seq_len, num_train=128 * batches, num_val=1, batch_size=128)
+    module = SpikingRegressor(model_kwargs={"hidden": [128]}, algorithm=algorithm,
+                              fptt=FPTTConfig(alpha=0.5, parts=parts, consolidate=False))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[probe])
+    trainer.fit(module, datamodule=data)
+    return int(probe.result)
+
+
+def add_task_memory() -> dict[str, dict[str, int]]:
+    """``{"fptt_k_eq_t": {"100": bytes, "1000": bytes}, "fptt_k10": {...}, "bptt": {...}}``."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072",
+           "MALLOC_TRIM_THRESHOLD_": "131072"}
+    out: dict[str, dict[str, int]] = {}
+    for name, algorithm, parts in (("fptt_k_eq_t", "fptt", 0), ("fptt_k10", "fptt", 10), ("bptt", "bptt", 0)):
+        for seq_len in (100, 1000):
+            done = subprocess.run([sys.executable, __file__, "--worker-add-task", str(seq_len), algorithm, str(parts)],
+                                  env=env, capture_output=True, text=True, check=True)
+            out.setdefault(name, {})[str(seq_len)] = int(done.stdout.split()[-1])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000, help="events in the synthetic recording")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--add-task-memory", action="store_true", help="also measure Add-task training memory")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--worker-add-task", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results = run(args.events, args.repeats)
+    if args.worker_add_task:
+        seq_len, algorithm, parts = args.worker_add_task
+        print(add_task_worker(int(seq_len), algorithm, int(parts) or None))
+        return
+    results: dict = run(args.events, args.repeats)
     for key, value in results.items():
         print(f"{key:36s} {value:,.0f}")
+    if args.add_task_memory:
+        results["add_task_peak_bytes"] = add_task_memory()
+        for name, by_length in results["add_task_peak_bytes"].items():
+            print(f"add task {name:12s} " + "  ".join(f"T={t}: {v / 2 ** 20:.1f} MiB" for t, v in by_length.items()))
     if args.json:
         print(json.dumps(results))
 

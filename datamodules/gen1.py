@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from datamodules.dat import read_events, read_header
+from datamodules.dat import open_records, read_events, read_header
 from datamodules.detection import DetectionDataModule
 from datamodules.frames import bin_events
 
@@ -180,3 +180,20 @@ class GEN1DataModule(DetectionDataModule):
     def make_dataset(self, split: str, transform: Any) -> GEN1Dataset:
         samples = index_split(self.root / split, **self.filter_kwargs)
         return GEN1Dataset(samples, self.num_steps, self.window_us, self.image_size, self.clip_count)
+
+
+def iter_dat_frames(path: str | Path, frame_us: int = 50_000, image_size: int = 320,
+                    clip_count: float | None = 4.0) -> Iterator[torch.Tensor]:
+    """Frames ``[2, S, S]`` of a whole ``.dat`` recording, one per ``frame_us``, decoded lazily
+    (one frame's events at a time: constant memory however long the recording), letterboxed
+    like :class:`GEN1Dataset`'s samples. For streaming inference (``spikeloc.streaming``)."""
+    header, records = open_records(path)
+    if len(records) == 0:
+        return
+    sensor = (header.width or GEN1_SENSOR[0], header.height or GEN1_SENSOR[1], 2)
+    start, end = int(records["t"][0]), int(records["t"][-1]) + 1
+    for t in range(start, end, frame_us):
+        frame = torch.from_numpy(bin_events(read_events(path, t, t + frame_us), sensor, 1, t, t + frame_us)).float()
+        if clip_count is not None:
+            frame = frame.clamp_(max=clip_count)
+        yield letterbox_frames(frame, image_size)[0][0]

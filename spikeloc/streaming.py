@@ -11,11 +11,14 @@ that row's state is reset with :func:`spikeloc.neurons.reset_state` (the other r
 - :class:`Streamer` carries state over windows of a ``[B, W, ...]`` batch, with per-row resets.
 - :func:`interleave` schedules many recordings over ``slots`` batch rows (resets included).
 - :func:`stream_detect` runs a trained ``SpikingDetector`` over one recording, yielding per-window
-  detections; :func:`annotate` draws them on the window's last event frame.
+  detections; :func:`annotate` draws them on the window's last event frame and
+  :func:`save_stream` writes ``detections.jsonl`` plus annotated PNGs, one per window.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -159,3 +162,28 @@ def annotate(result: WindowDetections, class_names: Sequence[str], score_thresho
     from spikeloc.visualize import draw_detections  # event frames drawn with visualize.event_picture
 
     return draw_detections(result.frame, result.detections, class_names, score_threshold=score_threshold)
+
+
+def save_stream(results: Iterable[WindowDetections], out_dir: str | Path, class_names: Sequence[str],
+                score_threshold: float = 0.25, pictures: bool = True) -> Path:
+    """Write ``detections.jsonl`` (one line per window: index, first_step, boxes, scores, labels,
+    names; boxes in network-input pixels, scores >= ``score_threshold``) and, with ``pictures``,
+    ``window_<index>.png`` annotated frames into ``out_dir``, consuming ``results`` lazily.
+    Returns the JSON-lines path."""
+    from spikeloc.visualize import save_png
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "detections.jsonl"
+    with path.open("w") as lines:
+        for result in results:
+            det = result.detections
+            keep = det["scores"] >= score_threshold
+            labels = det["labels"][keep].tolist()
+            lines.write(json.dumps({
+                "index": result.index, "first_step": result.first_step, "boxes": det["boxes"][keep].tolist(),
+                "scores": det["scores"][keep].tolist(), "labels": labels,
+                "names": [class_names[k] if 0 <= k < len(class_names) else str(k) for k in labels]}) + "\n")
+            if pictures:
+                save_png(annotate(result, class_names, score_threshold), out_dir / f"window_{result.index:05d}.png")
+    return path

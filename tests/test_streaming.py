@@ -5,11 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 
 import spikeloc.models  # noqa: F401
-from spikeloc.streaming import Streamer, annotate, interleave, stream_detect, windows
+from spikeloc.streaming import Streamer, annotate, interleave, save_stream, stream_detect, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def test_interleaved_recordings_with_resets_equal_their_solo_runs():
         torch.testing.assert_close(torch.cat(outputs[index]), solo, rtol=0, atol=1e-6)
 
 
-def test_stream_detect_on_two_channel_frames_and_annotation():
+def test_stream_detect_on_two_channel_frames_and_annotation(tmp_path):
     from spikeloc.training.detection import SpikingDetector
     module = SpikingDetector(backbone="spyv4_tiny", backbone_kwargs={"width": 0.125, "threshold": 0.1}, num_classes=2,
                              in_channels=2, neck_kwargs={"neuron_kwargs": {"threshold": 0.1}},
@@ -81,6 +82,11 @@ def test_stream_detect_on_two_channel_frames_and_annotation():
     torch.testing.assert_close(results[-1].detections["scores"], reference["scores"])
     picture = annotate(results[0], ["a", "b"], score_threshold=0.0)
     assert picture.dtype == torch.uint8 and picture.shape[0] == 3
+    path = save_stream(iter(results), tmp_path / "out", ["a", "b"], score_threshold=0.0)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["first_step"] for line in lines] == [0, 4, 8]
+    assert lines[-1]["scores"] == pytest.approx(results[-1].detections["scores"].tolist())
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"window_{i:05d}.png" for i in range(3)]
 
 
 def test_peak_memory_is_flat_over_100_windows():

@@ -4,9 +4,9 @@ import pytest
 import torch
 from expelliarmus import Wizard
 
-from datamodules.dat import read_events, read_header
+from datamodules.dat import decode, open_records, read_events, read_header
 from datamodules.detection import collate_detection
-from datamodules.gen1 import GEN1DataModule, filter_boxes, index_split, load_boxes
+from datamodules.gen1 import GEN1DataModule, filter_boxes, index_split, iter_dat_frames, load_boxes
 from tests.event_formats import random_events, write_dat, write_gen1_boxes
 
 
@@ -33,6 +33,15 @@ def test_dat_header_and_events_read_back_exactly(tmp_path):
     reference = Wizard(encoding="dat").read(tmp_path / "rec_a_td.dat")
     for key in "xytp":
         np.testing.assert_array_equal(events[key], reference[key])
+
+
+def test_decode_is_independent_of_the_block_size(tmp_path):
+    ev = _recording(tmp_path)
+    _, records = open_records(tmp_path / "rec_a_td.dat")
+    whole = decode(records)
+    for chunk in (1, 7, 1000):
+        np.testing.assert_array_equal(decode(records, chunk=chunk), whole)
+    np.testing.assert_array_equal(whole["y"], ev["y"])
 
 
 def test_read_events_window_is_half_open(tmp_path):
@@ -91,3 +100,18 @@ def test_missing_root_names_the_layout(tmp_path):
     write_dat(tmp_path / "train" / "x_td.dat", random_events(np.random.default_rng(0), 5, 304, 240, 100))
     with pytest.raises(FileNotFoundError, match="x_bbox.npy"):
         index_split(tmp_path / "train")
+
+
+def test_recording_frames_for_streaming_cover_every_event_once(tmp_path):
+    ev = _recording(tmp_path, n=500)
+    frames = list(iter_dat_frames(tmp_path / "rec_a_td.dat", frame_us=300_000, image_size=304, clip_count=None))
+    start = int(ev["t"].min())
+    assert len(frames) == -(-(int(ev["t"].max()) + 1 - start) // 300_000)
+    for k, frame in enumerate(frames):
+        assert frame.shape == (2, 304, 304)
+        inside = (ev["t"] >= start + k * 300_000) & (ev["t"] < start + (k + 1) * 300_000)
+        for p in (0, 1):
+            expected = torch.zeros(304, 304)
+            for x, y in zip(ev["x"][inside & (ev["p"] == p)], ev["y"][inside & (ev["p"] == p)]):
+                expected[y, x] += 1
+            torch.testing.assert_close(frame[p], expected)
