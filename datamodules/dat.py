@@ -47,11 +47,10 @@ def read_header(path: str | Path) -> DatHeader:
             if not line.startswith(b"% "):
                 break
             words = line.decode("latin-1").split()
-            if len(words) >= 3 and words[1] in ("Width", "Height"):
-                if words[1] == "Width":
-                    width = int(words[2])
-                else:
-                    height = int(words[2])
+            if len(words) >= 3 and words[1] == "Width":
+                width = int(words[2])
+            elif len(words) >= 3 and words[1] == "Height":
+                height = int(words[2])
             lines += 1
         f.seek(start)
         kind = f.read(2) if lines else b"\x00\x08"  # headerless legacy files: CD events of 8 bytes

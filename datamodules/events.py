@@ -74,7 +74,8 @@ def check_root(name: str, root: str | Path, folder: str) -> Path:
     return where
 
 
-def local_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None) -> Any:
+def local_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,
+                  target_transform: Callable | None = None) -> Any:
     """tonic's dataset ``name`` over the local files only (its download is disabled)."""
     spec = SPECS[name]
     check_root(name, root, spec.folders[split])
@@ -86,7 +87,7 @@ def local_dataset(name: str, root: str | Path, split: str, transform: Callable |
     # Same class name: tonic derives its folder <root>/<ClassName> from it.
     local = type(spec.cls.__name__, (spec.cls,), {"_check_exists": lambda self: True, "download": refuse})
     kwargs = {"train": split == "train"} if "all" not in spec.folders else {}
-    return local(str(Path(root).expanduser()), transform=transform, **kwargs)
+    return local(str(Path(root).expanduser()), transform=transform, target_transform=target_transform, **kwargs)
 
 
 def frame_sensor(sensor: Sensor, downsample: float) -> Sensor:
@@ -95,12 +96,21 @@ def frame_sensor(sensor: Sensor, downsample: float) -> Sensor:
     return int((width - 1) * downsample) + 1, int((height - 1) * downsample) + 1, polarities
 
 
+@dataclass(frozen=True)
+class ClassIndex:
+    """tonic target -> class index: N-Caltech101's folder names through ``names``, others as they are."""
+
+    names: tuple[str, ...]
+
+    def __call__(self, target: Any) -> int:
+        return self.names.index(target) if isinstance(target, str) else int(target)
+
+
 class FrameDataset(Dataset):
     """``(frames [T, P, H, W] float32, label long)`` over a (cached) dataset of int16 frames."""
 
-    def __init__(self, frames: Any, labels: Callable[[Any], int], clip_count: float | None,
-                 augment: Callable[[Tensor], Tensor] | None = None) -> None:
-        self.frames, self.labels, self.clip_count, self.augment = frames, labels, clip_count, augment
+    def __init__(self, frames: Any, clip_count: float | None, augment: Callable[[Tensor], Tensor] | None = None) -> None:
+        self.frames, self.clip_count, self.augment = frames, clip_count, augment
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -112,7 +122,7 @@ class FrameDataset(Dataset):
             x = x.clamp_(max=self.clip_count)
         if self.augment is not None:
             x = self.augment(x)
-        return x, torch.tensor(self.labels(target), dtype=torch.long)
+        return x, torch.tensor(int(target), dtype=torch.long)
 
 
 def _class_names(name: str, root: str | Path) -> list[str]:
@@ -185,7 +195,7 @@ class EventClassificationDataModule(LightningDataModule):
 
     def _frames(self, split: str, train: bool) -> Any:
         """Frames of a tonic split (``train``/``test``/``all``), cached when possible."""
-        data = local_dataset(self.name, self.root, split, self._events_transform(train))
+        data = local_dataset(self.name, self.root, split, self._events_transform(train), ClassIndex(tuple(self.class_names)))
         if self.hparams.cache_dir is None or (train and self.hparams.drop_event > 0):
             return data
         path = Path(self.hparams.cache_dir) / self.name / self._cache_key() / split
@@ -197,9 +207,6 @@ class EventClassificationDataModule(LightningDataModule):
         height, width = self.image_size
         crops: list[Any] = [v2.RandomCrop((height, width), padding=self.hparams.crop_padding)]
         return v2.Compose(crops + ([v2.RandomHorizontalFlip()] if self.hparams.hflip else []))
-
-    def _label(self, target: Any) -> int:
-        return self.class_names.index(target) if isinstance(target, str) else int(target)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -218,7 +225,7 @@ class EventClassificationDataModule(LightningDataModule):
             train, val = Subset(full, rest[train_idx].tolist()), Subset(clean, rest[val_idx].tolist())
         else:
             train, val = Subset(full, rest.tolist()), test
-        make = lambda data, augment=None: FrameDataset(data, self._label, hp.clip_count, augment)  # noqa: E731
+        make = lambda data, augment=None: FrameDataset(data, hp.clip_count, augment)  # noqa: E731
         self.datasets = {"train": make(train, self._augment()), "val": make(val), "test": make(test)}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -152,3 +152,18 @@ def test_nmnist_datamodule_batches_and_disk_cache(tmp_path):
         torch.testing.assert_close(a[0], b[0])
         assert a[1] == b[1]
         assert a[0].sum() == b[0].sum() > 0
+
+
+def test_ncaltech101_classification_labels_survive_the_disk_cache(tmp_path):
+    rng = np.random.default_rng(7)
+    for name in ("airplanes", "watch"):
+        for k in range(1, 6):
+            write_atis_bin(tmp_path / "data" / "NCALTECH101" / "Caltech101" / name / f"image_{k:04d}.bin",
+                           random_events(rng, 30, 200, 150, 300_000))
+    module = EventClassificationDataModule("ncaltech101", str(tmp_path / "data"), num_steps=3, test_fraction=0.2,
+                                           cache_dir=str(tmp_path / "cache"))
+    module.setup("fit")
+    assert module.class_names == ["airplanes", "watch"]
+    for _ in range(2):  # binned and cached, then read back from the cache
+        labels = [int(module.datasets["train"][i][1]) for i in range(len(module.datasets["train"]))]
+        assert sorted(set(labels)) == [0, 1] and len(labels) == 8
