@@ -109,7 +109,8 @@ class ClassIndex:
 class FrameDataset(Dataset):
     """``(frames [T, P, H, W] float32, label long)`` over a (cached) dataset of int16 frames."""
 
-    def __init__(self, frames: Any, clip_count: float | None, augment: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(self, frames: Any, clip_count: float | None,
+                 augment: Callable[[Tensor], Tensor] | None = None) -> None:
         self.frames, self.clip_count, self.augment = frames, clip_count, augment
 
     def __len__(self) -> int:
@@ -163,7 +164,8 @@ class EventClassificationDataModule(LightningDataModule):
         if name not in SPECS:
             raise ValueError(f"EventClassificationDataModule: name must be one of {list(SPECS)}, got {name!r}")
         if not 0.0 <= val_fraction < 1.0 or not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1) and test_fraction in (0, 1), got {val_fraction}, {test_fraction}")
+            raise ValueError("val_fraction must be in [0, 1) and test_fraction in (0, 1), "
+                             f"got {val_fraction}, {test_fraction}")
         self.save_hyperparameters()
         self.name, self.root, self.spec = name, root, SPECS[name]
         value = frame_value if frame_value is not None else num_steps if frame_mode == "n_time_bins" else None
@@ -195,7 +197,8 @@ class EventClassificationDataModule(LightningDataModule):
 
     def _frames(self, split: str, train: bool) -> Any:
         """Frames of a tonic split (``train``/``test``/``all``), cached when possible."""
-        data = local_dataset(self.name, self.root, split, self._events_transform(train), ClassIndex(tuple(self.class_names)))
+        data = local_dataset(self.name, self.root, split, self._events_transform(train),
+                             ClassIndex(tuple(self.class_names)))
         if self.hparams.cache_dir is None or (train and self.hparams.drop_event > 0):
             return data
         path = Path(self.hparams.cache_dir) / self.name / self._cache_key() / split

@@ -44,7 +44,8 @@ class FixedFrames:
     def __post_init__(self) -> None:
         chosen = [k for k in ("time_window", "event_count", "n_time_bins") if getattr(self, k) is not None]
         if len(chosen) != 1:
-            raise ValueError(f"frames: set exactly one of time_window, event_count, n_time_bins; got {chosen or 'none'}")
+            raise ValueError("frames: set exactly one of time_window, event_count, n_time_bins; "
+                             f"got {chosen or 'none'}")
         if self.n_time_bins is not None and self.n_time_bins != self.num_steps:
             raise ValueError(f"frames: n_time_bins={self.n_time_bins} must equal num_steps={self.num_steps}")
         if self.num_steps < 1:

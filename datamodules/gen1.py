@@ -91,7 +91,8 @@ def index_split(folder: Path, **filter_kwargs: Any) -> list[Sample]:
     for dat in dats:
         bbox = dat.with_name(dat.name[: -len("_td.dat")] + "_bbox.npy")
         if not bbox.is_file():
-            raise FileNotFoundError(f"GEN1: '{dat}' has no box file '{bbox.name}' next to it.\nExpected layout:\n{LAYOUT}")
+            raise FileNotFoundError(f"GEN1: '{dat}' has no box file '{bbox.name}' next to it.\n"
+                                    f"Expected layout:\n{LAYOUT}")
         header = read_header(dat)
         if (header.width, header.height) not in ((None, None), GEN1_SENSOR[:2]):
             raise ValueError(f"{dat}: sensor {header.width}x{header.height}, GEN1 is 304x240")

@@ -57,7 +57,8 @@ def index_recordings(root: str | Path) -> tuple[list[tuple[Path, Path, str]], li
             raise FileNotFoundError(f"N-Caltech101: '{rec}' has no annotation '{note}'.\nExpected layout:\n{LAYOUT}")
         items.append((rec, note, rec.parent.name))
     if not items:
-        raise FileNotFoundError(f"N-Caltech101: no image_*.bin recordings under '{events}'.\nExpected layout:\n{LAYOUT}")
+        raise FileNotFoundError(f"N-Caltech101: no image_*.bin recordings under '{events}'.\n"
+                                f"Expected layout:\n{LAYOUT}")
     return items, sorted({name for _, _, name in items})
 
 

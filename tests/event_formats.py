@@ -60,7 +60,8 @@ def write_ncaltech_annotation(path: Path, x0: int, y0: int, x1: int, y1: int) ->
     path.write_bytes(struct.pack(f"<{len(values)}h", *values))
 
 
-def _fb_root_with(inline: list[tuple[str, object]], tail: bytes, identifier: bytes = b"", tail_offset: int = 0) -> bytes:
+def _fb_root_with(inline: list[tuple[str, object]], tail: bytes, identifier: bytes = b"",
+                  tail_offset: int = 0) -> bytes:
     """Minimal flatbuffer builder: root table with scalar fields and one offset field to ``tail``.
 
     ``inline``: (kind, value) per field in schema order, kind in {"i32", "i64", "off"}; the one

@@ -33,10 +33,9 @@ def test_boxes_are_the_exact_extent_of_each_rendered_shape():
     track = torch.cat([t["track_boxes"] for t in targets])
     for k in range(len(obj["seq"])):
         for t in range(5):
-            mask = render_shapes(torch.tensor([ids[obj["cls"][k]]]), torch.tensor([obj["cx"][k, t + 1]], dtype=torch.float32),
-                                 torch.tensor([obj["cy"][k, t + 1]], dtype=torch.float32),
-                                 torch.tensor([obj["radius"][k]], dtype=torch.float32),
-                                 torch.tensor([obj["angle"][k]], dtype=torch.float32), 48)[0]
+            one = lambda value: torch.tensor([value], dtype=torch.float32)  # noqa: E731
+            mask = render_shapes(torch.tensor([ids[obj["cls"][k]]]), one(obj["cx"][k, t + 1]), one(obj["cy"][k, t + 1]),
+                                 one(obj["radius"][k]), one(obj["angle"][k]), 48)[0]
             ys, xs = [], []
             for y in range(48):
                 for x in range(48):
