@@ -192,7 +192,7 @@ class EventClassificationDataModule(LightningDataModule):
         return tonic.transforms.Compose([*steps, self.framing])
 
     def _cache_key(self) -> str:
-        keys = ("num_steps", "frame_mode", "frame_value", "denoise_us", "downsample")
+        keys = ("root", "num_steps", "frame_mode", "frame_value", "denoise_us", "downsample")
         return hashlib.sha1(json.dumps({k: self.hparams[k] for k in keys}).encode()).hexdigest()[:12]
 
     def _frames(self, split: str, train: bool) -> Any:

@@ -68,7 +68,7 @@ class Streamer:
     def __call__(self, window: Tensor, reset: Tensor | None = None) -> list[Any]:
         """Outputs of the W steps of ``window`` ``[B, W, ...]``; ``reset`` rows start fresh first."""
         if reset is not None:
-            self.reset(reset)
+            self.reset(reset.to(window.device))
         state = detach_state(self.state)
         outputs = []
         with torch.set_grad_enabled(self.grad):
