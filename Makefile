@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train train-detect test bench
+.PHONY: install train train-detect train-events test bench bench-events
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ train: $(STAMP)
 train-detect: $(STAMP)
 	$(PY) tools/train.py --config configs/quickstart_detect.yaml
 
+train-events: $(STAMP)
+	$(PY) tools/train.py --config configs/quickstart_events.yaml
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/memory.py
+
+bench-events: $(STAMP)
+	$(PY) benchmarks/events.py --add-task-memory

@@ -9,7 +9,10 @@ Presentations (batch ``x``; ``y`` is ``[B]`` long):
 - ``sequential_pixels``: ``[B, T, D]`` with ``D = pixels_per_step * C`` and
   ``T = H * W / pixels_per_step``: a row-major scan, ``pixels_per_step`` pixels
   per step, channels of one pixel adjacent (``x[t, p * C + c] = img[c, i // W, i % W]``
-  with ``i = t * pixels_per_step + p``).
+  with ``i = t * pixels_per_step + p``). With ``permute_seed`` set the scan visits the pixels
+  in a fixed random order instead (PS-MNIST): ``i = perm[t * pixels_per_step + p]``, one
+  permutation of the ``H * W`` positions drawn from ``permute_seed``, shared by every image
+  and split.
 """
 from __future__ import annotations
 
@@ -94,6 +97,11 @@ def load_split(name: str, root: str | Path, train: bool) -> tuple[Tensor, Tensor
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
 
 
+def pixel_permutation(num_pixels: int, seed: int) -> Tensor:
+    """The fixed PS-MNIST pixel order: a permutation of ``range(num_pixels)`` drawn from ``seed``."""
+    return torch.randperm(num_pixels, generator=torch.Generator().manual_seed(seed))
+
+
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Disjoint sorted ``[n_train]``, ``[n_val]`` index sets of ``range(n)``, drawn from ``seed``."""
     n_val = min(max(1, round(n * val_fraction)), n - 1)
@@ -106,12 +114,13 @@ class ImageClassificationDataset(Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor, indices: Tensor | None, mean: tuple[float, ...],
                  std: tuple[float, ...], presentation: str = "static", pixels_per_step: int = 1,
-                 augment: v2.Transform | None = None) -> None:
+                 augment: v2.Transform | None = None, permutation: Tensor | None = None) -> None:
         self.images, self.labels = images, labels
         self.indices = torch.arange(len(labels)) if indices is None else indices
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
         self.presentation, self.pixels_per_step, self.augment = presentation, pixels_per_step, augment
+        self.permutation = permutation
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -123,7 +132,10 @@ class ImageClassificationDataset(Dataset):
             img = self.augment(img)
         x = (img.float() / 255.0 - self.mean) / self.std
         if self.presentation == "sequential_pixels":  # [C, H, W] -> [H*W, C] -> [T, p*C]
-            x = x.flatten(1).t().reshape(-1, self.pixels_per_step * x.shape[0])
+            x = x.flatten(1)
+            if self.permutation is not None:
+                x = x[:, self.permutation]
+            x = x.t().reshape(-1, self.pixels_per_step * x.shape[0])
         return x, self.labels[j]
 
 
@@ -139,7 +151,7 @@ class VisionClassificationDataModule(LightningDataModule):
     def __init__(self, name: Literal["mnist", "fashion_mnist", "cifar10"], root: str,
                  presentation: Literal["static", "sequential_pixels"] = "static",
                  pixels_per_step: int = 1, val_fraction: float = 0.1, augment: bool = False,
-                 batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+                 batch_size: int = 64, num_workers: int = 0, seed: int = 0, permute_seed: int | None = None) -> None:
         super().__init__()
         if name not in SPECS:
             raise ValueError(f"VisionClassificationDataModule: name must be one of {list(SPECS)}, got {name!r}")
@@ -150,12 +162,16 @@ class VisionClassificationDataModule(LightningDataModule):
         if pixels_per_step < 1 or (spec.size * spec.size) % pixels_per_step:
             raise ValueError(f"VisionClassificationDataModule: pixels_per_step={pixels_per_step} must be "
                              f">= 1 and divide the {spec.size * spec.size} pixels of a {name} image")
+        if permute_seed is not None and presentation != "sequential_pixels":
+            raise ValueError("VisionClassificationDataModule: permute_seed (PS-MNIST) needs "
+                             f"presentation='sequential_pixels', got {presentation!r}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"VisionClassificationDataModule: val_fraction must be in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.name, self.root, self.spec = name, root, spec
         self.presentation, self.pixels_per_step = presentation, pixels_per_step
         self.val_fraction, self.augment = val_fraction, augment
+        self.permutation = None if permute_seed is None else pixel_permutation(spec.size * spec.size, permute_seed)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.num_classes: int = len(spec.classes)
         self.class_names: list[str] = list(spec.classes)
@@ -177,7 +193,7 @@ class VisionClassificationDataModule(LightningDataModule):
     def _dataset(self, images: Tensor, labels: Tensor, indices: Tensor | None,
                  augment: v2.Transform | None = None) -> ImageClassificationDataset:
         return ImageClassificationDataset(images, labels, indices, self.spec.mean, self.spec.std,
-                                          self.presentation, self.pixels_per_step, augment)
+                                          self.presentation, self.pixels_per_step, augment, self.permutation)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits ``stage`` needs ('fit'/'validate': train and val; 'test'/'predict': test)."""

@@ -28,9 +28,20 @@ def label_font() -> str | None:
         return None
 
 
+def event_picture(frame: Tensor) -> Tensor:
+    """``[2, H, W]`` ON/OFF event counts -> uint8 ``[3, H, W]``: grey background, ON white, OFF black."""
+    on, off = (frame.detach().cpu()[:2] > 0).unbind(0)
+    picture = torch.full(on.shape, 128, dtype=torch.uint8)
+    picture[off], picture[on] = 0, 255
+    return picture.expand(3, -1, -1).clone()
+
+
 def to_uint8(image: Tensor) -> Tensor:
-    """``[3, H, W]`` float in [0, 1] (or uint8) -> uint8 ``[3, H, W]`` on the CPU."""
+    """``[3, H, W]`` float in [0, 1] (or uint8) -> uint8 ``[3, H, W]`` on the CPU; a ``[2, H, W]``
+    event frame is drawn with :func:`event_picture`."""
     image = image.detach().cpu()
+    if image.shape[0] == 2:
+        return event_picture(image)
     if image.dtype == torch.uint8:
         return image
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)

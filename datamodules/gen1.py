@@ -1,0 +1,200 @@
+"""Prophesee GEN1 automotive detection (304x240 ATIS; cars and pedestrians) from a local root.
+
+Layout (as published)::
+
+    <root>/train/<name>_td.dat   <root>/train/<name>_bbox.npy   (also val/ and test/)
+
+``_bbox.npy`` is a structured array with fields ``t`` (or ``ts`` in the v1 release, us),
+``x, y, w, h`` (top-left corner and size, pixels), ``class_id`` (0 car, 1 pedestrian),
+``confidence``, ``track_id``. One sample per labelled timestamp ``t_k`` of a recording: the
+events of ``[t_k - num_steps * window_us, t_k)`` become ``num_steps`` frames ``[2, H, W]``
+(:func:`~datamodules.frames.bin_events`; only that window of the memory-mapped ``.dat`` is
+decoded), the boxes of ``t_k`` are the targets.
+
+Standard box filtering (Prophesee's evaluation protocol, also used by RVT for GEN1): boxes are
+clipped to the sensor; a box is kept when its diagonal is >= ``min_box_diag`` (30 px) and both
+sides are >= ``min_box_side`` (10 px); labels in the first ``skip_us`` (0.5 s) of a recording are
+skipped (the sensor has not yet seen enough motion). Frames are letterboxed into
+``image_size`` x ``image_size`` (resized by ``image_size / 304``, padded at the bottom/right), and
+samples follow the batch contract of :mod:`datamodules.detection` with ``images`` ``[B, T, 2, S, S]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from datamodules.dat import open_records, read_events, read_header
+from datamodules.detection import DetectionDataModule
+from datamodules.frames import bin_events
+
+GEN1_CLASSES = ["car", "pedestrian"]
+GEN1_SENSOR = (304, 240, 2)  # (W, H, P)
+LAYOUT = ("  <root>/{train,val,test}/<recording>_td.dat with <recording>_bbox.npy next to each\n"
+          "  (the extracted Prophesee GEN1 automotive archives)")
+
+
+def load_boxes(path: str | Path) -> np.ndarray:
+    """A ``_bbox.npy`` as float64 ``[N, 6]`` columns (t, x, y, w, h, class_id), sorted by t."""
+    try:
+        raw = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable .npy box file ({err})") from err
+    names = raw.dtype.names or ()
+    time_key = "t" if "t" in names else "ts"
+    missing = [k for k in (time_key, "x", "y", "w", "h", "class_id") if k not in names]
+    if missing:
+        raise ValueError(f"{path}: box array lacks fields {missing}; has {list(names)} "
+                         "(expected t|ts, x, y, w, h, class_id, ...)")
+    table = np.stack([raw[k].astype(np.float64) for k in (time_key, "x", "y", "w", "h", "class_id")], axis=1)
+    return table[np.argsort(table[:, 0], kind="stable")]
+
+
+def filter_boxes(boxes: np.ndarray, width: int = 304, height: int = 240, min_box_diag: float = 30.0,
+                 min_box_side: float = 10.0, skip_us: float = 500_000.0) -> np.ndarray:
+    """Clip to the sensor, then keep boxes with t > skip_us, diagonal >= min and sides >= min.
+
+    Args:
+        boxes: ``[N, 6]`` (t, x, y, w, h, class_id) from :func:`load_boxes`.
+    Returns:
+        ``[M, 6]`` with x, y, w, h of the clipped boxes.
+    """
+    x0, y0 = np.clip(boxes[:, 1], 0, width), np.clip(boxes[:, 2], 0, height)
+    x1, y1 = np.clip(boxes[:, 1] + boxes[:, 3], 0, width), np.clip(boxes[:, 2] + boxes[:, 4], 0, height)
+    out = np.stack([boxes[:, 0], x0, y0, x1 - x0, y1 - y0, boxes[:, 5]], axis=1)
+    w, h = out[:, 3], out[:, 4]
+    keep = (out[:, 0] > skip_us) & (w ** 2 + h ** 2 >= min_box_diag ** 2) & (w >= min_box_side) & (h >= min_box_side)
+    return out[keep]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled timestamp of one recording; boxes xyxy sensor pixels."""
+
+    dat: str
+    t: int
+    boxes: np.ndarray
+    labels: np.ndarray
+
+
+def index_split(folder: Path, **filter_kwargs: Any) -> list[Sample]:
+    """Samples of every ``*_td.dat`` in ``folder`` (labelled timestamps with at least one box left)."""
+    dats = sorted(folder.glob("*_td.dat"))
+    if not dats:
+        raise FileNotFoundError(f"GEN1: no *_td.dat recordings in '{folder}'.\nExpected layout:\n{LAYOUT}")
+    samples = []
+    for dat in dats:
+        bbox = dat.with_name(dat.name[: -len("_td.dat")] + "_bbox.npy")
+        if not bbox.is_file():
+            raise FileNotFoundError(f"GEN1: '{dat}' has no box file '{bbox.name}' next to it.\n"
+                                    f"Expected layout:\n{LAYOUT}")
+        header = read_header(dat)
+        if (header.width, header.height) not in ((None, None), GEN1_SENSOR[:2]):
+            raise ValueError(f"{dat}: sensor {header.width}x{header.height}, GEN1 is 304x240")
+        boxes = filter_boxes(load_boxes(bbox), **filter_kwargs)
+        for t in np.unique(boxes[:, 0]):
+            rows = boxes[boxes[:, 0] == t]
+            xyxy = np.stack([rows[:, 1], rows[:, 2], rows[:, 1] + rows[:, 3], rows[:, 2] + rows[:, 4]], axis=1)
+            samples.append(Sample(str(dat), int(t), xyxy.astype(np.float32), rows[:, 5].astype(np.int64)))
+    return samples
+
+
+def letterbox_frames(frames: torch.Tensor, image_size: int) -> tuple[torch.Tensor, float]:
+    """``[T, P, H, W]`` -> ``[T, P, S, S]``: resized by ``S / max(H, W)`` (area), zero-padded bottom/right."""
+    height, width = frames.shape[-2:]
+    scale = image_size / max(height, width)
+    if scale != 1.0:
+        size = (round(height * scale), round(width * scale))
+        frames = F.interpolate(frames, size=size, mode="area" if scale < 1 else "nearest")
+    pad = (0, image_size - frames.shape[-1], 0, image_size - frames.shape[-2])
+    return F.pad(frames, pad), scale
+
+
+class GEN1Dataset(Dataset):
+    """Items ``{"image": [T, 2, S, S] float, "target": dict}`` (batch contract of ``datamodules.detection``)."""
+
+    def __init__(self, samples: list[Sample], num_steps: int, window_us: int, image_size: int,
+                 clip_count: float | None) -> None:
+        self.samples, self.num_steps, self.window_us = samples, num_steps, window_us
+        self.image_size, self.clip_count = image_size, clip_count
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        start = s.t - self.num_steps * self.window_us
+        events = read_events(s.dat, start, s.t)
+        frames = torch.from_numpy(bin_events(events, GEN1_SENSOR, self.num_steps, start, s.t)).float()
+        if self.clip_count is not None:
+            frames = frames.clamp_(max=self.clip_count)
+        image, scale = letterbox_frames(frames, self.image_size)
+        boxes = torch.from_numpy(s.boxes)
+        n = len(boxes)
+        return {"image": image, "target": {
+            "boxes": boxes * scale, "labels": torch.from_numpy(s.labels), "difficult": torch.zeros(n, dtype=torch.bool),
+            "image_id": index + 1, "orig_size": (GEN1_SENSOR[1], GEN1_SENSOR[0]), "orig_boxes": boxes.clone(),
+            "scale": float(scale), "pad": (0.0, 0.0), "name": f"{Path(s.dat).stem}@{s.t}"}}
+
+
+class GEN1DataModule(DetectionDataModule):
+    """GEN1 detection read from ``root`` (nothing is downloaded; see the module docstring).
+
+    Args:
+        root: folder holding ``train/``, ``val/``, ``test/``.
+        num_steps: T frames per sample; window_us: duration of one frame (us).
+        image_size: network input side S; clip_count: clip event counts per pixel (None: raw).
+        min_box_diag / min_box_side / skip_us: the standard box filter.
+        batch_size / num_workers / seed: loaders.
+    """
+
+    in_channels = 2
+
+    def __init__(self, root: str, num_steps: int = 5, window_us: int = 50_000, image_size: int = 320,
+                 clip_count: float | None = 4.0, min_box_diag: float = 30.0, min_box_side: float = 10.0,
+                 skip_us: float = 500_000.0, batch_size: int = 8, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                         augment=False)
+        self.root = Path(root).expanduser()
+        for split in ("train", "val", "test"):
+            if not (self.root / split).is_dir():
+                raise FileNotFoundError(f"GEN1: '{self.root / split}' does not exist.\nExpected layout:\n{LAYOUT}\n"
+                                        "Nothing is downloaded: place the files there or set `data.root`.")
+        self.num_steps, self.window_us, self.clip_count = num_steps, window_us, clip_count
+        self.filter_kwargs = dict(min_box_diag=min_box_diag, min_box_side=min_box_side, skip_us=skip_us)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(GEN1_CLASSES)
+
+    def train_transform(self) -> None:
+        return None
+
+    def eval_transform(self) -> None:
+        return None
+
+    def make_dataset(self, split: str, transform: Any) -> GEN1Dataset:
+        samples = index_split(self.root / split, **self.filter_kwargs)
+        return GEN1Dataset(samples, self.num_steps, self.window_us, self.image_size, self.clip_count)
+
+
+def iter_dat_frames(path: str | Path, frame_us: int = 50_000, image_size: int = 320,
+                    clip_count: float | None = 4.0) -> Iterator[torch.Tensor]:
+    """Frames ``[2, S, S]`` of a whole ``.dat`` recording, one per ``frame_us``, decoded lazily
+    (one frame's events at a time: constant memory however long the recording), letterboxed
+    like :class:`GEN1Dataset`'s samples. For streaming inference (``spikeloc.streaming``)."""
+    header, records = open_records(path)
+    if len(records) == 0:
+        return
+    sensor = (header.width or GEN1_SENSOR[0], header.height or GEN1_SENSOR[1], 2)
+    start, end = int(records["t"][0]), int(records["t"][-1]) + 1
+    for t in range(start, end, frame_us):
+        frame = torch.from_numpy(bin_events(read_events(path, t, t + frame_us), sensor, 1, t, t + frame_us)).float()
+        if clip_count is not None:
+            frame = frame.clamp_(max=clip_count)
+        yield letterbox_frames(frame, image_size)[0][0]
