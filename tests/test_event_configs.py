@@ -83,5 +83,12 @@ def test_quickstart_events_trains_and_evaluates_through_the_tools(tmp_path):
                   "--out", str(tmp_path / "eval"))
     results = json.loads((tmp_path / "m.json").read_text())
     assert len(results["map_50_per_step"]) == 4 and set(results["per_class"]) == {"disc", "square", "triangle", "plus"}
-    assert "firing" in results and "mean firing rate" in report
+    assert "mean_firing_rate" in results and "mean firing rate" in report
     assert len(list((tmp_path / "eval").glob("val_*.png"))) == 4  # event frames drawn with their boxes
+    # a recording streamed window by window with the state carried: 0.4 s of events, 50 ms frames
+    write_dat(tmp_path / "rec_td.dat", random_events(np.random.default_rng(1), 3000, 304, 240, 400_000))
+    out = tmp_path / "stream"
+    tool("predict.py", "--ckpt", str(tmp_path / "ckpt" / "last.ckpt"), "--stream", str(tmp_path / "rec_td.dat"),
+         "--out", str(out), "--score", "0")
+    lines = (out / "detections.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and len(list(out.glob("window_*.png"))) == 2  # 8 frames, windows of T = 4

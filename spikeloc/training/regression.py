@@ -68,8 +68,8 @@ class SpikingRegressor(OnlineModule):
         y = y[:, t]
         return (y.unsqueeze(1) if y.dim() == 1 else y).to(self.dtype)
 
-    def step_loss(self, output: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
-        return F.mse_loss(output, self.target_at(batch[1], self._step))
+    def step_loss(self, output: Tensor, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        return {"loss": F.mse_loss(output, self.target_at(batch[1], self._step))}
 
     def spiking_network(self) -> nn.Module:
         return self.net
