@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from spikeloc.metrics.firing import FiringStats
 from spikeloc.neurons import detach_state
 from .fptt import FPTT
+from .guard import NonFiniteGuard
 
 Weighting = Literal["uniform", "linear", "last"]
 FIRING_KEYS = ("mean_firing_rate", "synops", "macs", "ann_macs", "energy_snn_mj", "energy_ann_mj")
@@ -88,6 +89,8 @@ class OnlineModule(pl.LightningModule):
         gradient_clip_val / gradient_clip_algorithm: clipping before every optimizer step.
         freeze_backbone_epochs: keep the backbone frozen for the first N epochs.
         backbone_lr: learning rate of the backbone group (None: the optimizer's).
+        max_nonfinite_steps: a step with a non-finite loss, gradient or weight is skipped (see
+            :mod:`spikeloc.training.guard`); this many in a row stop training (0: never stop).
     """
 
     def __init__(self, num_steps: int = 8, algorithm: Literal["fptt", "bptt"] = "fptt",
@@ -95,7 +98,7 @@ class OnlineModule(pl.LightningModule):
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
-                 backbone_lr: float | None = None) -> None:
+                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10) -> None:
         super().__init__()
         if algorithm not in ("fptt", "bptt"):
             raise ValueError(f"algorithm must be 'fptt' or 'bptt', got {algorithm!r}")
@@ -116,6 +119,8 @@ class OnlineModule(pl.LightningModule):
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
         self.freeze_backbone_epochs, self.backbone_lr = freeze_backbone_epochs, backbone_lr
         self.fptt: FPTT | None = None
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.guard: NonFiniteGuard | None = None
         self._pending_fptt_state: dict | None = None
         self.firing_stats: FiringStats | None = None
 
@@ -156,6 +161,7 @@ class OnlineModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
     def on_fit_start(self) -> None:
+        self.guard = None
         if self.algorithm == "fptt":
             self.fptt = FPTT(self.parameters(), self.fptt_config.alpha, self.fptt_config.beta,
                              self.fptt_config.update_alpha)
@@ -192,9 +198,12 @@ class OnlineModule(pl.LightningModule):
                 loss = loss + penalty
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            optimizer.step()
-            if self.fptt is not None:
-                self.fptt.update()
+            with self._guard(optimizer).update(loss):  # a non-finite step is undone
+                optimizer.step()
+                if self.fptt is not None:
+                    self.fptt.update()
+        self.log("train/nonfinite_steps", self.guard.bad_total.float(), on_step=True, on_epoch=False)
+        self.guard.check()  # one host sync per batch
         if self.scheduler_interval == "step":
             self._step_scheduler()
         batch_size = input_at(0).shape[0]
@@ -206,6 +215,14 @@ class OnlineModule(pl.LightningModule):
         for name, value in named.items():
             self.log(f"train/{name}", value / weighted, on_step=True, on_epoch=False, batch_size=batch_size)
         return task_total / parts
+
+    def _guard(self, optimizer: Any) -> NonFiniteGuard:
+        """The guard of ``optimizer`` (built on first use, rebuilt if the optimizer changes)."""
+        inner = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
+        if self.guard is None or self.guard.optimizer is not inner:
+            extra = self.fptt.running + self.fptt.trace if self.fptt is not None else []
+            self.guard = NonFiniteGuard(list(self.parameters()), inner, extra, self.max_nonfinite_steps)
+        return self.guard
 
     def _span_loss(self, batch: Any, input_at: Callable[[int], Tensor], span: range, weights: list[float],
                    state: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:

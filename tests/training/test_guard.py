@@ -1,0 +1,120 @@
+"""Non-finite guard: a bad step changes nothing, is counted, and too many in a row stop training."""
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from spikeloc.training import FPTTConfig
+from spikeloc.training.guard import NonFiniteError, NonFiniteGuard
+from .tiny import QuadrantData, tiny_classifier, trainer
+
+
+def snapshot(params, optimizer, extra=()):
+    state = [v.clone() for p in params for v in optimizer.state.get(p, {}).values() if torch.is_tensor(v)]
+    return [p.detach().clone() for p in params], state, [t.clone() for t in extra]
+
+
+def same(a, b):
+    return all(len(x) == len(y) and all(torch.equal(s, t) for s, t in zip(x, y)) for x, y in zip(a, b))
+
+
+def step(guard, params, optimizer, scale, extra=()):
+    loss = (scale * sum((p ** 2).sum() for p in params))
+    optimizer.zero_grad()
+    loss.backward()
+    with guard.update(loss):
+        optimizer.step()
+        for t in extra:
+            t.add_(1.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_bad_step_leaves_weights_optimizer_and_extra_state_untouched(bad):
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    extra = [torch.zeros(3, 2)]
+    optimizer = torch.optim.Adam(params, lr=0.1)
+    guard = NonFiniteGuard(params, optimizer, extra, limit=2)
+    step(guard, params, optimizer, 1.0, extra)  # optimizer state now exists
+    before = snapshot(params, optimizer, extra)
+    step(guard, params, optimizer, bad, extra)
+    assert same(snapshot(params, optimizer, extra), before)
+    assert int(guard.bad_total) == 1 and int(guard.bad_run) == 1
+    guard.check()  # 1 < limit
+    step(guard, params, optimizer, 1.0, extra)
+    assert not same(snapshot(params, optimizer, extra)[:1], before[:1])
+    assert int(guard.bad_total) == 1 and int(guard.bad_run) == 0
+
+
+def test_bad_first_step_leaves_no_optimizer_state():
+    params = [torch.nn.Parameter(torch.randn(5))]
+    optimizer = torch.optim.Adam(params, lr=0.1)
+    guard = NonFiniteGuard(params, optimizer, limit=1)
+    start = params[0].detach().clone()
+    step(guard, params, optimizer, float("nan"))
+    assert torch.equal(params[0], start) and not optimizer.state
+    with pytest.raises(NonFiniteError, match="1 optimizer steps in a row"):
+        guard.check()
+
+
+def test_nonfinite_weights_after_step_are_undone():
+    params = [torch.nn.Parameter(torch.full((3,), 3e38))]
+    optimizer = torch.optim.SGD(params, lr=1e38)  # finite loss and gradient, weights overflow to inf
+    guard = NonFiniteGuard(params, optimizer)
+    loss = -(params[0] - 3e38).sum()
+    loss.backward()
+    with guard.update(loss):
+        optimizer.step()
+    assert torch.isfinite(loss) and torch.equal(params[0], torch.full((3,), 3e38)) and int(guard.bad_total) == 1
+
+
+class Poisoned(pl.Callback):
+    """Records the weights after every batch."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.weights.append([p.detach().clone() for p in module.parameters()])
+
+
+def poisoned_classifier(bad_batches, **kwargs):
+    module = tiny_classifier(fptt=FPTTConfig(parts=2, consolidate=False), **kwargs)
+    plain_loss = module.step_loss
+    module.bad_batch = False
+
+    def step_loss(output, batch):
+        loss = plain_loss(output, batch)
+        return loss * float("nan") if module.bad_batch else loss
+
+    plain_step = module.training_step
+
+    def training_step(batch, batch_idx):
+        module.bad_batch = batch_idx in bad_batches
+        return plain_step(batch, batch_idx)
+
+    module.step_loss, module.training_step = step_loss, training_step
+    return module
+
+
+def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
+    torch.manual_seed(0)
+    module = poisoned_classifier({2})
+    record = Poisoned()
+    trainer(tmp_path, limit_train_batches=5, limit_val_batches=0, callbacks=[record]).fit(
+        module, datamodule=QuadrantData())
+    before, at, after = record.weights[1], record.weights[2], record.weights[3]
+    assert same([at], [before]) and not same([after], [at])
+    assert int(module.guard.bad_total) == 2  # both FPTT parts of batch 2
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    fptt = module.fptt.state_dict()
+    assert all(torch.isfinite(t).all() for t in fptt["running"] + fptt["trace"])
+
+
+def test_too_many_bad_steps_in_a_row_stop_training(tmp_path):
+    torch.manual_seed(0)
+    module = poisoned_classifier(set(range(1, 100)), max_nonfinite_steps=4)
+    record = Poisoned()
+    with pytest.raises(NonFiniteError, match="4 optimizer steps in a row"):
+        trainer(tmp_path, limit_train_batches=8, limit_val_batches=0, callbacks=[record]).fit(
+            module, datamodule=QuadrantData())
+    assert len(record.weights) == 2  # batch 0 trained, batch 1 bad (2 steps), batch 2 bad -> 4 in a row
+    assert same([[p.detach() for p in module.parameters()]], [record.weights[0]])
