@@ -1,22 +1,23 @@
 """Non-finite guard: a step whose loss, gradients or new weights are not finite changes nothing.
 
-How it stays off the host (README "Troubleshooting"): before each optimizer step the guard
-copies every tensor the step may change (weights, the optimizer's state tensors, the FPTT running
-average and trace) into buffers allocated once; after the step it computes one device-side flag
-``ok = isfinite(loss) & isfinite(||grad||) & isfinite(||W||)`` from ``torch._foreach_norm`` and
-puts the old values back with ``torch.where(ok, new, old)``. Nothing is read back per step; the
-count of consecutive bad steps is read once per batch (:meth:`NonFiniteGuard.check`), which raises
-:class:`NonFiniteError` after ``limit`` bad steps in a row.
+How it stays off the host (README "Troubleshooting"): before each update the guard copies every
+tensor the update may change (weights, buffers such as batch-norm statistics, the optimizer's state
+tensors, the FPTT running average and trace) into buffers allocated once; after the update it
+computes one device-side flag ``ok = isfinite(loss) & isfinite(||g||, ||W||, ||buffers||)`` from
+``torch._foreach_norm`` and puts the old values back with ``torch.where(ok, new, old)``. Nothing is
+read back per step; the count of consecutive bad steps is read once per batch
+(:meth:`NonFiniteGuard.check`), which raises :class:`NonFiniteError` after ``limit`` in a row.
+The price is one copy of those tensors per update (memory: once more the weights, buffers,
+optimizer and FPTT state).
 
-Two cases cost a host sync: the very first step of a parameter (its optimizer state does not exist
-yet, so a bad first step drops that state instead of restoring it) and optimizer state kept on
-another device than the flag (e.g. Adam's CPU ``step`` counters when training on a GPU without
-``fused=True`` / ``capturable=True``): ``torch.where`` then needs the flag on that device.
+Two cases cost a host sync: a bad very first step of a parameter (its new optimizer state is
+dropped, as it did not exist before) and optimizer state kept on another device than the flag
+(e.g. Adam's CPU ``step`` counters when training on a GPU without ``fused=True`` or
+``capturable=True``): ``torch.where`` then needs the flag on that device.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -37,61 +38,50 @@ def _finite(tensors: Sequence[Tensor]) -> Tensor:
 class NonFiniteGuard:
     """Makes one optimizer update transactional: kept when finite, undone otherwise.
 
+    Call :meth:`begin` before the forward pass of an update and :meth:`commit` after
+    ``optimizer.step()`` (and the FPTT update); the gradients must still be in place.
+
     Args:
         params: the trainable parameters.
         optimizer: the optimizer stepping them (its per-parameter state tensors are protected).
-        extra: further tensors the update changes in place (the FPTT running average and trace).
+        extra: further tensors the update changes in place: the model's buffers (batch-norm
+            statistics move in the forward pass), the FPTT running average and trace.
         limit: consecutive bad steps after which :meth:`check` raises (0: never).
     """
 
     def __init__(self, params: Sequence[Tensor], optimizer: torch.optim.Optimizer,
                  extra: Sequence[Tensor] = (), limit: int = 10) -> None:
         self.params, self.optimizer, self.extra, self.limit = list(params), optimizer, list(extra), limit
-        self._buffers: list[Tensor] = []
         self._watched: list[Tensor] = []
+        self._buffers: list[Tensor] = []
+        self._stateful: set[int] = set()
         self.bad_total: Tensor | None = None  # long scalars on the parameters' device
         self.bad_run: Tensor | None = None
 
-    def _state_tensors(self) -> list[Tensor] | None:
-        """The optimizer's tensors for parameters that have a gradient; ``None`` if one has no state yet."""
-        tensors = []
-        for param in self.params:
-            if param.grad is None:
-                continue
-            state = self.optimizer.state.get(param)
-            if state is None:
-                return None
-            tensors += [value for value in state.values() if isinstance(value, Tensor)]
-        return tensors
+    def _tensors(self) -> list[Tensor]:
+        """Everything an update may change: weights, extra tensors, the optimizer's state tensors."""
+        state = [v for p in self.params for v in self.optimizer.state.get(p, {}).values() if isinstance(v, Tensor)]
+        return [t.detach() for t in self.params + self.extra] + state
 
-    @contextmanager
-    def update(self, loss: Tensor) -> Iterator[None]:
-        """Wrap ``optimizer.step()`` (and the FPTT update): undone if anything came out non-finite.
-
-        ``loss``: the scalar just back-propagated; the gradients must be in place on entry.
-        """
-        grads = [p.grad for p in self.params if p.grad is not None]
-        ok = torch.isfinite(loss.detach()).all() & _finite(grads).to(loss.device)
-        state = self._state_tensors()
-        if state is None:  # first step of some parameter: decide on the host (once)
-            snapshot = [t.detach().clone() for t in self.params + self.extra]
-            yield
-            ok = ok & _finite(self.params).to(ok.device)
-            if not bool(ok):
-                torch._foreach_copy_([t.detach() for t in self.params + self.extra], snapshot)
-                for param in self.params:
-                    self.optimizer.state.pop(param, None)
-            self._count(ok)
-            return
-        watched = [t.detach() for t in self.params + self.extra] + state
+    def begin(self) -> None:
+        """Copy every tensor the coming update may change into buffers allocated once."""
+        watched = self._tensors()
         if [t.data_ptr() for t in watched] != [t.data_ptr() for t in self._watched]:
             self._watched, self._buffers = watched, [t.clone() for t in watched]
         else:
             torch._foreach_copy_(self._buffers, watched)
-        yield
-        ok = ok & _finite(self.params).to(ok.device)
+        self._stateful = {id(p) for p in self.params if p in self.optimizer.state}
+
+    def commit(self, loss: Tensor) -> None:
+        """Keep the update if loss, gradients, weights and extra tensors are finite; else restore them."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        ok = torch.isfinite(loss.detach()).all() & _finite(grads + self.params + self.extra).to(loss.device)
         for new, old in zip(self._watched, self._buffers):
             new.copy_(torch.where(ok.to(new.device), new, old))
+        fresh = [p for p in self.params if p in self.optimizer.state and id(p) not in self._stateful]
+        if fresh and not bool(ok):  # first step of these parameters: their new state is dropped (a sync)
+            for param in fresh:
+                del self.optimizer.state[param]
         self._count(ok)
 
     def _count(self, ok: Tensor) -> None:

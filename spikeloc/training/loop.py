@@ -187,8 +187,10 @@ class OnlineModule(pl.LightningModule):
         parts = self.fptt_config.parts or num_steps if self.algorithm == "fptt" else 1
         optimizer = self.optimizers()
         state, task_total, penalty_total, named = None, 0.0, 0.0, {}
+        guard = self._guard(optimizer)
         for span in split_steps(num_steps, parts):
             state = detach_state(state)
+            guard.begin()
             loss, state, span_parts = self._span_loss(batch, input_at, span, weights, state)
             task_total = task_total + loss.detach()
             named = {name: named.get(name, 0.0) + value for name, value in span_parts.items()}
@@ -198,12 +200,12 @@ class OnlineModule(pl.LightningModule):
                 loss = loss + penalty
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            with self._guard(optimizer).update(loss):  # a non-finite step is undone
-                optimizer.step()
-                if self.fptt is not None:
-                    self.fptt.update()
-        self.log("train/nonfinite_steps", self.guard.bad_total.float(), on_step=True, on_epoch=False)
-        self.guard.check()  # one host sync per batch
+            optimizer.step()
+            if self.fptt is not None:
+                self.fptt.update()
+            guard.commit(loss)  # a non-finite update is undone on the device
+        self.log("train/nonfinite_steps", guard.bad_total.float(), on_step=True, on_epoch=False)
+        guard.check()  # one host sync per batch
         if self.scheduler_interval == "step":
             self._step_scheduler()
         batch_size = input_at(0).shape[0]
@@ -220,7 +222,7 @@ class OnlineModule(pl.LightningModule):
         """The guard of ``optimizer`` (built on first use, rebuilt if the optimizer changes)."""
         inner = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
         if self.guard is None or self.guard.optimizer is not inner:
-            extra = self.fptt.running + self.fptt.trace if self.fptt is not None else []
+            extra = list(self.buffers()) + (self.fptt.running + self.fptt.trace if self.fptt is not None else [])
             self.guard = NonFiniteGuard(list(self.parameters()), inner, extra, self.max_nonfinite_steps)
         return self.guard
 

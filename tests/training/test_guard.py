@@ -18,13 +18,14 @@ def same(a, b):
 
 
 def step(guard, params, optimizer, scale, extra=()):
+    guard.begin()
     loss = (scale * sum((p ** 2).sum() for p in params))
     optimizer.zero_grad()
     loss.backward()
-    with guard.update(loss):
-        optimizer.step()
-        for t in extra:
-            t.add_(1.0)
+    optimizer.step()
+    for t in extra:
+        t.add_(1.0)
+    guard.commit(loss)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -59,49 +60,45 @@ def test_nonfinite_weights_after_step_are_undone():
     params = [torch.nn.Parameter(torch.full((3,), 3e38))]
     optimizer = torch.optim.SGD(params, lr=1e38)  # finite loss and gradient, weights overflow to inf
     guard = NonFiniteGuard(params, optimizer)
+    guard.begin()
     loss = -(params[0] - 3e38).sum()
     loss.backward()
-    with guard.update(loss):
-        optimizer.step()
+    optimizer.step()
+    guard.commit(loss)
     assert torch.isfinite(loss) and torch.equal(params[0], torch.full((3,), 3e38)) and int(guard.bad_total) == 1
 
 
-class Poisoned(pl.Callback):
-    """Records the weights after every batch."""
+class Record(pl.Callback):
+    """Records the weights and buffers (batch-norm statistics) after every batch."""
 
     def __init__(self):
         self.weights = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.weights.append([p.detach().clone() for p in module.parameters()])
+        self.weights.append([t.detach().clone() for t in [*module.parameters(), *module.buffers()]])
 
 
 def poisoned_classifier(bad_batches, **kwargs):
+    """The tiny classifier, fed NaN images at the batches in ``bad_batches``."""
     module = tiny_classifier(fptt=FPTTConfig(parts=2, consolidate=False), **kwargs)
-    plain_loss = module.step_loss
-    module.bad_batch = False
-
-    def step_loss(output, batch):
-        loss = plain_loss(output, batch)
-        return loss * float("nan") if module.bad_batch else loss
-
     plain_step = module.training_step
 
     def training_step(batch, batch_idx):
-        module.bad_batch = batch_idx in bad_batches
-        return plain_step(batch, batch_idx)
+        images, labels = batch
+        return plain_step((images * float("nan") if batch_idx in bad_batches else images, labels), batch_idx)
 
-    module.step_loss, module.training_step = step_loss, training_step
+    module.training_step = training_step
     return module
 
 
 def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
     torch.manual_seed(0)
     module = poisoned_classifier({2})
-    record = Poisoned()
+    record = Record()
     trainer(tmp_path, limit_train_batches=5, limit_val_batches=0, callbacks=[record]).fit(
         module, datamodule=QuadrantData())
     before, at, after = record.weights[1], record.weights[2], record.weights[3]
+    assert any(b.dtype.is_floating_point for b in tiny_classifier().buffers())  # batch-norm statistics covered
     assert same([at], [before]) and not same([after], [at])
     assert int(module.guard.bad_total) == 2  # both FPTT parts of batch 2
     assert all(torch.isfinite(p).all() for p in module.parameters())
@@ -112,9 +109,9 @@ def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
 def test_too_many_bad_steps_in_a_row_stop_training(tmp_path):
     torch.manual_seed(0)
     module = poisoned_classifier(set(range(1, 100)), max_nonfinite_steps=4)
-    record = Poisoned()
+    record = Record()
     with pytest.raises(NonFiniteError, match="4 optimizer steps in a row"):
         trainer(tmp_path, limit_train_batches=8, limit_val_batches=0, callbacks=[record]).fit(
             module, datamodule=QuadrantData())
     assert len(record.weights) == 2  # batch 0 trained, batch 1 bad (2 steps), batch 2 bad -> 4 in a row
-    assert same([[p.detach() for p in module.parameters()]], [record.weights[0]])
+    assert same([[t.detach() for t in [*module.parameters(), *module.buffers()]]], [record.weights[0]])
