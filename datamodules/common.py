@@ -1,8 +1,9 @@
 """Pieces every datamodule shares: reproducible loaders and clear errors for missing data."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sized
+from typing import Any, Callable, Iterable, Iterator, Sized
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -33,6 +34,63 @@ class EpochSeededSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+class _Skipping:
+    """The batch sampler of a loader, with its first ``skip`` batches of indices left out."""
+
+    def __init__(self, batches: Iterable, skip: int) -> None:
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that can resume in the middle of an epoch (Lightning's ``_Stateful`` protocol).
+
+    ``state_dict()`` holds how many batches of the current epoch were handed out; Lightning
+    stores it in every checkpoint and, on resume, calls ``load_state_dict`` before the first
+    ``iter()``, which then skips those batches at the index level (nothing is loaded for them).
+    The order of an epoch comes from the sampler (:class:`EpochSeededSampler`, or Lightning's
+    ``DistributedSampler``), so the remaining batches are those an uninterrupted run would see.
+    The inner iterator is created at the first ``next()``, after Lightning's ``set_epoch``; the
+    loader's own generator keeps worker seeding off the global RNG.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._skip = 0
+        self._seed = self.generator.initial_seed() if self.generator is not None else None
+
+    @property
+    def _index_sampler(self) -> Any:  # what torch's iterators draw their indices from
+        batches = super()._index_sampler
+        return _Skipping(batches, self._skip) if self._skip else batches
+
+    def __iter__(self) -> Iterator:
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        skip = self._skip if self._skip < len(self) else 0  # a finished epoch resumes at the next one
+        self._skip, self._served = skip, skip
+        if self._seed is not None:  # worker seeds depend on the epoch only, not on how often iter() ran
+            self.generator.manual_seed(self._seed + getattr(self.sampler, "epoch", 0))
+        inner = super().__iter__()  # built now, with the skip in place
+        self._skip = 0
+        for batch in inner:
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_served": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = int(state.get("batches_served", 0))
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -42,8 +100,8 @@ def make_loader(
     collate_fn: Callable | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose shuffling is reproducible across resumes (see EpochSeededSampler)."""
-    return DataLoader(
+    """A loader whose shuffling is reproducible and that resumes mid-epoch (see :class:`ResumableLoader`)."""
+    return ResumableLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochSeededSampler(dataset, seed) if shuffle else None,
@@ -52,6 +110,7 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -1,10 +1,155 @@
-"""Reading checkpoint files: the one place where spikeloc calls ``torch.load``."""
+"""Checkpoint files: read them with clear errors, compare them with a model, find a run's newest.
+
+- :func:`read_checkpoint`: ``torch.load(weights_only=True)`` that names the file and what is wrong
+  (missing, a folder, empty, truncated, not a checkpoint, no weights in it).
+- :func:`check_architecture`: a checkpoint's weights against a model, summarised (how many keys
+  missing / unexpected / of another shape, the first few) with the saved config that would fit.
+- :func:`resolve_last`: ``--ckpt_path last`` -> the newest readable checkpoint of the run, and the
+  run's folder kept, so a resumed run goes on writing where it stopped.
+"""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+import yaml
+from jsonargparse import Namespace
+
+FIRST_FEW = 5  # keys named in a summary
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with the file and the reason in the message."""
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a Lightning checkpoint (or a plain ``state_dict``) safely, or fail naming the file.
+
+    Raises:
+        CheckpointError: the file is missing, a folder, empty, truncated or not a checkpoint.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint '{path}' is a folder; give the .ckpt file inside it")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes): the run writing it was probably killed; "
+                              "use an older checkpoint of the run")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint '{path}' is truncated or not a PyTorch checkpoint "
+                              f"({path.stat().st_size} bytes, no zip archive)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for damaged archives
+        raise CheckpointError(f"checkpoint '{path}' cannot be read: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'damaged file'}") from err
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict of weights")
+    if "state_dict" not in checkpoint and not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise CheckpointError(f"checkpoint '{path}' has no 'state_dict' (keys: {sorted(checkpoint)[:FIRST_FEW]})")
+    return dict(checkpoint)
+
+
+def _first(keys: list[str]) -> str:
+    more = f", ... ({len(keys) - FIRST_FEW} more)" if len(keys) > FIRST_FEW else ""
+    return ", ".join(keys[:FIRST_FEW]) + more
+
+
+def check_architecture(checkpoint: Mapping[str, Any], model: torch.nn.Module, path: str | Path = "checkpoint") -> None:
+    """Fail with a short summary when ``checkpoint``'s weights do not fit ``model`` exactly.
+
+    Raises:
+        CheckpointError: counts of missing / unexpected / other-shape keys, the first few of each,
+            and the model arguments saved in the checkpoint (the config that would fit).
+    """
+    saved = checkpoint.get("state_dict", checkpoint)
+    mine = model.state_dict()
+    missing = sorted(set(mine) - set(saved))
+    unexpected = sorted(set(saved) - set(mine))
+    shapes = sorted(k for k in set(mine) & set(saved) if tuple(mine[k].shape) != tuple(saved[k].shape))
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"checkpoint '{path}' does not fit this model ({len(mine)} tensors in the model, {len(saved)} saved):"]
+    if missing:
+        lines.append(f"  {len(missing)} missing from the checkpoint: {_first(missing)}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected in the checkpoint: {_first(unexpected)}")
+    if shapes:
+        lines.append(f"  {len(shapes)} of another shape: " + _first(
+            [f"{k} {tuple(saved[k].shape)} vs {tuple(mine[k].shape)}" for k in shapes]))
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams:
+        fit = {k: v for k, v in hparams.items() if not callable(v)}
+        lines.append("The checkpoint was trained with these model arguments (use them in model.init_args):\n"
+                     + yaml.safe_dump(_plain(fit), sort_keys=True, default_flow_style=None).rstrip())
+    raise CheckpointError("\n".join(lines))
+
+
+def _plain(value: Any) -> Any:
+    """Hyper-parameters as YAML-safe builtins (dataclasses and other objects become their repr)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return dict(vars(value)) if hasattr(value, "__dataclass_fields__") else repr(value)
+
+
+def newest_checkpoint(folder: str | Path) -> Path | None:
+    """The most recently written readable-looking ``*.ckpt`` in ``folder`` (truncated files skipped)."""
+    files = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((f for f in files if f.stat().st_size and zipfile.is_zipfile(f)), None)
+
+
+def _version(folder: Path) -> int:
+    return int(folder.name.split("_", 1)[1]) if folder.name.split("_", 1)[-1].isdigit() else -1
+
+
+def resolve_last(config: Any) -> None:
+    """``ckpt_path: last`` -> the newest checkpoint of the run (in place), keeping the run's folder.
+
+    ``config`` is the CLI's namespace before anything is built. With a CSV/TensorBoard logger the
+    newest ``version_N`` holding a checkpoint is chosen and the logger is pinned to ``version: N``;
+    a previous ``metrics.csv`` there is kept as ``metrics.<k>.csv`` (Lightning would delete it).
+
+    Raises:
+        CheckpointError: no checkpoint of the run exists (the message names where it looked).
+    """
+    if config.get("ckpt_path") != "last":
+        return
+    root = Path(config.trainer.get("default_root_dir") or ".")
+    logger = config.trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    dirpath = config.get("checkpoint") and config.checkpoint.get("dirpath")
+    init = None
+    if dirpath:
+        places = [Path(dirpath)]
+    elif logger is False:
+        places = [root / "checkpoints"]
+    else:
+        if not hasattr(logger, "get"):  # True / unset: Lightning's default logger, made explicit to pin it
+            logger = config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=str(root), name="lightning_logs", version=None))
+        init = logger.init_args
+        base = Path(init.get("save_dir") or root) / (init.get("name") or "")
+        places = sorted((d / "checkpoints" for d in base.glob("version_*")), key=lambda d: -_version(d.parent))
+        places = places or [base / "version_*" / "checkpoints"]
+    found = next(((place, ckpt) for place in places if place.is_dir() and (ckpt := newest_checkpoint(place))), None)
+    if found is None:
+        raise CheckpointError(f"--ckpt_path last: no checkpoint of this run under {', '.join(map(str, places))} "
+                              "(a run that never saved one cannot be resumed; drop --ckpt_path to start afresh)")
+    place, config.ckpt_path = found[0], str(found[1])
+    if init is not None:
+        init.version = _version(place.parent)
+        metrics = place.parent / "metrics.csv"
+        if metrics.is_file():
+            k = 1 + sum(1 for _ in place.parent.glob("metrics.*.csv"))
+            metrics.rename(place.parent / f"metrics.{k}.csv")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -2,17 +2,23 @@
 
 One YAML file describes a whole run; any key can be overridden on the command line
 (``--trainer.max_epochs 3``) and ``--print_config`` prints the resolved run back.
-Unknown keys and wrong types are rejected by jsonargparse before anything is built.
+Unknown keys and wrong types are rejected by jsonargparse before anything is built, and so are
+values outside what is allowed (:mod:`spikeloc.config_checks`); flags are never abbreviated.
 """
 from __future__ import annotations
 
+import shlex
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from spikeloc.checkpoints import CheckpointError, resolve_last
+from spikeloc.config_checks import ConfigError, check_config_files, check_run_config
+from spikeloc.training.callbacks import SafeCheckpoint, SignalCheckpoint
 from spikeloc.training.loop import OnlineModule
 
 # model arguments the datamodule decides (linked when both have them, so a config says them once)
@@ -25,6 +31,7 @@ class SpikelocCLI(LightningCLI):
     ``checkpoint`` configures ModelCheckpoint."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        self.raw_args = args
         super().__init__(OnlineModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          run=False, args=args, save_config_kwargs={"overwrite": True},
                          trainer_defaults={"default_root_dir": "runs"}, **kwargs)
@@ -32,11 +39,50 @@ class SpikelocCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume training exactly from this checkpoint (weights, optimizer, FPTT state).")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(SafeCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
                              "checkpoint.auto_insert_metric_name": False})
         for key in LINKED_FROM_DATA:
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        return super().init_parser(allow_abbrev=False, **kwargs)  # --trainer.max_epoch is an error, not max_epochs
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            check_config_files(sys.argv[1:] if args is None else args)
+        except ConfigError as err:
+            parser.error(str(err))
+        super().parse_arguments(parser, args)
+
+    def before_instantiate_classes(self) -> None:
+        try:  # value checks and `--ckpt_path last`, before anything is built or any folder made
+            check_run_config(self.config)
+            resolve_last(self.config)
+        except (ConfigError, CheckpointError) as err:
+            self.parser.error(str(err))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(SignalCheckpoint(resume_hint(self.raw_args)))
+        return trainer
+
+
+def resume_hint(args: Any) -> str:
+    """The command line that resumes this run: the same arguments with ``--ckpt_path last``."""
+    args = list(sys.argv[1:] if args is None else args)
+    kept = [a for i, a in enumerate(args) if not a.startswith("--ckpt_path") and (i == 0 or args[i - 1] != "--ckpt_path")]
+    return shlex.join(["python", "tools/train.py", *kept, "--ckpt_path", "last"])
+
+
+def _remove_unstarted(run_dir: Path, existed: bool, trainer: Trainer) -> None:
+    """A run that failed before its first update leaves no folder behind (one it created itself)."""
+    if existed or trainer.global_step > 0 or not trainer.is_global_zero or not run_dir.is_dir():
+        return
+    if not any(run_dir.rglob("*.ckpt")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"run folder {run_dir} removed: the run stopped before its first update", file=sys.stderr)
 
 
 def train(args: Any = None) -> SpikelocCLI:
@@ -44,7 +90,13 @@ def train(args: Any = None) -> SpikelocCLI:
     cli = SpikelocCLI(args)
     trainer = cli.trainer
     ckpt_path = cli.config.get("ckpt_path")
-    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    existed = run_dir.exists()
+    try:
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except BaseException:
+        _remove_unstarted(run_dir, existed, trainer)
+        raise
     if trainer.is_global_zero:
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         print(f"\nrun folder: {run_dir}")

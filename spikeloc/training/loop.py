@@ -206,6 +206,8 @@ class OnlineModule(pl.LightningModule):
             guard.commit(loss)  # a non-finite update is undone on the device
         self.log("train/nonfinite_steps", guard.bad_total.float(), on_step=True, on_epoch=False)
         guard.check()  # one host sync per batch
+        if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:
+            self.fptt.consolidate()  # here, so every checkpoint and validation sees the running average
         if self.scheduler_interval == "step":
             self._step_scheduler()
         batch_size = input_at(0).shape[0]
@@ -282,10 +284,6 @@ class OnlineModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.end_evaluation("test")
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:
-            self.fptt.consolidate()  # validation and checkpoints then see the running average
 
     def on_train_epoch_end(self) -> None:
         if self.scheduler_interval == "epoch":

@@ -49,3 +49,22 @@ def trainer(tmp_path, **kwargs):
                     enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
                     default_root_dir=str(tmp_path))
     return pl.Trainer(**{**defaults, **kwargs})
+
+
+class PauseAt(pl.Callback):
+    """Test helper: after training batch ``batch`` (counted over epochs) write ``marker`` and wait
+    until a signal arrives (SIGTERM sets ``trainer.received_sigterm``; SIGKILL ends the process)."""
+
+    def __init__(self, batch: int, marker: str, timeout: float = 60.0) -> None:
+        self.batch, self.marker, self.timeout, self.seen = batch, marker, timeout, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        import time
+        from pathlib import Path
+        self.seen += 1
+        if self.seen - 1 != self.batch:
+            return
+        Path(self.marker).write_text(str(trainer.global_step))
+        deadline = time.monotonic() + self.timeout
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.02)

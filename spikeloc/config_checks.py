@@ -1,0 +1,141 @@
+"""Value checks of a whole run's config, made before anything is built (README "Troubleshooting").
+
+jsonargparse already rejects unknown keys and wrong types; these functions add the constraints
+types cannot say (T >= 1, K divides T, alpha > 0, 0 < beta <= 1, lr > 0, batch size >= 1,
+anchors shaped per scale, image size a multiple of the largest stride, class names matching the
+datamodule) and check the YAML files named by ``--config``. Every failure is one
+:class:`ConfigError` whose message names the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+DEFAULT_OUT_STRIDES = (16, 32)  # the SPYv4 detector's feature strides
+
+
+class ConfigError(ValueError):
+    """A config value outside what is allowed."""
+
+
+def _get(config: Any, dotted: str) -> Any:
+    """``config["a.b.c"]`` or ``None`` when any part is absent."""
+    node = config
+    for part in dotted.split("."):
+        if node is None or not hasattr(node, "get"):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_config_files(args: Sequence[str]) -> None:
+    """Every ``--config FILE`` must be a readable YAML mapping; fails naming the file otherwise."""
+    args = list(args)
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for name in paths:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--config {name}: no such file")
+        try:
+            content = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--config {name}: cannot be read ({err})") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config {name}: not valid YAML ({err})") from err
+        if not isinstance(content, dict) or not content:
+            what = "is empty" if content is None else f"holds a {type(content).__name__}, not a mapping of keys"
+            raise ConfigError(f"--config {name}: the file {what}; a run config has trainer/model/data keys "
+                              "(see configs/quickstart.yaml)")
+
+
+def check_loop(model: Any) -> None:
+    """The online loop's values: T, K, FPTT alpha/beta, learning rates, non-finite limit."""
+    steps = model.get("num_steps")
+    _require(isinstance(steps, int) and steps >= 1, "model.init_args.num_steps", steps, "an integer >= 1")
+    fptt = model.get("fptt")
+    if model.get("algorithm", "fptt") == "fptt" and fptt is not None:
+        parts = fptt.get("parts")
+        _require(parts is None or isinstance(parts, int) and parts >= 1 and steps % parts == 0,
+                 "model.init_args.fptt.parts", parts, f"null or a divisor of num_steps={steps}")
+        alpha, beta = fptt.get("alpha"), fptt.get("beta")
+        _require(_number(alpha) and alpha > 0, "model.init_args.fptt.alpha", alpha, "a number > 0")
+        _require(_number(beta) and 0 < beta <= 1, "model.init_args.fptt.beta", beta, "a number in (0, 1]")
+    lr = _get(model, "optimizer.init_args.lr")
+    if lr is not None:
+        _require(_number(lr) and lr > 0, "model.init_args.optimizer.init_args.lr", lr, "a number > 0")
+    backbone_lr = model.get("backbone_lr")
+    if backbone_lr is not None:
+        _require(_number(backbone_lr) and backbone_lr > 0, "model.init_args.backbone_lr", backbone_lr, "a number > 0")
+    limit = model.get("max_nonfinite_steps")
+    if limit is not None:
+        _require(isinstance(limit, int) and limit >= 0, "model.init_args.max_nonfinite_steps", limit,
+                 "an integer >= 0 (0: never stop)")
+
+
+def check_detector(model: Any, data: Any) -> None:
+    """Anchors ``[scales][A][2]`` positive, one scale per feature stride; image sizes multiples of the largest stride."""
+    strides = _get(model, "backbone_kwargs.out_strides") or DEFAULT_OUT_STRIDES
+    anchors = model.get("anchors")
+    if anchors is not None:
+        shaped = (isinstance(anchors, (list, tuple)) and len(anchors) == len(strides) and all(
+            isinstance(scale, (list, tuple)) and scale and all(
+                isinstance(a, (list, tuple)) and len(a) == 2 and all(_number(v) and v > 0 for v in a) for a in scale)
+            for scale in anchors))
+        _require(shaped, "model.init_args.anchors", anchors,
+                 f"one list of (w, h) pairs > 0 per feature stride {list(strides)}, e.g. [[[10, 14], [23, 27]], "
+                 "[[81, 82], [135, 169]]]")
+    for key, value in (("model.init_args.image_size", model.get("image_size")),
+                       ("data.init_args.image_size", data.get("image_size") if data is not None else None)):
+        if value is not None:
+            _require(isinstance(value, int) and value > 0 and value % max(strides) == 0, key, value,
+                     f"a positive multiple of the largest feature stride {max(strides)}")
+
+
+def check_data(data: Any) -> None:
+    """Batch size and worker counts."""
+    if data is None:
+        return
+    size = data.get("batch_size")
+    if size is not None:
+        _require(isinstance(size, int) and size >= 1, "data.init_args.batch_size", size, "an integer >= 1")
+    workers = data.get("num_workers")
+    if workers is not None:
+        _require(isinstance(workers, int) and workers >= 0, "data.init_args.num_workers", workers, "an integer >= 0")
+
+
+def check_class_names(config: Any, build_data: Callable[[], Any] | None = None) -> None:
+    """``model.init_args.class_names`` (when given) must have as many names as the datamodule has classes."""
+    names = _get(config, "model.init_args.class_names")
+    if names is None or build_data is None:
+        return
+    count = getattr(build_data(), "num_classes", None)
+    _require(count is None or len(names) == count, "model.init_args.class_names", names,
+             f"{count} names, one per class of the datamodule")
+
+
+def check_run_config(config: Any) -> None:
+    """All value checks of a parsed (not yet instantiated) run config; raises :class:`ConfigError`."""
+    model = _get(config, "model.init_args")
+    data = _get(config, "data.init_args")
+    if model is not None:
+        check_loop(model)
+        if "anchors" in model or "backbone" in model:
+            check_detector(model, data)
+    check_data(data)
+    data_class = _get(config, "data.class_path")
+    if data_class and data is not None:
+        module, name = data_class.rsplit(".", 1)
+        check_class_names(config, lambda: getattr(importlib.import_module(module), name)(**data.as_dict()))

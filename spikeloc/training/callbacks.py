@@ -1,0 +1,175 @@
+"""Callbacks that keep a run's work safe (README "Troubleshooting").
+
+- :class:`SafeCheckpoint`: Lightning's ``ModelCheckpoint`` that never writes non-finite weights
+  (and so never replaces or deletes a good checkpoint for one), writes ``last`` before each
+  validation (an error there keeps the training epoch) and saves every N optimizer steps under
+  manual optimization.
+- :class:`SignalCheckpoint`: SIGTERM (what clusters send before pre-emption) and SIGINT (Ctrl-C)
+  finish the current batch, save a resumable ``last`` checkpoint and exit non-zero (143 / 130),
+  printing how to resume; the RNG states travel in every checkpoint so a resumed run draws the
+  same random numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import random
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+def weights_finite(module: pl.LightningModule) -> bool:
+    """Whether every parameter, buffer and FPTT tensor of ``module`` is finite (one host sync)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    fptt = getattr(module, "fptt", None)
+    if fptt is not None:
+        tensors += fptt.running + fptt.trace
+    tensors = [t.detach().float() for t in tensors if t.numel()]
+    return not tensors or bool(torch.stack(torch._foreach_norm(tensors)).isfinite().all())
+
+
+class SafeCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that never trades a good checkpoint for a worse one.
+
+    Same arguments as Lightning's. Differences: nothing is written while any weight is
+    non-finite (a warning names the checkpoint kept instead); with ``save_last`` the ``last``
+    checkpoint is also written when the training batches of an epoch are done, before validation
+    runs; ``every_n_train_steps`` counts optimizer steps (K per batch under FPTT) and saves at the
+    end of the batch in which a multiple of it is reached.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._finite_at: tuple[int, bool] | None = None
+        self._steps_seen = 0
+
+    def _finite(self, trainer: pl.Trainer) -> bool:
+        if self._finite_at is None or self._finite_at[0] != trainer.global_step:
+            self._finite_at = (trainer.global_step, weights_finite(trainer.lightning_module))
+            if not self._finite_at[1]:
+                kept = self.last_model_path or self.best_model_path or "none written yet"
+                rank_zero_warn(f"step {trainer.global_step}: weights are not finite, no checkpoint written; "
+                               f"the last good one is kept ({kept}).")
+        return self._finite_at[1]
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        if self._finite(trainer):
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        if self._finite(trainer):
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if pl_module.automatic_optimization:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        previous, self._steps_seen = self._steps_seen, trainer.global_step
+        every = self._every_n_train_steps
+        if every < 1 or trainer.global_step // every == previous // every or self._should_skip_saving_checkpoint(
+                trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.monitor is not None and self.monitor not in candidates:
+            self._defer_save_until_validation = True
+            return
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._steps_seen = trainer.global_step
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = -1  # validation's own save still runs after it
+
+
+def _rng_states() -> dict[str, Any]:
+    """Every global RNG (python, numpy, torch CPU and CUDA) in types ``torch.load(weights_only=True)`` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class SignalCheckpoint(pl.Callback):
+    """SIGTERM / SIGINT: finish the batch, save ``last``, exit non-zero with how to resume.
+
+    Lightning turns SIGTERM into ``SIGTERMException`` at the end of the current batch (all DDP
+    ranks together); SIGINT is routed the same way (a second Ctrl-C stops at once). The checkpoint
+    goes where the run's :class:`SafeCheckpoint` keeps ``last``; the exit status is 128 + signal.
+
+    Args:
+        resume_hint: the command line that resumes the run, printed in the message.
+    """
+
+    def __init__(self, resume_hint: str = "python tools/train.py --config <your config> --ckpt_path last") -> None:
+        self.resume_hint = resume_hint
+        self.signum: int | None = None
+        self._pending_rng: dict | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": _rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_rng = state_dict.get("rng")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending_rng is not None:  # restored here: nothing draws random numbers before the next batch
+            _set_rng_states(self._pending_rng)
+            self._pending_rng = None
+        self.signum = None
+        try:  # Lightning restores the previous handlers at teardown
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread
+            pass
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        print("\nCtrl-C: saving a checkpoint after this batch (press again to stop at once) ...", file=sys.stderr)
+        self.signum = signum
+        on_sigterm = signal.getsignal(signal.SIGTERM)
+        if callable(on_sigterm):
+            on_sigterm(signum, frame)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        signum = self.signum or signal.SIGTERM
+        name = signal.Signals(signum).name
+        exception.code = 128 + signum
+        checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        if trainer.global_step == 0 or checkpoint is None or checkpoint.dirpath is None:
+            rank_zero_info(f"\n{name}: stopped before any update could be saved; nothing to resume.")
+            return
+        path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        if not weights_finite(pl_module):
+            rank_zero_info(f"\n{name}: weights are not finite, no checkpoint written; resume from the last one.")
+            return
+        checkpoint.last_model_path = str(path)  # before saving: it is part of the saved state
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"\n{name}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; saved "
+                       f"{path}.\nResume with: {self.resume_hint}")
