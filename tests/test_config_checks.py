@@ -1,0 +1,107 @@
+"""Impossible configs fail at start-up, before anything is built, naming the key, the value and what is allowed."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonargparse import dict_to_namespace
+
+from spikeloc.cli import SpikelocCLI, train
+from spikeloc.config_checks import ConfigError, check_run_config
+
+from .test_cli import QUICKSTART, ROOT
+
+DETECT = str(ROOT / "configs" / "quickstart_detect.yaml")
+
+
+def start(config, *overrides):
+    return SpikelocCLI(args=["--config", config, "--trainer.logger", "false", *overrides])
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--model.init_args.num_steps", "0"], "model.init_args.num_steps=0 is not allowed: an integer >= 1"),
+    (["--model.init_args.fptt.parts", "3"], "model.init_args.fptt.parts=3 is not allowed: null or a divisor of num_steps=4"),
+    (["--model.init_args.fptt.alpha", "0"], "model.init_args.fptt.alpha=0.0 is not allowed: a number > 0"),
+    (["--model.init_args.fptt.beta", "1.5"], "model.init_args.fptt.beta=1.5 is not allowed: a number in (0, 1]"),
+    (["--model.init_args.fptt.beta", "0"], "model.init_args.fptt.beta=0.0 is not allowed"),
+    (["--model.init_args.optimizer.init_args.lr", "-0.1"], "optimizer.init_args.lr=-0.1 is not allowed: a number > 0"),
+    (["--data.init_args.batch_size", "0"], "data.init_args.batch_size=0 is not allowed: an integer >= 1"),
+])
+def test_value_errors_name_key_value_and_what_is_allowed(override, message, capsys):
+    with pytest.raises(SystemExit):
+        start(QUICKSTART, *override)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--model.init_args.anchors", "[[[10, 14]], [[20, 30], [5]]]"], "anchors"),  # a type error: jsonargparse
+    (["--model.init_args.anchors", "[[[10, 14], [23, 27]]]"], "one list of (w, h) pairs > 0 per feature stride [16, 32]"),
+    (["--model.init_args.image_size", "100"], "model.init_args.image_size=100 is not allowed: a positive multiple of "
+                                              "the largest feature stride 32"),
+    (["--data.init_args.image_size", "120"], "data.init_args.image_size=120"),
+    (["--model.init_args.class_names", "[a, b]"], "model.init_args.class_names=['a', 'b'] is not allowed: 5 names"),
+    (["--data.init_args.batch_size", "0"], "data.init_args.batch_size=0"),
+])
+def test_detector_shapes_and_class_counts(override, message, capsys):
+    with pytest.raises(SystemExit):
+        start(DETECT, *override)
+    assert message in capsys.readouterr().err
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        start(QUICKSTART, "--trainer.max_epoch", "3")
+    assert "unrecognized arguments: --trainer.max_epoch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [("", "the file is empty"), ("- a\n- b\n", "holds a list"),
+                                              ("trainer: [unclosed\n", "not valid YAML")])
+def test_bad_yaml_names_its_file(tmp_path, content, message, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(content)
+    with pytest.raises(SystemExit):
+        SpikelocCLI(args=["--config", str(path)])
+    err = capsys.readouterr().err
+    assert f"--config {path}" in err and message in err
+
+
+def test_missing_yaml_names_its_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        SpikelocCLI(args=[f"--config={tmp_path / 'nope.yaml'}"])
+    assert f"--config {tmp_path / 'nope.yaml'}: no such file" in capsys.readouterr().err
+
+
+def test_a_run_that_never_started_leaves_no_folder(tmp_path):
+    args = ["--config", DETECT, "--data", "datamodules.voc.VOCDetectionDataModule", "--data.root", str(tmp_path / "no"),
+            "--data.image_size", "128", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    with pytest.raises(FileNotFoundError, match="dataset root incomplete"):
+        train(args)
+    assert not any((tmp_path / "runs").rglob("version_*"))
+
+
+def test_resume_last_without_a_checkpoint_says_where_it_looked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        SpikelocCLI(args=["--config", QUICKSTART, "--trainer.logger.init_args.save_dir", str(tmp_path),
+                          "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    assert "--ckpt_path last: no checkpoint of this run under" in err and str(tmp_path) in err
+
+
+def config(steps, parts, alpha, beta, lr, batch):
+    return dict_to_namespace({
+        "model": {"class_path": "spikeloc.training.SpikingClassifier", "init_args": {
+            "num_steps": steps, "algorithm": "fptt", "fptt": {"alpha": alpha, "beta": beta, "parts": parts},
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": lr}}}},
+        "data": {"class_path": "tests.training.tiny.QuadrantData", "init_args": {"batch_size": batch}}})
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.integers(-2, 12), parts=st.none() | st.integers(-1, 13), alpha=st.floats(-1, 1), beta=st.floats(-1, 2),
+       lr=st.floats(-1, 1), batch=st.integers(-2, 64))
+def test_config_validation_accepts_exactly_the_allowed_values(steps, parts, alpha, beta, lr, batch):
+    allowed = (steps >= 1 and (parts is None or parts >= 1 and steps % parts == 0) and alpha > 0 and 0 < beta <= 1
+               and lr > 0 and batch >= 1)
+    try:
+        check_run_config(config(steps, parts, alpha, beta, lr, batch))
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert accepted == allowed

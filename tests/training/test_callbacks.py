@@ -1,0 +1,102 @@
+"""Checkpoints never trade a good state for a bad one; signals save; a validation error keeps the epoch."""
+import os
+import signal
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from spikeloc.training import FPTTConfig
+from spikeloc.training.callbacks import SafeCheckpoint, SignalCheckpoint
+from .tiny import QuadrantData, tiny_classifier, trainer
+
+BATCHES = 4  # per epoch: 64 samples / 16
+
+
+def fit(tmp_path, module, callbacks, epochs=2, **kwargs):
+    ckpt = SafeCheckpoint(dirpath=tmp_path / "ckpt", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                          save_last=True)
+    run = trainer(tmp_path, **{"max_epochs": epochs, "limit_val_batches": 1, "enable_checkpointing": True,
+                               "callbacks": [*callbacks, ckpt, SignalCheckpoint()], **kwargs})
+    run.fit(module, datamodule=QuadrantData(num_train=64))
+    return ckpt
+
+
+class Poison(pl.Callback):
+    """Writes NaN into the first weight just before epoch ``epoch``'s validation."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(module.parameters()).fill_(float("nan"))
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_nonfinite_weights_are_never_written_and_the_good_checkpoint_is_kept(tmp_path):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="not finite, no checkpoint written"):
+        fit(tmp_path, tiny_classifier(), [Poison(epoch=1)])
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == ["epoch000.ckpt", "last.ckpt"]  # save_top_k=1 did not delete epoch 0 for a NaN epoch 1
+    for name in files:
+        saved = load(tmp_path / "ckpt" / name)
+        assert saved["epoch"] == 0 and all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
+class FailingValidation(pl.Callback):
+    def on_validation_batch_start(self, *args):
+        raise OSError("cannot read image 'val/0001.jpg'")
+
+
+def test_an_error_in_validation_keeps_the_training_epoch_before_it(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(OSError, match="0001.jpg"):
+        fit(tmp_path, tiny_classifier(fptt=FPTTConfig(parts=2)), [FailingValidation()])
+    saved = load(tmp_path / "ckpt" / "last.ckpt")
+    assert saved["epoch"] == 0 and saved["global_step"] == 2 * BATCHES  # the whole epoch, written before validation
+    resumed = trainer(tmp_path, max_epochs=2, limit_val_batches=1)
+    resumed.fit(tiny_classifier(fptt=FPTTConfig(parts=2)), datamodule=QuadrantData(num_train=64),
+                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), weights_only=True)
+    assert resumed.global_step == 2 * 2 * BATCHES
+
+
+class SendSignal(pl.Callback):
+    """Sends ``signum`` to this process at the start of training batch ``batch`` (None: in the sanity check)."""
+
+    def __init__(self, batch, signum):
+        self.batch, self.signum = batch, signum
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
+
+    def on_sanity_check_start(self, trainer, module):
+        if self.batch is None:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_resumable_checkpoint_mid_epoch_and_exits_non_zero(tmp_path, signum, caplog):
+    torch.manual_seed(0)
+    with pytest.raises(SystemExit) as stop:
+        fit(tmp_path, tiny_classifier(fptt=FPTTConfig(parts=2)), [SendSignal(batch=2, signum=signum)])
+    assert stop.value.code == 128 + signum
+    saved = load(tmp_path / "ckpt" / "last.ckpt")
+    assert saved["epoch"] == 0 and saved["global_step"] == 2 * 3  # batch 2 finished, then stopped
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"batches_served": 3}]
+    assert f"{signal.Signals(signum).name}: stopped at epoch 0, step 6" in caplog.text and "Resume with:" in caplog.text
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+
+
+def test_a_signal_before_the_first_update_saves_nothing(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        fit(tmp_path, tiny_classifier(), [SendSignal(batch=None, signum=signal.SIGTERM)], num_sanity_val_steps=2,
+            limit_val_batches=2)
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert not (tmp_path / "ckpt" / "last.ckpt").exists()
