@@ -3,8 +3,9 @@
 Category ids (1..90 with gaps in COCO 2017) map to contiguous labels ``0..K-1`` in increasing id
 order; ``label_to_category_id[label]`` maps back for writing COCO results. Boxes ``[x, y, w, h]``
 become xyxy; ``iscrowd`` objects are flagged ``difficult`` (ignored in evaluation, dropped from
-training targets unless ``train_difficult``); annotations with non-positive width or height are
-skipped. ``image_id`` is COCO's own image id.
+training targets unless ``train_difficult``); boxes of non-positive width or height are dropped,
+counted and warned about by the box rule of :mod:`datamodules.validation`. ``image_id`` is COCO's
+own image id.
 """
 from __future__ import annotations
 
@@ -44,8 +45,6 @@ def coco_records(coco: COCO, image_dir: Path, category_ids: list[int]) -> list[D
         boxes, labels, crowd = [], [], []
         for ann in coco.imgToAnns.get(image_id, []):
             x, y, w, h = (float(v) for v in ann["bbox"])
-            if w <= 0 or h <= 0:
-                continue
             if ann["category_id"] not in label_of:
                 raise ValueError(f"annotation id {ann.get('id')}: category_id {ann['category_id']} "
                                  "is not in the json's categories")
@@ -64,16 +63,17 @@ class COCODetectionDataModule(DetectionDataModule):
         root: dataset folder; the four paths below are relative to it (see ``COCO_LAYOUT``).
         train_ann, train_images: training annotation json and image folder.
         val_ann, val_images: validation annotation json and image folder.
-        image_size, batch_size, num_workers, seed, augment: see :class:`DetectionDataModule`.
+        image_size, batch_size, num_workers, seed, augment, skip_bad_samples: see :class:`DetectionDataModule`.
         train_difficult: keep crowd objects in training targets.
     """
 
     def __init__(self, root: str, train_ann: str = "annotations/instances_train2017.json",
                  train_images: str = "train2017", val_ann: str = "annotations/instances_val2017.json",
                  val_images: str = "val2017", image_size: int = 416, batch_size: int = 16, num_workers: int = 0,
-                 seed: int = 0, augment: bool = True, train_difficult: bool = False) -> None:
+                 seed: int = 0, augment: bool = True, train_difficult: bool = False,
+                 skip_bad_samples: bool = False) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         augment=augment, train_difficult=train_difficult)
+                         augment=augment, train_difficult=train_difficult, skip_bad_samples=skip_bad_samples)
         self.root = root
         self.files = {"train": (train_ann, train_images), "val": (val_ann, val_images)}
         self._categories: list[dict] | None = None

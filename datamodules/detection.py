@@ -33,6 +33,7 @@ from torchvision.transforms.v2 import functional as F
 
 from datamodules.common import make_loader
 from datamodules.transforms import LetterboxInfo, eval_transform, reference_train_transform, train_transform
+from datamodules.validation import check_records
 
 Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -151,6 +152,8 @@ class DetectionDataModule(L.LightningDataModule, ABC):
             ``False``: resize them to it without padding (the reference's evaluation).
         augmentation: with ``augment``, spikeloc's pipeline (``"spikeloc"``) or the reference's random
             aspect / scale / HSV jitter and flip (``"reference"``, which places the image itself).
+        skip_bad_samples: skip (count and log) unreadable images and annotations instead of failing
+            at setup; see :mod:`datamodules.validation` for the box rule applied to every split.
 
     Attributes:
         in_channels: image channels (3, RGB), for models built from the datamodule.
@@ -160,9 +163,10 @@ class DetectionDataModule(L.LightningDataModule, ABC):
 
     def __init__(self, image_size: int = 416, batch_size: int = 16, num_workers: int = 0, seed: int = 0,
                  augment: bool = True, train_difficult: bool = False, letterbox: bool = True,
-                 augmentation: Literal["spikeloc", "reference"] = "spikeloc") -> None:
+                 augmentation: Literal["spikeloc", "reference"] = "spikeloc", skip_bad_samples: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.skip_bad_samples = skip_bad_samples
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -203,15 +207,22 @@ class DetectionDataModule(L.LightningDataModule, ABC):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets a Lightning stage needs (``fit``, ``validate``, ``test``, ``predict``)."""
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self.make_dataset("train", self.train_transform())
+            self.train_set = self._checked("train", self.train_transform())
         if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self.make_dataset("val", self.eval_transform())
+            self.val_set = self._checked("val", self.eval_transform())
         if stage in (None, "test", "predict") and self.test_set is None:
             if not self.test_is_val():
-                self.test_set = self.make_dataset("test", self.eval_transform())
+                self.test_set = self._checked("test", self.eval_transform())
             else:
-                self.test_set = self.val_set if self.val_set is not None else self.make_dataset(
+                self.test_set = self.val_set if self.val_set is not None else self._checked(
                     "val", self.eval_transform())
+
+    def _checked(self, split: str, transform: Transform) -> Dataset:
+        """:meth:`make_dataset` with every record put through the checks of :mod:`datamodules.validation`."""
+        dataset = self.make_dataset(split, transform)
+        if isinstance(getattr(dataset, "records", None), list):
+            dataset.records = check_records(dataset.records, split, self.skip_bad_samples)
+        return dataset
 
     def test_is_val(self) -> bool:
         """Whether the test split is the validation split (then one dataset object serves both)."""
@@ -220,6 +231,9 @@ class DetectionDataModule(L.LightningDataModule, ABC):
     def _loader(self, dataset: Dataset | None, split: str, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: the {split} split is not set up; call setup() first")
+        if len(dataset) == 0:
+            raise ValueError(f"{type(self).__name__}: the {split} split is empty; check the data root and the "
+                             f"split's settings (e.g. data.init_args.{split}_sets / {split}_ann)")
         return make_loader(dataset, self.batch_size, shuffle=train, seed=self.seed,
                            num_workers=self.num_workers, collate_fn=collate_detection, drop_last=False)
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from datamodules.common import require_files
 from datamodules.detection import DetectionDataModule, DetectionRecord, RecordDataset, Transform, make_record
+from datamodules.validation import collect
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -91,10 +92,11 @@ def _image_file(root: Path, folder: str, image_id: str) -> str:
     return next((name for name in names if (root / name).is_file()), names[0])
 
 
-def read_voc_records(root: str | Path, sets: VOCSets, first_id: int = 1,
-                     class_names: Sequence[str] = VOC_CLASSES) -> list[DetectionRecord]:
+def read_voc_records(root: str | Path, sets: VOCSets, first_id: int = 1, class_names: Sequence[str] = VOC_CLASSES,
+                     skip_bad_samples: bool = False, split: str = "") -> list[DetectionRecord]:
     """Records of every image listed in ``sets`` (e.g. ``[("2007", "trainval")]``), ids from ``first_id``,
-    labels indexing ``class_names``.
+    labels indexing ``class_names``; with ``skip_bad_samples`` an unreadable annotation is skipped
+    (counted, warned) instead of raising.
 
     Raises:
         FileNotFoundError: root, a set folder, a set file or any listed XML / image is missing.
@@ -110,12 +112,14 @@ def read_voc_records(root: str | Path, sets: VOCSets, first_id: int = 1,
     missing = [name for pair in files for name in pair if not (root / name).is_file()]
     if missing:
         require_files(root, missing[:MAX_LISTED], VOC_LAYOUT)
-    records = []
-    for offset, ((year, image_id), (xml, jpg)) in enumerate(zip(listed, files)):
+
+    def read(item: tuple[int, tuple[str, str], tuple[str, str]]) -> DetectionRecord:
+        offset, (year, image_id), (xml, jpg) = item
         boxes, labels, difficult = parse_voc_xml(root / xml, class_names)
-        records.append(make_record(first_id + offset, boxes, labels, difficult, str(root / jpg),
-                                   name=f"{set_folder(year)}/{image_id}"))
-    return records
+        return make_record(first_id + offset, boxes, labels, difficult, str(root / jpg),
+                           name=f"{set_folder(year)}/{image_id}")
+
+    return collect([(k, *pair) for k, pair in enumerate(zip(listed, files))], read, split, skip_bad_samples)
 
 
 class VOCDetectionDataModule(DetectionDataModule):
@@ -127,7 +131,7 @@ class VOCDetectionDataModule(DetectionDataModule):
         val_sets: pairs for validation; default VOC2007 test.
         test_sets: pairs for testing; ``None`` means the validation sets.
         class_names: the label names in label order; default the 20 VOC classes.
-        image_size, batch_size, num_workers, seed, augment, letterbox, augmentation: see
+        image_size, batch_size, num_workers, seed, augment, letterbox, augmentation, skip_bad_samples: see
             :class:`DetectionDataModule`.
         train_difficult: keep ``difficult`` objects in training targets (eval always keeps and flags them).
     """
@@ -136,10 +140,11 @@ class VOCDetectionDataModule(DetectionDataModule):
                  val_sets: VOCSets = (("2007", "test"),), test_sets: VOCSets | None = None,
                  class_names: list[str] | None = None, image_size: int = 416, batch_size: int = 16,
                  num_workers: int = 0, seed: int = 0, augment: bool = True, train_difficult: bool = False,
-                 letterbox: bool = True, augmentation: Literal["spikeloc", "reference"] = "spikeloc") -> None:
+                 letterbox: bool = True, augmentation: Literal["spikeloc", "reference"] = "spikeloc",
+                 skip_bad_samples: bool = False) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=augment, train_difficult=train_difficult, letterbox=letterbox,
-                         augmentation=augmentation)
+                         augmentation=augmentation, skip_bad_samples=skip_bad_samples)
         names = list(VOC_CLASSES if class_names is None else class_names)
         if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise ValueError(f"class_names must be distinct non-empty names, got {class_names!r}")
@@ -153,7 +158,8 @@ class VOCDetectionDataModule(DetectionDataModule):
         return list(self._class_names)
 
     def make_dataset(self, split: str, transform: Transform) -> Dataset:
-        records = read_voc_records(self.root, self.sets[split], class_names=self._class_names)
+        records = read_voc_records(self.root, self.sets[split], class_names=self._class_names,
+                                   skip_bad_samples=self.skip_bad_samples, split=split)
         drop = split == "train" and not self.train_difficult
         return RecordDataset(records, transform, drop_difficult=drop, class_names=self._class_names)
 
