@@ -5,7 +5,8 @@
 - :func:`check_architecture`: a checkpoint's weights against a model, summarised (how many keys
   missing / unexpected / of another shape, the first few) with the saved config that would fit.
 - :func:`resolve_last`: ``--ckpt_path last`` -> the newest readable checkpoint of the run, and the
-  run's folder kept, so a resumed run goes on writing where it stopped.
+  run's folder kept, so a resumed run goes on writing where it stopped (any other path is checked
+  with :func:`check_checkpoint_file` before anything is built).
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a Lightning checkpoint (or a plain ``state_dict``) safely, or fail naming the file.
+def check_checkpoint_file(path: str | Path) -> Path:
+    """Cheap checks that need no loading: the file exists, is not empty and is a whole zip archive.
 
     Raises:
-        CheckpointError: the file is missing, a folder, empty, truncated or not a checkpoint.
+        CheckpointError: naming the file and what is wrong with it.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -41,6 +42,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint '{path}' is truncated or not a PyTorch checkpoint "
                               f"({path.stat().st_size} bytes, no zip archive)")
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a Lightning checkpoint (or a plain ``state_dict``) safely, or fail naming the file.
+
+    Raises:
+        CheckpointError: the file is missing, a folder, empty, truncated or not a checkpoint.
+    """
+    path = check_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for damaged archives
@@ -80,12 +91,21 @@ def check_architecture(checkpoint: Mapping[str, Any], model: torch.nn.Module, pa
     if shapes:
         lines.append(f"  {len(shapes)} of another shape: " + _first(
             [f"{k} {tuple(saved[k].shape)} vs {tuple(mine[k].shape)}" for k in shapes]))
+    lines.append(_fitting_config(checkpoint, Path(path)))
+    raise CheckpointError("\n".join(lines))
+
+
+def _fitting_config(checkpoint: Mapping[str, Any], path: Path) -> str:
+    """Where the configuration that fits the checkpoint is: its saved model arguments or its run's config.yaml."""
     hparams = checkpoint.get("hyper_parameters")
     if hparams:
         fit = {k: v for k, v in hparams.items() if not callable(v)}
-        lines.append("The checkpoint was trained with these model arguments (use them in model.init_args):\n"
-                     + yaml.safe_dump(_plain(fit), sort_keys=True, default_flow_style=None).rstrip())
-    raise CheckpointError("\n".join(lines))
+        return ("The checkpoint was trained with these model arguments (use them in model.init_args):\n"
+                + yaml.safe_dump(_plain(fit), sort_keys=True, default_flow_style=None).rstrip())
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return f"The run that wrote it was configured by {folder / 'config.yaml'}: pass --config {folder / 'config.yaml'}"
+    return "No configuration was saved with it: use the config of the run that wrote it."
 
 
 def _plain(value: Any) -> Any:
@@ -120,6 +140,8 @@ def resolve_last(config: Any) -> None:
         CheckpointError: no checkpoint of the run exists (the message names where it looked).
     """
     if config.get("ckpt_path") != "last":
+        if config.get("ckpt_path"):
+            check_checkpoint_file(config.ckpt_path)
         return
     root = Path(config.trainer.get("default_root_dir") or ".")
     logger = config.trainer.get("logger")

@@ -1,0 +1,74 @@
+"""Checkpoint files: every unreadable one is named with what is wrong; a mismatch is summarised."""
+import pytest
+import torch
+
+from spikeloc.checkpoints import CheckpointError, check_architecture, read_checkpoint
+from tests.training.tiny import QuadrantData, tiny_classifier, trainer
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    run = trainer(folder, limit_train_batches=1, limit_val_batches=0)
+    run.fit(tiny_classifier(), datamodule=QuadrantData())
+    run.save_checkpoint(folder / "good.ckpt")
+    return folder / "good.ckpt"
+
+
+def test_a_good_checkpoint_reads_and_fits(saved):
+    checkpoint = read_checkpoint(saved)
+    assert "state_dict" in checkpoint
+    check_architecture(checkpoint, tiny_classifier())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p, good: None, "does not exist"),
+    (lambda p, good: p.mkdir(), "is a folder"),
+    (lambda p, good: p.write_bytes(b""), "is empty (0 bytes)"),
+    (lambda p, good: p.write_bytes(good.read_bytes()[:5000]), "is truncated or not a PyTorch checkpoint"),
+    (lambda p, good: p.write_text("hello"), "is truncated or not a PyTorch checkpoint"),
+    (lambda p, good: torch.save([1, 2], p), "holds a list, not a dict"),
+    (lambda p, good: torch.save({"epoch": 3}, p), "has no 'state_dict'"),
+])
+def test_unreadable_checkpoints_are_named_with_the_reason(tmp_path, saved, make, message):
+    path = tmp_path / "bad.ckpt"
+    make(path, saved)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def mismatch(checkpoint, path):
+    other = tiny_classifier(model_kwargs={"channels": [8, 16, 32]}, num_classes=3)
+    with pytest.raises(CheckpointError) as err:
+        check_architecture(checkpoint, other, path)
+    text = str(err.value)
+    assert f"checkpoint '{path}' does not fit this model (38 tensors in the model, 26 saved)" in text
+    assert "12 missing from the checkpoint: net.cells.2" in text and "(7 more)" in text
+    assert "2 of another shape: net.fc.bias (4,) vs (3,)" in text
+    assert len(text) < 3000  # a summary, not load_state_dict's dump
+    return text
+
+
+def test_architecture_mismatch_names_the_saved_model_arguments(saved):
+    checkpoint = read_checkpoint(saved)
+    checkpoint["hyper_parameters"] = {"model": "ltc_convnet", "model_kwargs": {"channels": [8, 16]}, "num_classes": 4}
+    text = mismatch(checkpoint, saved)
+    assert "channels: [8, 16]" in text and "num_classes: 4" in text
+
+
+def test_architecture_mismatch_names_the_run_config(tmp_path, saved):
+    (tmp_path / "checkpoints").mkdir()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.write_bytes(saved.read_bytes())
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    assert f"pass --config {tmp_path / 'config.yaml'}" in mismatch(read_checkpoint(path), path)
+
+
+def test_train_checks_an_explicit_checkpoint_before_building(tmp_path, capsys):
+    from spikeloc.cli import SpikelocCLI
+    from tests.test_cli import QUICKSTART
+    (tmp_path / "cut.ckpt").write_text("x")
+    with pytest.raises(SystemExit):
+        SpikelocCLI(args=["--config", QUICKSTART, "--ckpt_path", str(tmp_path / "cut.ckpt")])
+    assert f"checkpoint '{tmp_path / 'cut.ckpt'}' is truncated" in capsys.readouterr().err
