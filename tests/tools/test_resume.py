@@ -80,6 +80,7 @@ def assert_same(resumed: dict, straight: dict):
         assert torch.equal(resumed[key], straight[key]), key
 
 
+@pytest.mark.slow  # three tools/train.py processes (the uninterrupted one shared): ~40 s
 def test_sigterm_mid_epoch_saves_and_resumes_to_the_same_weights(tmp_path, uninterrupted):
     code, out = interrupt(tmp_path, signal.SIGTERM, batch=5)
     assert code == 128 + signal.SIGTERM, out
@@ -92,6 +93,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_same_weights(tmp_path, unint
     assert_same(final_state(tmp_path), uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_from_the_last_step_checkpoint(tmp_path, uninterrupted):
     code, out = interrupt(tmp_path, signal.SIGKILL, batch=BATCHES + 5, every_n_train_steps=4)
     assert code == -signal.SIGKILL
