@@ -55,15 +55,14 @@ class ResumableLoader(DataLoader):
     ``iter()``, which then skips those batches at the index level (nothing is loaded for them).
     The order of an epoch comes from the sampler (:class:`EpochSeededSampler`, or Lightning's
     ``DistributedSampler``), so the remaining batches are those an uninterrupted run would see.
-    The inner iterator is created at the first ``next()``, after Lightning's ``set_epoch``; the
-    loader's own generator keeps worker seeding off the global RNG.
+    The inner iterator is created at the first ``next()``, after Lightning's ``set_epoch``, with
+    worker seeds drawn from ``(seed, epoch)`` instead of the global RNG.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._served = 0
         self._skip = 0
-        self._seed = self.generator.initial_seed() if self.generator is not None else None
 
     @property
     def _index_sampler(self) -> Any:  # what torch's iterators draw their indices from
@@ -76,10 +75,12 @@ class ResumableLoader(DataLoader):
     def _batches(self) -> Iterator:
         skip = self._skip if self._skip < len(self) else 0  # a finished epoch resumes at the next one
         self._skip, self._served = skip, skip
-        if self._seed is not None:  # worker seeds depend on the epoch only, not on how often iter() ran
-            self.generator.manual_seed(self._seed + getattr(self.sampler, "epoch", 0))
+        # the iterator draws its workers' base seed from this generator, not from the global RNG, and
+        # from (seed, epoch) only; it is not kept (a torch.Generator attribute breaks ddp_spawn's pickling)
+        seed = getattr(self.sampler, "seed", 0) + getattr(self.sampler, "epoch", 0)
+        self.generator = torch.Generator().manual_seed(seed)
         inner = super().__iter__()  # built now, with the skip in place
-        self._skip = 0
+        self._skip, self.generator = 0, None
         for batch in inner:
             self._served += 1
             yield batch
@@ -110,7 +111,6 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -58,6 +58,14 @@ class NonFiniteGuard:
         self.bad_total: Tensor | None = None  # long scalars on the parameters' device
         self.bad_run: Tensor | None = None
 
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. with the module for ``ddp_spawn``) as its counters only; rebuilt on next use."""
+        return {"limit": self.limit, "bad_total": self.bad_total, "bad_run": self.bad_run}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__([], None, (), state["limit"])  # type: ignore[arg-type]
+        self.bad_total, self.bad_run = state["bad_total"], state["bad_run"]
+
     def _tensors(self) -> list[Tensor]:
         """Everything an update may change: weights, extra tensors, the optimizer's state tensors."""
         state = [v for p in self.params for v in self.optimizer.state.get(p, {}).values() if isinstance(v, Tensor)]

@@ -100,3 +100,32 @@ def test_a_signal_before_the_first_update_saves_nothing(tmp_path):
             limit_val_batches=2)
     assert stop.value.code == 128 + signal.SIGTERM
     assert not (tmp_path / "ckpt" / "last.ckpt").exists()
+
+
+class NoisyClassifier(type(tiny_classifier())):
+    """Draws from the global RNG in every training step (input noise), so resuming must restore the RNG."""
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return super().training_step((images + 0.5 * torch.randn_like(images), labels), batch_idx)
+
+
+def noisy():
+    return NoisyClassifier(model="ltc_convnet", num_classes=4, in_channels=1, model_kwargs={"channels": [8, 16]},
+                           num_steps=4, fptt=FPTTConfig(parts=2), optimizer=torch.optim.Adam)
+
+
+def test_resume_mid_epoch_with_randomness_equals_the_uninterrupted_run(tmp_path):
+    pl.seed_everything(0)
+    straight = noisy()
+    fit(tmp_path / "a", straight, [])
+    pl.seed_everything(0)
+    with pytest.raises(SystemExit):
+        fit(tmp_path / "b", noisy(), [SendSignal(batch=1, signum=signal.SIGTERM)])
+    torch.manual_seed(123)  # a resumed process starts from another RNG state
+    resumed = noisy()
+    run = trainer(tmp_path / "b", max_epochs=2, limit_val_batches=1, callbacks=[SignalCheckpoint()])
+    run.fit(resumed, datamodule=QuadrantData(num_train=64), ckpt_path=str(tmp_path / "b" / "ckpt" / "last.ckpt"),
+            weights_only=True)
+    for p, q in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(p, q)
