@@ -85,18 +85,30 @@ def check_loop(model: Any) -> None:
                  "an integer >= 0 (0: never stop)")
 
 
+def _pairs(value: Any) -> bool:
+    """A non-empty list of (w, h) pairs of positive numbers."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(a, (list, tuple)) and len(a) == 2 and all(_number(v) and v > 0 for v in a) for a in value)
+
+
 def check_detector(model: Any, data: Any) -> None:
-    """Anchors ``[scales][A][2]`` positive, one scale per feature stride; image sizes multiples of the largest stride."""
-    strides = _get(model, "backbone_kwargs.out_strides") or DEFAULT_OUT_STRIDES
-    anchors = model.get("anchors")
-    if anchors is not None:
-        shaped = (isinstance(anchors, (list, tuple)) and len(anchors) == len(strides) and all(
-            isinstance(scale, (list, tuple)) and scale and all(
-                isinstance(a, (list, tuple)) and len(a) == 2 and all(_number(v) and v > 0 for v in a) for a in scale)
-            for scale in anchors))
+    """Anchors: one list of (w, h) > 0 per feature stride, or one flat list with ``anchor_masks`` (one list of
+    indices per stride); image sizes multiples of the largest stride."""
+    strides = list(_get(model, "backbone_kwargs.out_strides") or DEFAULT_OUT_STRIDES)
+    anchors, masks = model.get("anchors"), model.get("anchor_masks")
+    if anchors is not None and masks is None:
+        shaped = isinstance(anchors, (list, tuple)) and len(anchors) == len(strides) and all(map(_pairs, anchors))
         _require(shaped, "model.init_args.anchors", anchors,
-                 f"one list of (w, h) pairs > 0 per feature stride {list(strides)}, e.g. [[[10, 14], [23, 27]], "
-                 "[[81, 82], [135, 169]]]")
+                 f"one list of (w, h) pairs > 0 per feature stride {strides}, e.g. [[[10, 14], [23, 27]], "
+                 "[[81, 82], [135, 169]]] (or one flat list with anchor_masks)")
+    if anchors is not None and masks is not None:
+        flat = [a for scale in anchors for a in scale] if anchors and not _pairs(anchors) else anchors
+        _require(_pairs(flat), "model.init_args.anchors", anchors, "(w, h) pairs > 0")
+        shaped = isinstance(masks, (list, tuple)) and len(masks) == len(strides) and all(
+            isinstance(m, (list, tuple)) and m and all(isinstance(i, int) and 0 <= i < len(flat) for i in m)
+            for m in masks)
+        _require(shaped, "model.init_args.anchor_masks", masks,
+                 f"one list of anchor indices in 0..{len(flat) - 1} per feature stride {strides}")
     for key, value in (("model.init_args.image_size", model.get("image_size")),
                        ("data.init_args.image_size", data.get("image_size") if data is not None else None)):
         if value is not None:

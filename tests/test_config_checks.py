@@ -34,6 +34,9 @@ def test_value_errors_name_key_value_and_what_is_allowed(override, message, caps
 @pytest.mark.parametrize("override, message", [
     (["--model.init_args.anchors", "[[[10, 14]], [[20, 30], [5]]]"], "anchors"),  # a type error: jsonargparse
     (["--model.init_args.anchors", "[[[10, 14], [23, 27]]]"], "one list of (w, h) pairs > 0 per feature stride [16, 32]"),
+    (["--model.init_args.anchors", "[[[10, 14], [23, 27]], [[37, 58]]]", "--model.init_args.anchor_masks",
+      "[[0, 1], [2, 3]]"],
+     "model.init_args.anchor_masks=[[0, 1], [2, 3]] is not allowed: one list of anchor indices in 0..2 per feature"),
     (["--model.init_args.image_size", "100"], "model.init_args.image_size=100 is not allowed: a positive multiple of "
                                               "the largest feature stride 32"),
     (["--data.init_args.image_size", "120"], "data.init_args.image_size=120"),
