@@ -64,7 +64,8 @@ def warn_counts(split: str, what: str, counts: Counter, files: list[str]) -> Non
     if not counts:
         return
     kinds = ", ".join(f"{v} {k.replace('_', '-')}" for k, v in sorted(counts.items()))
-    shown = ", ".join(files[:FIRST_FILES]) + (f" and {len(files) - FIRST_FILES} more" if len(files) > FIRST_FILES else "")
+    more = len(files) - FIRST_FILES
+    shown = ", ".join(files[:FIRST_FILES]) + (f" and {more} more" if more > 0 else "")
     warnings.warn(f"{split} split: {what}: {kinds} (in {shown})", stacklevel=3)
 
 
@@ -106,7 +107,8 @@ def check_records(records: list[Any], split: str, skip_bad_samples: bool = False
 
 def collect(items: Iterable[T], read: Callable[[T], Any], split: str, skip_bad_samples: bool,
             errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> list[Any]:
-    """``[read(item) for item in items]``; a failing item raises, or with ``skip_bad_samples`` is skipped and counted."""
+    """``[read(item) for item in items]``; a failing item raises, or with ``skip_bad_samples`` is skipped
+    and counted."""
     out, bad = [], []
     for item in items:
         try:

@@ -104,7 +104,8 @@ def _fitting_config(checkpoint: Mapping[str, Any], path: Path) -> str:
                 + yaml.safe_dump(_plain(fit), sort_keys=True, default_flow_style=None).rstrip())
     for folder in (path.parent, path.parent.parent):
         if (folder / "config.yaml").is_file():
-            return f"The run that wrote it was configured by {folder / 'config.yaml'}: pass --config {folder / 'config.yaml'}"
+            config = folder / "config.yaml"
+            return f"The run that wrote it was configured by {config}: pass --config {config}"
     return "No configuration was saved with it: use the config of the run that wrote it."
 
 

@@ -28,7 +28,8 @@ LINKED_FROM_DATA = ("num_classes", "in_channels", "image_size", "class_names")
 class SpikelocCLI(LightningCLI):
     """``model`` and ``data`` are chosen by ``class_path``; the datamodule's ``num_classes``,
     ``in_channels``, ``image_size`` and ``class_names`` flow into the model (where it takes them);
-    ``checkpoint`` configures ModelCheckpoint."""
+    ``checkpoint`` configures :class:`SafeCheckpoint` (Lightning's ModelCheckpoint that never writes
+    non-finite weights); SIGTERM/SIGINT save a resumable checkpoint."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         self.raw_args = args
@@ -44,7 +45,6 @@ class SpikelocCLI(LightningCLI):
                              "checkpoint.auto_insert_metric_name": False})
         for key in LINKED_FROM_DATA:
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
-
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         return super().init_parser(allow_abbrev=False, **kwargs)  # --trainer.max_epoch is an error, not max_epochs
@@ -72,7 +72,8 @@ class SpikelocCLI(LightningCLI):
 def resume_hint(args: Any) -> str:
     """The command line that resumes this run: the same arguments with ``--ckpt_path last``."""
     args = list(sys.argv[1:] if args is None else args)
-    kept = [a for i, a in enumerate(args) if not a.startswith("--ckpt_path") and (i == 0 or args[i - 1] != "--ckpt_path")]
+    kept = [a for i, a in enumerate(args)
+            if not a.startswith("--ckpt_path") and (i == 0 or args[i - 1] != "--ckpt_path")]
     return shlex.join(["python", "tools/train.py", *kept, "--ckpt_path", "last"])
 
 

@@ -43,7 +43,7 @@ def _number(value: Any) -> bool:
 def check_config_files(args: Sequence[str]) -> None:
     """Every ``--config FILE`` must be a readable YAML mapping; fails naming the file otherwise."""
     args = list(args)
-    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
     paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
     for name in paths:
         path = Path(name).expanduser()

@@ -18,7 +18,8 @@ def start(config, *overrides):
 
 @pytest.mark.parametrize("override, message", [
     (["--model.init_args.num_steps", "0"], "model.init_args.num_steps=0 is not allowed: an integer >= 1"),
-    (["--model.init_args.fptt.parts", "3"], "model.init_args.fptt.parts=3 is not allowed: null or a divisor of num_steps=4"),
+    (["--model.init_args.fptt.parts", "3"],
+     "model.init_args.fptt.parts=3 is not allowed: null or a divisor of num_steps=4"),
     (["--model.init_args.fptt.alpha", "0"], "model.init_args.fptt.alpha=0.0 is not allowed: a number > 0"),
     (["--model.init_args.fptt.beta", "1.5"], "model.init_args.fptt.beta=1.5 is not allowed: a number in (0, 1]"),
     (["--model.init_args.fptt.beta", "0"], "model.init_args.fptt.beta=0.0 is not allowed"),
@@ -33,7 +34,8 @@ def test_value_errors_name_key_value_and_what_is_allowed(override, message, caps
 
 @pytest.mark.parametrize("override, message", [
     (["--model.init_args.anchors", "[[[10, 14]], [[20, 30], [5]]]"], "anchors"),  # a type error: jsonargparse
-    (["--model.init_args.anchors", "[[[10, 14], [23, 27]]]"], "one list of (w, h) pairs > 0 per feature stride [16, 32]"),
+    (["--model.init_args.anchors", "[[[10, 14], [23, 27]]]"],
+     "one list of (w, h) pairs > 0 per feature stride [16, 32]"),
     (["--model.init_args.anchors", "[[[10, 14], [23, 27]], [[37, 58]]]", "--model.init_args.anchor_masks",
       "[[0, 1], [2, 3]]"],
      "model.init_args.anchor_masks=[[0, 1], [2, 3]] is not allowed: one list of anchor indices in 0..2 per feature"),

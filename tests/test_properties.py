@@ -68,7 +68,8 @@ def test_encode_inverts_decode(cx, cy, cell, w, h, anchor, stride):
     assume(all(-8.0 < np.log(s / a) < 4.0 for s, a in zip((w, h), anchor)))  # decode's clamp on log(wh / anchor)
     x, y = (cell[0] + cx) * stride, (cell[1] + cy) * stride
     box = torch.tensor([[x - w / 2, y - h / 2, x + w / 2, y + h / 2]], dtype=torch.float64)
-    t = encode_boxes(box, torch.tensor([cell], dtype=torch.float64), torch.tensor([anchor], dtype=torch.float64), stride)
+    as_tensor = lambda value: torch.tensor([value], dtype=torch.float64)  # noqa: E731
+    t = encode_boxes(box, as_tensor(cell), as_tensor(anchor), stride)
     raw = torch.zeros(1, 1, 4, 4, 4, dtype=torch.float64)
     raw[0, 0, cell[1], cell[0]] = t[0]
     decoded = decode_boxes(raw, [anchor], stride)[0, 0, cell[1], cell[0]]

@@ -86,7 +86,8 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_same_weights(tmp_path, unint
     assert code == 128 + signal.SIGTERM, out
     assert "SIGTERM: stopped at epoch 0, step 12" in out and "--ckpt_path last" in out
     saved = torch.load(tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["global_step"] == 12 and saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"batches_served": 6}]
+    assert saved["global_step"] == 12
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"batches_served": 6}]
     code, out = train(write_config(tmp_path), "--ckpt_path", "last")
     assert code == 0, out
     assert not (tmp_path / "run" / "version_1").exists()  # resumed in the same run folder
