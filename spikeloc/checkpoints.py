@@ -1,7 +1,7 @@
 """Checkpoint files: read them with clear errors, compare them with a model, find a run's newest.
 
-- :func:`read_checkpoint`: ``torch.load(weights_only=True)`` that names the file and what is wrong
-  (missing, a folder, empty, truncated, not a checkpoint, no weights in it).
+- :func:`load_checkpoint` / :func:`read_checkpoint`: ``torch.load(weights_only=True)`` that names
+  the file and what is wrong (missing, a folder, empty, truncated, not a checkpoint, no weights).
 - :func:`check_architecture`: a checkpoint's weights against a model, summarised (how many keys
   missing / unexpected / of another shape, the first few) with the saved config that would fit.
 - :func:`resolve_last`: ``--ckpt_path last`` -> the newest readable checkpoint of the run, and the
@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +24,10 @@ FIRST_FEW = 5  # keys named in a summary
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """A checkpoint holding objects other than tensors and plain values (refused by ``weights_only``)."""
 
 
 def check_checkpoint_file(path: str | Path) -> Path:
@@ -45,23 +50,38 @@ def check_checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a Lightning checkpoint (or a plain ``state_dict``) safely, or fail naming the file.
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict saved in ``path`` (a Lightning ``.ckpt``, a ``state_dict`` or a timm file), read with
+    ``weights_only=True`` (no code from the file runs); the one place where spikeloc calls ``torch.load``.
 
     Raises:
-        CheckpointError: the file is missing, a folder, empty, truncated or not a checkpoint.
+        CheckpointError: the file is missing, a folder, empty, truncated, damaged or not a dict.
     """
     path = check_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(f"checkpoint '{path}' holds objects other than tensors and plain values; "
+                                    "spikeloc reads checkpoints with weights_only=True and runs no code from "
+                                    f"them ({str(err).splitlines()[0]})") from err
     except Exception as err:  # torch raises many types for damaged archives
         raise CheckpointError(f"checkpoint '{path}' cannot be read: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'damaged file'}") from err
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict of weights")
+    return dict(checkpoint)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """:func:`load_checkpoint` for files that must hold weights: a ``state_dict`` entry or only tensors.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`, or no weights in the file.
+    """
+    checkpoint = load_checkpoint(path, map_location)
     if "state_dict" not in checkpoint and not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CheckpointError(f"checkpoint '{path}' has no 'state_dict' (keys: {sorted(checkpoint)[:FIRST_FEW]})")
-    return dict(checkpoint)
+    return checkpoint
 
 
 def _first(keys: list[str]) -> str:
@@ -174,11 +194,3 @@ def resolve_last(config: Any) -> None:
             k = 1 + sum(1 for _ in place.parent.glob("metrics.*.csv"))
             metrics.rename(place.parent / f"metrics.{k}.csv")
 
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The dict saved in ``path`` (a Lightning ``.ckpt`` or a ``state_dict`` file), read on the CPU with
-    ``weights_only=True`` (no code from the file runs)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise TypeError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
-    return checkpoint
