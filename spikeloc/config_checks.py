@@ -61,15 +61,30 @@ def check_config_files(args: Sequence[str]) -> None:
                               "(see configs/quickstart.yaml)")
 
 
-def check_loop(model: Any) -> None:
+def _sequence_length(model: Any, data: Any) -> tuple[str, int] | None:
+    """``(key, T)`` the FPTT parts must divide: the data's own sequence length where it has one
+    (``num_steps`` of event data, ``seq_len``), else the model's ``num_steps`` for static inputs;
+    ``None`` when only the data knows it (``presentation: sequential_pixels``)."""
+    data = data if data is not None else {}
+    for key in ("num_steps", "seq_len"):
+        if isinstance(data.get(key), int):
+            return f"data.init_args.{key}", data.get(key)
+    if data.get("presentation", "static") != "static":
+        return None
+    return "num_steps", model.get("num_steps")
+
+
+def check_loop(model: Any, data: Any = None) -> None:
     """The online loop's values: T, K, FPTT alpha/beta, learning rates, non-finite limit."""
     steps = model.get("num_steps")
     _require(isinstance(steps, int) and steps >= 1, "model.init_args.num_steps", steps, "an integer >= 1")
     fptt = model.get("fptt")
     if model.get("algorithm", "fptt") == "fptt" and fptt is not None:
-        parts = fptt.get("parts")
-        _require(parts is None or isinstance(parts, int) and parts >= 1 and steps % parts == 0,
-                 "model.init_args.fptt.parts", parts, f"null or a divisor of num_steps={steps}")
+        parts, length = fptt.get("parts"), _sequence_length(model, data)
+        allowed = f"null or a divisor of {length[0]}={length[1]}" if length else "null or an integer >= 1"
+        ok = parts is None or isinstance(parts, int) and parts >= 1 and (
+            length is None or isinstance(length[1], int) and length[1] >= 1 and length[1] % parts == 0)
+        _require(ok, "model.init_args.fptt.parts", parts, allowed)
         alpha, beta = fptt.get("alpha"), fptt.get("beta")
         _require(_number(alpha) and alpha > 0, "model.init_args.fptt.alpha", alpha, "a number > 0")
         _require(_number(beta) and 0 < beta <= 1, "model.init_args.fptt.beta", beta, "a number in (0, 1]")
@@ -143,7 +158,7 @@ def check_run_config(config: Any) -> None:
     model = _get(config, "model.init_args")
     data = _get(config, "data.init_args")
     if model is not None:
-        check_loop(model)
+        check_loop(model, data)
         if "anchors" in model or "backbone" in model:
             check_detector(model, data)
     check_data(data)

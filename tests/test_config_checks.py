@@ -1,4 +1,6 @@
 """Impossible configs fail at start-up, before anything is built, naming the key, the value and what is allowed."""
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,3 +112,21 @@ def test_config_validation_accepts_exactly_the_allowed_values(steps, parts, alph
     except ConfigError:
         accepted = False
     assert accepted == allowed
+
+
+@pytest.mark.parametrize("data, parts, message", [
+    ({"num_steps": 20}, 10, None),  # event frames bring their own T
+    ({"num_steps": 20}, 3, "model.init_args.fptt.parts=3 is not allowed: null or a divisor of data.init_args.num_steps=20"),
+    ({"seq_len": 200}, 10, None),
+    ({"presentation": "sequential_pixels"}, 784, None),  # only the data knows T
+    ({"presentation": "static"}, 3, "null or a divisor of num_steps=8"),
+])
+def test_fptt_parts_divide_the_sequence_the_data_presents(data, parts, message):
+    namespace = config(8, parts, 0.1, 0.5, 0.01, 4)
+    for key, value in data.items():
+        namespace.data.init_args[key] = value
+    if message is None:
+        check_run_config(namespace)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_run_config(namespace)
