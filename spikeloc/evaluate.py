@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from spikeloc.checkpoints import load_checkpoint
+from spikeloc.checkpoints import check_architecture, load_checkpoint
 from spikeloc.cli import LINKED_FROM_DATA, SpikelocCLI
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -41,14 +41,15 @@ def _component(hparams: dict[str, Any] | None, class_path: str | None, drop: Seq
     return json.dumps({"class_path": class_path, "init_args": init_args})
 
 
-def checkpoint_args(path: str | Path) -> list[str]:
-    """CLI arguments that rebuild the model and datamodule a checkpoint was trained with.
+def checkpoint_args(path: str | Path, checkpoint: dict[str, Any] | None = None) -> list[str]:
+    """CLI arguments that rebuild the model and datamodule a checkpoint was trained with (``checkpoint``:
+    the file's content when already read).
 
     The model's init arguments come from its ``hyper_parameters``, the datamodule's from
     ``datamodule_hyper_parameters``; ``num_classes``, ``in_channels``, ``image_size`` and
     ``class_names`` are left to the CLI's links from the datamodule.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path)
     classes = checkpoint.get("class_paths") or {}
     model = _component(checkpoint.get("hyper_parameters"), classes.get("model"), LINKED_FROM_DATA)
     if model is None:
@@ -61,10 +62,12 @@ def build_run(ckpt: str | Path, config: str | None = None, overrides: Sequence[s
     """Datamodule, model and trainer as the checkpoint describes them, then ``config`` and the CLI
     ``overrides`` on top (another data root, thresholds, trainer flags). Nothing is trained or loaded:
     pass ``ckpt_path`` to the trainer. The trainer logs nothing, no config is saved and the backbone's
-    ``pretrained`` file is not read (the checkpoint holds every weight)."""
+    ``pretrained`` file is not read (the checkpoint holds every weight). Weights that do not fit the
+    rebuilt model (another architecture, a wrong override) fail here with a short summary."""
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file")
-    args = checkpoint_args(ckpt)
+    checkpoint = load_checkpoint(ckpt)
+    args = checkpoint_args(ckpt, checkpoint)
     if config is None and "--data" not in args:
         raise ValueError(f"{ckpt} holds no datamodule arguments (its datamodule does not call "
                          "save_hyperparameters): pass --config with a data section")
@@ -72,7 +75,9 @@ def build_run(ckpt: str | Path, config: str | None = None, overrides: Sequence[s
                                                            "--model.init_args.pretrained=null", *overrides]
     with warnings.catch_warnings():  # the tool's own argv is not the CLI's: the arguments are passed explicitly
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return SpikelocCLI(args, save_config_callback=None)
+        cli = SpikelocCLI(args, save_config_callback=None)
+    check_architecture(checkpoint, cli.model, ckpt)
+    return cli
 
 
 def summary(metrics: dict[str, float], stage: str) -> dict[str, Any]:
@@ -156,6 +161,8 @@ def image_loader(path: str | Path, size: int, datamodule: Any = None, batch_size
     prepared as the datamodule's evaluation split is (letterbox or plain resize), else letterboxed to ``size``."""
     from datamodules.detection import collate_detection
     from datamodules.transforms import eval_transform
+    from datamodules.validation import readable_images
 
     transform = datamodule.eval_transform() if hasattr(datamodule, "eval_transform") else eval_transform(size)
-    return DataLoader(ImageFiles(image_files(path), transform), batch_size=batch_size, collate_fn=collate_detection)
+    files = readable_images(image_files(path))  # an unreadable image is skipped with a warning
+    return DataLoader(ImageFiles(files, transform), batch_size=batch_size, collate_fn=collate_detection)

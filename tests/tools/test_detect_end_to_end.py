@@ -49,8 +49,9 @@ def test_train_eval_predict_on_a_voc_folder(tmp_path):
     assert isinstance(json.loads((out / "coco_results_test.json").read_text()), list)
 
     pictures = tmp_path / "pred"
+    (root / "VOC2007" / "JPEGImages" / "broken.jpg").write_bytes(b"not an image")  # skipped with a warning
     run_tool("predict.py", "--ckpt", str(ckpt), "--input", str(root / "VOC2007" / "JPEGImages"), "--out",
              str(pictures), "--trainer.enable_progress_bar", "false")
-    assert len(list(pictures.glob("*.png"))) == 12
+    assert len(list(pictures.glob("*.png"))) == 12 and not (pictures / "broken.png").exists()
     detections = json.loads((pictures / "detections.json").read_text())
     assert {"image_id", "category_id", "bbox", "score", "file_name"} <= set(detections[0])

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from spikeloc.checkpoints import CheckpointError
 from spikeloc.cli import SpikelocCLI
 from spikeloc.evaluate import build_run, checkpoint_args, format_report, summary
 from spikeloc.training import SpikingClassifier
@@ -67,3 +68,9 @@ def test_missing_datamodule_arguments_are_named(tmp_path):
         build_run(tmp_path / "quadrant.ckpt")
     with pytest.raises(FileNotFoundError, match="no such file"):
         build_run(tmp_path / "missing.ckpt")
+
+
+def test_an_override_that_changes_the_architecture_is_summarised(cli_checkpoint):
+    path, _ = cli_checkpoint
+    with pytest.raises(CheckpointError, match="missing|other shape"):
+        build_run(path, overrides=["--model.init_args.model_kwargs", '{"channels": [8, 16, 32]}'])
