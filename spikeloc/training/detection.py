@@ -71,7 +71,11 @@ class SpikingDetector(OnlineModule):
         anchors: per scale a list of (w, h) in input pixels; ``None``: SPYv4's scaled to ``image_size``.
         readout: ``last`` (the head's output of each step) or ``leaky`` (integrated over steps).
         image_size: network input side (anchor scaling, head bias priors).
-        neck_kwargs: ``neuron`` / ``neuron_kwargs`` of the neck cells.
+        neck_kwargs: ``neuron`` / ``neuron_kwargs`` / ``output_neuron`` of the neck cells.
+        neuron: when given, the neuron of every cell of backbone and neck (``ann``: the non-spiking
+            twin), unless ``backbone_kwargs`` / ``neck_kwargs`` name their own.
+        init_from: a checkpoint of a whole detector (e.g. the trained ANN twin) loaded into backbone,
+            neck and head before training; what it lacks (the tau-convs) stays fresh and is reported.
         loss_kwargs: extra :class:`YOLOLoss` arguments (``box_weight``, ``ignore_iou`` ...).
         conf_threshold / iou_threshold / max_detections: post-processing for evaluation.
         **kwargs: the loop's settings (``num_steps``, ``algorithm``, ``fptt`` ...), see :class:`OnlineModule`.
@@ -83,13 +87,19 @@ class SpikingDetector(OnlineModule):
                  readout: Literal["last", "leaky"] = "last", image_size: int = 416,
                  neck_kwargs: dict[str, Any] | None = None, loss_kwargs: dict[str, Any] | None = None,
                  conf_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int = 100,
-                 **kwargs: Any) -> None:
+                 neuron: str | None = None, init_from: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        net = timm.create_model(backbone, num_classes=0, in_chans=in_channels, **(backbone_kwargs or {}))
+        backbone_kwargs, neck_kwargs = dict(backbone_kwargs or {}), dict(neck_kwargs or {})
+        if neuron is not None:
+            backbone_kwargs.setdefault("neuron", neuron)
+            neck_kwargs.setdefault("neuron", neuron)
+        net = timm.create_model(backbone, num_classes=0, in_chans=in_channels, **backbone_kwargs)
         if pretrained:
             rank_zero_info(load_pretrained(net, pretrained).summary())
         anchors = anchors if anchors is not None else scaled_anchors(image_size)
-        self.model = SpikingYOLO(net, num_classes, anchors, readout, image_size=image_size, **(neck_kwargs or {}))
+        self.model = SpikingYOLO(net, num_classes, anchors, readout, image_size=image_size, **neck_kwargs)
+        if init_from:
+            rank_zero_info(load_pretrained(self.model, init_from, prefix="model.").summary())
         self.loss = YOLOLoss(self.model.anchors, self.model.strides, num_classes, **(loss_kwargs or {}))
         self.postprocess = YOLOPostprocess(conf_threshold, iou_threshold, max_detections,
                                            anchors=self.model.anchors, strides=self.model.strides)

@@ -20,7 +20,8 @@ class SpikingYOLO(nn.Module):
             the backbone strides to be (16, 32)).
         readout: ``"last"`` (the head's 1x1 output of the current step) or ``"leaky"``
             (a leaky integrator over the steps).
-        neuron, neuron_kwargs: the neuron of the neck cells.
+        neuron, neuron_kwargs: the neuron of the neck cells; output_neuron: of the neck cells that
+            feed the head (see :class:`SpikingYOLONeck`).
         image_size: input side used for the head's bias priors.
 
     ``forward(x_t, state=None)``: ``x_t`` ``[B, 3, S, S]`` -> raw outputs, per scale
@@ -29,7 +30,7 @@ class SpikingYOLO(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int = 20, anchors: Anchors | None = None,
                  readout: Readout = "last", neuron: NeuronKind = "ltc", neuron_kwargs: dict | None = None,
-                 image_size: int = 416) -> None:
+                 image_size: int = 416, output_neuron: NeuronKind | None = None) -> None:
         super().__init__()
         strides = [int(s) for s in backbone.strides]
         if anchors is None:
@@ -41,7 +42,7 @@ class SpikingYOLO(nn.Module):
         self.strides = strides
         self.num_classes = num_classes
         self.backbone = backbone
-        self.neck = SpikingYOLONeck(backbone.out_channels, neuron, neuron_kwargs)
+        self.neck = SpikingYOLONeck(backbone.out_channels, neuron, neuron_kwargs, output_neuron)
         self.head = YOLOHead(self.neck.out_channels, [len(a) for a in self.anchors], num_classes, readout,
                              strides, image_size)
 
