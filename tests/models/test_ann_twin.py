@@ -56,3 +56,28 @@ def test_snn_starts_from_the_twin_with_only_the_tau_convs_missing(tmp_path):
         assert torch.equal(loaded[key], value), key
     rebuilt = _detector(init_from=str(path))  # the module option does the same
     assert all(torch.equal(rebuilt.model.state_dict()[k], v) for k, v in twin.model.state_dict().items())
+
+
+def test_csp_shortcut_adds_the_block_input_spikes_to_conv3_current():
+    from functools import partial
+
+    from spikeloc.models.backbones.spyv4 import CSPBlock
+    from spikeloc.neurons import SpikingConv2d
+
+    torch.manual_seed(0)
+    block = CSPBlock(8, 8, partial(SpikingConv2d, neuron="ltc", threshold=0.5), shortcut=True)  # train-mode BN: currents ~ N(0, 1), so cells fire
+    x = (torch.rand(2, 8, 8, 8) > 0.7).float()
+    _, t, _ = block(x)
+    a, _ = block.conv1(x)
+    b1, _ = block.conv2(a[:, 4:])
+    b2, _ = block.conv3.neuron(block.conv3.bn(block.conv3.conv(b1)) + b1)  # residual before the spike
+    expected, _ = block.conv4(torch.cat([b2, b1], dim=1))
+    assert torch.equal(t, expected)
+    plain, _ = block.conv3(b1)
+    assert not torch.equal(b2, plain)  # the shortcut changes which neurons fire
+
+
+def test_analog_stem_only_changes_the_first_cell():
+    model = timm.create_model("spyv4_tiny", width=0.125, num_classes=0, stem_neuron="ann")
+    assert type(model.conv1.neuron).__name__ == "ANNNeuron"
+    assert type(model.conv2.neuron).__name__ == "LTCNeuron"
