@@ -54,8 +54,8 @@ class LTCNeuron(nn.Module):
 
 
 class LTCReadoutNeuron(nn.Module):
-    """Non-spiking LTC cell (the read-out neuron of the README's LTC-SN section): ``u' = u + tau (i - u)``
-    with the liquid ``tau`` of :class:`LTCNeuron`, no threshold and no reset; the output is ``u'``.
+    """Non-spiking LTC cell (README, "Learning: SNN vs ANN twin"): ``u' = u + tau (i - u)`` with the
+    liquid ``tau`` of :class:`LTCNeuron`, no threshold and no reset; the output is the membrane ``u'``.
 
     Same parameters (``tau_conv``, ``tau_bn``) as :class:`LTCNeuron`, so the two load each other's
     weights. Current and output ``[B, C, H, W]``; state ``{"u"}``. Spiking-only arguments
@@ -92,7 +92,7 @@ def _check_ignored(kwargs: dict, owner: str, allowed: frozenset = SPIKING_ONLY) 
 
 
 class ANNNeuron(nn.Module):
-    """Stateless non-spiking twin of a neuron: ``y = activation(i)`` (the "ANN twin" of the README).
+    """Stateless non-spiking twin of a neuron: ``y = activation(i)`` (README, "Learning: SNN vs ANN twin").
 
     ``activation``: ``leaky_relu`` (slope 0.1, as darknet), ``relu`` or ``silu``. Spiking-only
     arguments (threshold, surrogate, reset, tau kernel, leak ...) are accepted and ignored, so one
