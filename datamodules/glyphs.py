@@ -23,7 +23,7 @@ from PIL import ImageFont
 from torch.utils.data import Dataset
 
 from datamodules.detection import DetectionDataModule, Transform, make_record, make_sample
-from datamodules.transforms import eval_transform, train_transform
+from datamodules.transforms import train_transform
 
 CLASS_NAMES = [str(digit) for digit in range(10)]
 SPLIT_CODES = {"train": 0, "val": 1}
