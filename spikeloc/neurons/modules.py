@@ -2,8 +2,8 @@
 
 Every module here: ``forward(x_t, state=None) -> (y_t, state)`` for one time step, where
 ``state`` is a dict of batch-first tensors and ``None`` means fresh: all zeros, except the
-membrane ``u`` of the spiking neurons when ``init_state="uniform"`` (drawn from U[0, 1) with the
-global torch RNG, as the reference does; seed it for reproducible runs).
+membrane ``u`` of the LTC, LIF and ALIF neurons and the LTC read-out when ``init_state="uniform"``
+(drawn from U[0, 1) with the global torch RNG, as the paper's code does; seed it for reproducible runs).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from . import functional as F
 from .surrogate import Surrogate, get_surrogate
 
-NeuronKind = Literal["ltc", "lif", "alif"]
+NeuronKind = Literal["ltc", "lif", "alif", "ltc_readout", "ann"]
 InitState = Literal["zeros", "uniform"]
 
 
@@ -34,26 +34,103 @@ def _membrane(state: dict | None, like: Tensor, init_state: InitState) -> Tensor
     return torch.zeros_like(like)
 
 
+def _spiking_repr(module: nn.Module) -> str:
+    return f"threshold={module.threshold}, reset={module.reset}, surrogate={module.surrogate}"
+
+
 class LTCNeuron(nn.Module):
     """Convolutional LTC-SN: ``tau = sigmoid(BN'(conv_k(i + u)))`` then :func:`ltc_step`.
 
     Input current and output spikes ``[B, C, H, W]``; state ``{"u": [B, C, H, W]}``.
+    ``tau_bias`` initialises the bias of ``BN'``, so the initial mean ``tau`` is ``sigmoid(tau_bias)``.
     """
 
     def __init__(self, channels: int, tau_kernel: int = 3, threshold: float = 1.0,
-                 surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
-                 init_state: InitState = "zeros") -> None:
+                 surrogate: str | dict | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
+                 tau_bias: float = 0.0, init_state: InitState = "zeros") -> None:
         super().__init__()
         self.init_state = init_state
         self.tau_conv = nn.Conv2d(channels, channels, tau_kernel, padding=tau_kernel // 2, bias=False)
         self.tau_bn = nn.BatchNorm2d(channels)
+        nn.init.constant_(self.tau_bn.bias, tau_bias)
         self.threshold, self.surrogate, self.reset = threshold, get_surrogate(surrogate), reset
+
+    def tau(self, current: Tensor, u: Tensor) -> Tensor:
+        """Liquid time constant ``sigmoid(BN'(conv_k(i + u)))``, shaped like ``current``."""
+        return torch.sigmoid(self.tau_bn(self.tau_conv(current + u)))
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         u = _membrane(state, current, self.init_state)
-        tau = torch.sigmoid(self.tau_bn(self.tau_conv(current + u)))
-        spike, u = F.ltc_step(current, u, tau, self.threshold, self.surrogate, self.reset)
+        spike, u = F.ltc_step(current, u, self.tau(current, u), self.threshold, self.surrogate, self.reset)
         return spike, {"u": u}
+
+    def extra_repr(self) -> str:
+        return f"{_spiking_repr(self)}, tau_kernel={self.tau_conv.kernel_size[0]}"
+
+
+class LTCReadoutNeuron(nn.Module):
+    """Non-spiking LTC cell (README, "Learning: SNN vs ANN twin"): ``u' = u + tau (i - u)`` with the
+    liquid ``tau`` of :class:`LTCNeuron`, no threshold and no reset; the output is the membrane ``u'``.
+
+    Same parameters (``tau_conv``, ``tau_bn``) as :class:`LTCNeuron`, so the two load each other's
+    weights. Current and output ``[B, C, H, W]``; state ``{"u"}``. Spiking-only arguments
+    (``threshold``, ``surrogate``, ``reset``) are accepted and ignored.
+    """
+
+    def __init__(self, channels: int, tau_kernel: int = 3, tau_bias: float = 0.0, init_state: InitState = "zeros",
+                 **spiking: object) -> None:
+        super().__init__()
+        _check_ignored(spiking, type(self).__name__)
+        self.init_state = init_state
+        self.tau_conv = nn.Conv2d(channels, channels, tau_kernel, padding=tau_kernel // 2, bias=False)
+        self.tau_bn = nn.BatchNorm2d(channels)
+        nn.init.constant_(self.tau_bn.bias, tau_bias)
+
+    tau = LTCNeuron.tau
+
+    def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        u = _membrane(state, current, self.init_state)
+        u = F.readout_step(current, u, self.tau(current, u))
+        return u, {"u": u}
+
+    def extra_repr(self) -> str:
+        return f"non-spiking, tau_kernel={self.tau_conv.kernel_size[0]}"
+
+
+SPIKING_ONLY = frozenset({"tau_kernel", "threshold", "surrogate", "reset", "tau_bias", "decay", "rho", "scale",
+                          "init_state"})
+
+
+def _check_ignored(kwargs: dict, owner: str, allowed: frozenset = SPIKING_ONLY) -> None:
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(f"{owner} got unknown neuron arguments {unknown}; spiking-only ones accepted: "
+                        f"{sorted(allowed)}")
+
+
+class ANNNeuron(nn.Module):
+    """Stateless non-spiking twin of a neuron: ``y = activation(i)`` (README, "Learning: SNN vs ANN twin").
+
+    ``activation``: ``leaky_relu`` (slope 0.1, as darknet), ``relu`` or ``silu``. Spiking-only
+    arguments (threshold, surrogate, reset, tau kernel, leak ...) are accepted and ignored, so one
+    config switches a whole network with ``neuron: ann``. Any shape; state is ``{}``.
+    """
+
+    ACTIVATIONS = {"leaky_relu": lambda x: torch.nn.functional.leaky_relu(x, 0.1),
+                   "relu": torch.relu, "silu": torch.nn.functional.silu}
+
+    def __init__(self, channels: int | None = None, activation: str = "leaky_relu", **spiking: object) -> None:
+        super().__init__()
+        _check_ignored(spiking, type(self).__name__)
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(self.ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+
+    def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        return self.ACTIVATIONS[self.activation](current), {}
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}, stateless"
 
 
 class LIFNeuron(nn.Module):
@@ -70,6 +147,9 @@ class LIFNeuron(nn.Module):
         u = _membrane(state, current, self.init_state)
         spike, u = F.lif_step(current, u, self.decay, self.threshold, self.surrogate, self.reset)
         return spike, {"u": u}
+
+    def extra_repr(self) -> str:
+        return f"{_spiking_repr(self)}, decay={self.decay}"
 
 
 class ALIFNeuron(nn.Module):
@@ -93,12 +173,17 @@ class ALIFNeuron(nn.Module):
         spike, u = F.lif_step(current, u, self.decay, theta, self.surrogate, self.reset)
         return spike, {"u": u, "b": b, "s": spike}
 
+    def extra_repr(self) -> str:
+        return f"{_spiking_repr(self)}, decay={self.decay}, rho={self.rho}, scale={self.scale}"
 
-NEURONS: dict[str, type[nn.Module]] = {"ltc": LTCNeuron, "lif": LIFNeuron, "alif": ALIFNeuron}
+
+NEURONS: dict[str, type[nn.Module]] = {"ltc": LTCNeuron, "lif": LIFNeuron, "alif": ALIFNeuron,
+                                       "ltc_readout": LTCReadoutNeuron, "ann": ANNNeuron}
 
 
 def make_neuron(kind: NeuronKind, channels: int, **kwargs) -> nn.Module:
-    """A convolutional neuron by name: ``ltc`` (default of the paper), ``lif`` or ``alif``."""
+    """A convolutional neuron by name: ``ltc`` (default of the paper), ``lif``, ``alif``, the
+    non-spiking ``ltc_readout`` or the stateless ``ann`` twin."""
     if kind not in NEURONS:
         raise ValueError(f"unknown neuron {kind!r}; expected one of {sorted(NEURONS)}")
     return NEURONS[kind](channels, **kwargs)
@@ -124,7 +209,7 @@ class SpikingConv2d(nn.Module):
 
 
 class LTCDense(nn.Module):
-    """Dense LTC-SN layer, optionally recurrent and with an adaptive threshold (DESIGN 1.1).
+    """Dense LTC-SN layer, optionally recurrent and with an adaptive threshold (the paper; README "What is inside").
 
     ``i = W x (+ W_rec s_prev)``, ``tau = sigmoid(W_tau [i, u])``; adaptive:
     ``rho = sigmoid(W_rho [i, b])``, ``theta = 0.1 + 1.8 b``. ``x`` ``[B, N_in]`` -> ``[B, N]``;
@@ -155,6 +240,10 @@ class LTCDense(nn.Module):
             threshold, new_state["b"] = F.adaptive_threshold(b, s, rho)
         spike, u = F.ltc_step(current, u, tau, threshold, self.surrogate, self.reset)
         return spike, {"u": u, "s": spike, **new_state}
+
+    def extra_repr(self) -> str:
+        kind = "adaptive" if self.rho is not None else f"threshold={self.threshold}"
+        return f"{kind}, reset={self.reset}, surrogate={self.surrogate}, recurrent={self.recurrent is not None}"
 
 
 class LeakyReadout(nn.Module):

@@ -78,10 +78,18 @@ class ATan(Surrogate):
 SURROGATES: dict[str, type[Surrogate]] = {"multi_gaussian": MultiGaussian, "sigmoid": Sigmoid, "atan": ATan}
 
 
-def get_surrogate(name: str | Surrogate) -> Surrogate:
-    """A surrogate by name (``multi_gaussian``, ``sigmoid``, ``atan``) with its default parameters."""
+def get_surrogate(name: str | dict | Surrogate) -> Surrogate:
+    """A surrogate by name (``multi_gaussian``, ``sigmoid``, ``atan``) with its default parameters,
+    or a dict ``{"name": ..., **parameters}`` (e.g. ``{"name": "multi_gaussian", "sigma": 0.5}``)."""
     if isinstance(name, Surrogate):
         return name
+    params: dict = {}
+    if isinstance(name, dict):
+        params = dict(name)
+        name = params.pop("name", None)
     if name not in SURROGATES:
         raise ValueError(f"unknown surrogate {name!r}; expected one of {sorted(SURROGATES)}")
-    return SURROGATES[name]()
+    try:
+        return SURROGATES[name](**params)
+    except TypeError as err:
+        raise ValueError(f"surrogate {name!r}: bad parameters {params}: {err}") from err

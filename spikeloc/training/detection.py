@@ -41,7 +41,11 @@ class SpikingDetector(OnlineModule):
             see :class:`SpikingYOLO` (the README's "VOC and the paper's protocol" gives the reference).
         readout: ``last`` (the head's output of each step) or ``leaky`` (integrated over steps).
         image_size: network input side (anchor scaling, head bias priors).
-        neck_kwargs: ``neuron`` / ``neuron_kwargs`` of the neck cells.
+        neck_kwargs: ``neuron`` / ``neuron_kwargs`` / ``output_neuron`` of the neck cells.
+        neuron: when given, the neuron of every cell of backbone and neck (``ann``: the non-spiking
+            twin), unless ``backbone_kwargs`` / ``neck_kwargs`` name their own.
+        init_from: a checkpoint of a whole detector (e.g. the trained ANN twin) loaded into backbone,
+            neck and head before training; what it lacks (the tau-convs) stays fresh and is reported.
         loss_kwargs: extra :class:`YOLOLoss` arguments (``box_weight``, ``ignore_iou``, ``assign`` ...).
         conf_threshold / iou_threshold / max_detections / pre_nms_top_k / multi_label: post-processing
             for evaluation, see :class:`YOLOPostprocess`.
@@ -59,15 +63,22 @@ class SpikingDetector(OnlineModule):
                  log_wh_clamp: tuple[float, float] | None = (-8.0, 4.0),
                  neck_upsample: Literal["current", "spikes"] = "current",
                  init_state: Literal["zeros", "uniform"] = "zeros", input_dropout: float = 0.0,
-                 weight_init: Literal["default", "xavier_normal"] = "default", **kwargs: Any) -> None:
+                 weight_init: Literal["default", "xavier_normal"] = "default", neuron: str | None = None,
+                 init_from: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        net = timm.create_model(backbone, num_classes=0, in_chans=in_channels, **(backbone_kwargs or {}))
+        backbone_kwargs, neck_kwargs = dict(backbone_kwargs or {}), dict(neck_kwargs or {})
+        if neuron is not None:
+            backbone_kwargs.setdefault("neuron", neuron)
+            neck_kwargs.setdefault("neuron", neuron)
+        net = timm.create_model(backbone, num_classes=0, in_chans=in_channels, **backbone_kwargs)
         self.model = SpikingYOLO(net, num_classes, anchors, readout, image_size=image_size, anchor_masks=anchor_masks,
                                  scale_xy=scale_xy, log_wh_clamp=log_wh_clamp, neck_upsample=neck_upsample,
                                  init_state=init_state, input_dropout=input_dropout, weight_init=weight_init,
-                                 **(neck_kwargs or {}))
+                                 **neck_kwargs)
         if pretrained:  # after weight_init, which covers the whole network
             rank_zero_info(load_pretrained(net, pretrained).summary())
+        if init_from:
+            rank_zero_info(load_pretrained(self.model, init_from, prefix="model.").summary())
         self.loss = YOLOLoss(self.model.geometry, num_classes, **(loss_kwargs or {}))
         self.postprocess = YOLOPostprocess(conf_threshold, iou_threshold, max_detections, self.model.geometry,
                                            pre_nms_top_k, multi_label)
@@ -75,8 +86,9 @@ class SpikingDetector(OnlineModule):
         self.class_names = list(class_names) if class_names is not None else None
         self._check_class_names()
         self.maps = nn.ModuleList(self._new_map() for _ in range(self.num_steps))  # mAP of every time step
-        if pretrained:
-            self.hparams["pretrained"] = None  # the checkpoint holds every weight: rebuilding reads no file
+        for key in ("pretrained", "init_from"):  # the checkpoint holds every weight: rebuilding reads no file
+            if self.hparams.get(key):
+                self.hparams[key] = None
 
     def _check_class_names(self) -> None:
         if self.class_names is not None and len(self.class_names) != self.num_classes:

@@ -8,7 +8,9 @@ Layers (channels at ``width=1``; strides relative to the input):
 
 A CSP block with ``C`` channels: ``a = conv1(x)`` (3x3, C); ``b = second half of a`` (darknet's
 route group 1 of 2); ``b1 = conv2(b)``, ``b2 = conv3(b1)`` (3x3, C/2); ``t = conv4([b2, b1])``
-(1x1, C); output ``maxpool2x2([a, t])`` with 2C channels at twice the input stride.
+(1x1, C); output ``maxpool2x2([a, t])`` with 2C channels at twice the input stride. With
+``shortcut=True`` the spikes ``b1`` are added to the synaptic current of ``conv3`` (a residual
+inside the block, joined before the spike as in the spiking ResNets).
 
 Features, as YOLOv4-tiny's heads read them: stride 8 is ``t`` of ``csp2`` (128), stride 16 is
 ``t`` of ``csp3`` (256, darknet layer 23), stride 32 is ``conv3`` (512).
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from spikeloc.neurons import NeuronKind, SpikingConv2d
 
-from .base import SpikingBackbone, State, check_out_strides, scale_channels, sub_state
+from .base import SpikingBackbone, State, cell_with_shortcut, check_out_strides, scale_channels, sub_state
 
 FEATURE_STRIDES = (8, 16, 32)
 
@@ -32,9 +34,10 @@ class CSPBlock(nn.Module):
     """CSPDarknet-tiny block: ``[B, C_in, H, W]`` -> (output ``[B, 2C, H/2, W/2]``,
     transition feature ``t`` ``[B, C, H, W]``, state)."""
 
-    def __init__(self, in_channels: int, channels: int, cell: partial) -> None:
+    def __init__(self, in_channels: int, channels: int, cell: partial, shortcut: bool = False) -> None:
         super().__init__()
         half = channels // 2
+        self.shortcut = shortcut
         self.conv1 = cell(in_channels, channels, 3)
         self.conv2 = cell(half, half, 3)
         self.conv3 = cell(half, half, 3)
@@ -44,7 +47,10 @@ class CSPBlock(nn.Module):
     def forward(self, x: Tensor, state: State = None) -> tuple[Tensor, Tensor, dict]:
         a, s1 = self.conv1(x, sub_state(state, "conv1"))
         b1, s2 = self.conv2(a[:, a.shape[1] // 2:], sub_state(state, "conv2"))
-        b2, s3 = self.conv3(b1, sub_state(state, "conv3"))
+        if self.shortcut:
+            b2, s3 = cell_with_shortcut(self.conv3, b1, b1, sub_state(state, "conv3"))
+        else:
+            b2, s3 = self.conv3(b1, sub_state(state, "conv3"))
         t, s4 = self.conv4(torch.cat([b2, b1], dim=1), sub_state(state, "conv4"))
         out = self.pool(torch.cat([a, t], dim=1))
         return out, t, {"conv1": s1, "conv2": s2, "conv3": s3, "conv4": s4}
@@ -55,16 +61,19 @@ class SPYv4Tiny(SpikingBackbone):
 
     ``x_t`` ``[B, in_chans, H, W]`` -> features ``[B, out_channels[i], H / strides[i], W / strides[i]]``
     (H, W multiples of 32); state ``{"conv1", "conv2", "csp1", "csp2", "csp3", "conv3"}``.
+    ``neuron: ann`` builds the non-spiking twin; ``stem_neuron`` (e.g. ``ann``: an analog first
+    layer) overrides the neuron of ``conv1``; ``shortcut`` adds the residual inside every CSP block.
     """
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, width: float = 1.0, neuron: NeuronKind = "ltc",
-                 out_strides: Sequence[int] = (16, 32), **neuron_kwargs) -> None:
+                 out_strides: Sequence[int] = (16, 32), shortcut: bool = False, stem_neuron: NeuronKind | None = None,
+                 **neuron_kwargs) -> None:
         super().__init__()
         self.in_chans = in_chans
         self.strides = list(check_out_strides(out_strides, FEATURE_STRIDES))
         cell = partial(SpikingConv2d, neuron=neuron, **neuron_kwargs)
         c32, c64 = scale_channels(32, width), scale_channels(64, width)
-        self.conv1 = cell(in_chans, c32, 3, 2)
+        self.conv1 = SpikingConv2d(in_chans, c32, 3, 2, neuron=stem_neuron or neuron, **neuron_kwargs)
         self.conv2 = cell(c32, c64, 3, 2)
         # the block that produces the stride-s feature runs at stride s: csp2 -> 8, csp3 -> 16
         self.block_names = ["csp1", "csp2", "csp3"][: 2 + (self.strides[-1] > 8)]
@@ -72,7 +81,7 @@ class SPYv4Tiny(SpikingBackbone):
         feature_channels = {}
         for index, name in enumerate(self.block_names):
             planes = scale_channels(64 * 2**index, width)
-            self.add_module(name, CSPBlock(channels, planes, cell))
+            self.add_module(name, CSPBlock(channels, planes, cell, shortcut))
             feature_channels[2 ** (index + 2)] = planes
             channels = 2 * planes
         if self.strides[-1] == 32:

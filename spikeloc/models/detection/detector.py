@@ -31,7 +31,8 @@ class SpikingYOLO(nn.Module):
             :class:`YOLOGeometry`; ``self.geometry`` is what the loss and post-processing read.
         readout: ``"last"`` (the head's 1x1 output of the current step) or ``"leaky"``
             (a leaky integrator over the steps).
-        neuron, neuron_kwargs: the neuron of the neck cells.
+        neuron, neuron_kwargs: the neuron of the neck cells; output_neuron: of the neck cells that
+            feed the head (see :class:`SpikingYOLONeck`).
         image_size: input side used for the default anchors and the head's bias priors.
         neck_upsample: ``"current"`` (reference) or ``"spikes"``, see :class:`SpikingYOLONeck`.
         init_state: fresh membrane of every spiking neuron: ``"zeros"`` or ``"uniform"`` U[0, 1)
@@ -51,13 +52,14 @@ class SpikingYOLO(nn.Module):
                  image_size: int = 416, anchor_masks: Sequence[Sequence[int]] | None = None,
                  scale_xy: float = DEFAULT_SCALE_XY, log_wh_clamp: tuple[float, float] | None = LOG_WH_RANGE,
                  neck_upsample: Upsample = "current", init_state: InitState = "zeros", input_dropout: float = 0.0,
-                 weight_init: WeightInit = "default", eval_seed: int = 0) -> None:
+                 weight_init: WeightInit = "default", eval_seed: int = 0,
+                 output_neuron: NeuronKind | None = None) -> None:
         super().__init__()
         self.geometry = make_geometry([int(s) for s in backbone.strides], anchors, anchor_masks, image_size,
                                       scale_xy=scale_xy, log_wh_clamp=log_wh_clamp)
         self.num_classes = num_classes
         self.backbone = backbone
-        self.neck = SpikingYOLONeck(backbone.out_channels, neuron, neuron_kwargs, neck_upsample)
+        self.neck = SpikingYOLONeck(backbone.out_channels, neuron, neuron_kwargs, neck_upsample, output_neuron)
         self.head = YOLOHead(self.neck.out_channels, self.geometry.num_anchors, num_classes, readout,
                              self.strides, image_size)
         if init_state not in ("zeros", "uniform") or weight_init not in ("default", "xavier_normal"):

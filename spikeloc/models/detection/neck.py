@@ -4,7 +4,9 @@ Deepest feature ``f_{n-1}`` (C channels): 1x1 conv to C/2 (the "lateral"), then 
 C -> head of scale n-1. For each shallower scale i, from the deeper source (the lateral for
 i = n-2, else the fused output of scale i+1): 1x1 conv to C_i/2, nearest upsample to f_i's size,
 concatenate with f_i, 3x3 conv to C_i -> head of scale i. Every conv is an LTC-SN cell
-(:class:`~spikeloc.neurons.SpikingConv2d`); all neck outputs are spikes.
+(:class:`~spikeloc.neurons.SpikingConv2d`); all neck outputs are spikes, unless ``output_neuron``
+names another neuron for the cells that feed the head (``top`` and ``fuse``), e.g. ``ltc_readout``:
+the head then reads their analog membrane.
 
 ``upsample="current"`` (the reference) upsamples the 1x1 cell's synaptic current ``BN(conv(x))``
 before its neuron, so that neuron (and its state) lives at the finer scale's size;
@@ -32,6 +34,8 @@ class SpikingYOLONeck(nn.Module):
         neuron: neuron of every cell (``ltc``, ``lif`` or ``alif``).
         neuron_kwargs: extra arguments for the neurons.
         upsample: ``"current"`` (reference) or ``"spikes"``, see the module docstring.
+        output_neuron: neuron of the cells feeding the head (``None``: ``neuron``; ignored when
+            ``neuron`` is ``ann``, whose twin has no membrane).
 
     ``forward(features, state)``: ``features`` = list of ``[B, C_i, H_i, W_i]`` (increasing stride)
     -> list of spikes ``[B, C_i, H_i, W_i]`` (same channels and sizes) and the state dict
@@ -39,7 +43,8 @@ class SpikingYOLONeck(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], neuron: NeuronKind = "ltc",
-                 neuron_kwargs: dict | None = None, upsample: Upsample = "current") -> None:
+                 neuron_kwargs: dict | None = None, upsample: Upsample = "current",
+                 output_neuron: NeuronKind | None = None) -> None:
         super().__init__()
         if upsample not in ("current", "spikes"):
             raise ValueError(f"upsample must be 'current' or 'spikes', got {upsample!r}")
@@ -48,15 +53,16 @@ class SpikingYOLONeck(nn.Module):
         if not channels:
             raise ValueError("the neck needs at least one feature map")
         kwargs = dict(neuron=neuron, **(neuron_kwargs or {}))
+        out_kwargs = dict(kwargs, neuron=neuron if neuron == "ann" else output_neuron or neuron)
         top, half = channels[-1], max(channels[-1] // 2, 1)
         self.lateral = SpikingConv2d(top, half, 1, **kwargs)
-        self.top = SpikingConv2d(half, top, 3, **kwargs)
+        self.top = SpikingConv2d(half, top, 3, **out_kwargs)
         reduce, fuse = [], []
         for i in range(len(channels) - 1):
             source = half if i == len(channels) - 2 else channels[i + 1]
             reduced = max(channels[i] // 2, 1)
             reduce.append(SpikingConv2d(source, reduced, 1, **kwargs))
-            fuse.append(SpikingConv2d(reduced + channels[i], channels[i], 3, **kwargs))
+            fuse.append(SpikingConv2d(reduced + channels[i], channels[i], 3, **out_kwargs))
         self.reduce, self.fuse = nn.ModuleList(reduce), nn.ModuleList(fuse)
         self.out_channels = channels
 
