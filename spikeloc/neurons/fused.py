@@ -1,0 +1,168 @@
+"""Fused LTC-SN and LIF steps: the element-wise update, spike, surrogate and reset as one autograd node.
+
+:func:`fused_ltc_step` returns exactly what :func:`~spikeloc.neurons.functional.ltc_step` returns
+(same forward ops in the same order, so the same values bit for bit) with the same gradients
+with respect to ``current``, ``u``, ``tau`` and a tensor ``threshold``. Instead of the ~8 autograd
+nodes of the composition (each saving its own operands) it is one node that saves only its
+inputs and recomputes the membrane and the surrogate derivative in backward.
+
+With ``compile=True`` the forward and the backward maths are each compiled by ``torch.compile``
+into one kernel. Without a working compiler the first call warns once and every later call runs
+the eager maths, which gives the same numbers.
+
+Shapes are element-wise: ``current``, ``u``, ``tau`` ``[B, C, H, W]`` (or ``[B, N]``);
+``threshold`` and ``decay`` a float or a tensor that broadcasts to them.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .functional import Reset
+from .surrogate import Surrogate, get_surrogate
+
+Threshold = Tensor | float
+
+
+def _check_reset(reset: str) -> None:
+    if reset not in ("hard", "soft"):
+        raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
+
+
+def _spike_reset(u1: Tensor, threshold: Threshold, reset: str) -> tuple[Tensor, Tensor]:
+    """``s = H(u1 - theta)`` and the reset membrane, with the reference's ops in its order."""
+    v = u1 - threshold
+    spike = (v > 0).to(v.dtype)
+    return spike, ((1 - spike) * u1 if reset == "hard" else u1 - spike * threshold)
+
+
+def _spike_reset_grad(u1: Tensor, threshold: Threshold, grad_spike: Tensor, grad_u: Tensor,
+                      derivative: Callable[[Tensor], Tensor], reset: str) -> tuple[Tensor, Tensor | None]:
+    """Gradients ``(dL/du1, dL/dtheta)`` of :func:`_spike_reset`, the spike's through ``derivative``."""
+    v = u1 - threshold
+    spike = (v > 0).to(v.dtype)
+    if reset == "hard":  # u = (1 - s) * u1
+        grad_v = (grad_spike - grad_u * u1) * derivative(v)
+        grad_u1 = grad_u * (1 - spike) + grad_v
+        grad_theta = -grad_v if isinstance(threshold, Tensor) else None
+    else:  # u = u1 - s * theta
+        grad_v = (grad_spike - grad_u * threshold) * derivative(v)
+        grad_u1 = grad_u + grad_v
+        grad_theta = -(grad_v + grad_u * spike) if isinstance(threshold, Tensor) else None
+    return grad_u1, grad_theta
+
+
+def _ltc_forward(current: Tensor, u: Tensor, tau: Tensor, threshold: Threshold,
+                 reset: str) -> tuple[Tensor, Tensor]:
+    return _spike_reset(u + tau * (current - u), threshold, reset)
+
+
+def _ltc_backward(current: Tensor, u: Tensor, tau: Tensor, threshold: Threshold, grad_spike: Tensor,
+                  grad_u: Tensor, derivative: Callable[[Tensor], Tensor], reset: str) -> tuple:
+    """``(d current, d u, d tau, d theta)`` of ``u1 = u + tau * (current - u)`` then spike and reset."""
+    diff = current - u
+    grad_u1, grad_theta = _spike_reset_grad(u + tau * diff, threshold, grad_spike, grad_u, derivative, reset)
+    grad_current = grad_u1 * tau
+    return grad_current, grad_u1 - grad_current, grad_u1 * diff, grad_theta
+
+
+def _lif_forward(current: Tensor, u: Tensor, decay: Threshold, threshold: Threshold,
+                 reset: str) -> tuple[Tensor, Tensor]:
+    return _spike_reset(decay * u + current, threshold, reset)
+
+
+def _lif_backward(current: Tensor, u: Tensor, decay: Threshold, threshold: Threshold, grad_spike: Tensor,
+                  grad_u: Tensor, derivative: Callable[[Tensor], Tensor], reset: str) -> tuple:
+    """``(d current, d u, d decay, d theta)`` of ``u1 = decay * u + current`` then spike and reset."""
+    grad_u1, grad_theta = _spike_reset_grad(decay * u + current, threshold, grad_spike, grad_u, derivative, reset)
+    grad_decay = grad_u1 * u if isinstance(decay, Tensor) else None
+    return grad_u1, grad_u1 * decay, grad_decay, grad_theta
+
+
+# ---- eager or compiled kernels -------------------------------------------------------------------
+_EAGER = {"ltc": (_ltc_forward, _ltc_backward), "lif": (_lif_forward, _lif_backward)}
+_COMPILED: dict[str, tuple[Callable, Callable]] = {}
+_COMPILE_FAILED: list[str] = []  # the error of the first failed compilation, if any
+
+
+def _kernels(kind: str, compile: bool) -> tuple[Callable, Callable]:
+    if not compile or _COMPILE_FAILED:
+        return _EAGER[kind]
+    if kind not in _COMPILED:
+        _COMPILED[kind] = tuple(torch.compile(fn, dynamic=True) for fn in _EAGER[kind])
+    return _COMPILED[kind]
+
+
+def _call(kind: str, compile: bool, which: int, *args) -> tuple:
+    """Run the forward (0) or backward (1) maths; a failing compilation falls back to eager once."""
+    try:
+        return _kernels(kind, compile)[which](*args)
+    except Exception as error:  # noqa: BLE001 - any compiler failure: report it, keep the exact eager maths
+        if not compile or _COMPILE_FAILED:
+            raise
+        _COMPILE_FAILED.append(f"{type(error).__name__}: {error}".splitlines()[0])
+        warnings.warn(f"torch.compile of the fused neuron step failed ({_COMPILE_FAILED[0]}); "
+                      "running the eager fused step instead (same numbers, fewer fused kernels)", stacklevel=4)
+        return _EAGER[kind][which](*args)
+
+
+def compile_status() -> str:
+    """``"ok"`` when the compiled kernels ran (or were never tried), else the compiler error."""
+    return _COMPILE_FAILED[0] if _COMPILE_FAILED else "ok"
+
+
+def _reduce(grad: Tensor | None, like: Threshold) -> Tensor | None:
+    """Sum a broadcast gradient back to the shape (and dtype) of ``like``; None for floats."""
+    if grad is None or not isinstance(like, Tensor):
+        return None
+    return grad.sum_to_size(like.shape).to(like.dtype) if grad.shape != like.shape else grad.to(like.dtype)
+
+
+class _FusedStep(torch.autograd.Function):
+    """One node: ``(spike, u)`` of an LTC or LIF step; saves the inputs, recomputes in backward."""
+
+    @staticmethod
+    def forward(ctx, kind: str, current: Tensor, u: Tensor, rate: Threshold, threshold: Threshold,
+                surrogate: Surrogate, reset: str, compile: bool) -> tuple[Tensor, Tensor]:
+        ctx.kind, ctx.surrogate, ctx.reset, ctx.compile = kind, surrogate, reset, compile
+        ctx.scalars = {name: value for name, value in (("rate", rate), ("threshold", threshold))
+                       if not isinstance(value, Tensor)}
+        ctx.save_for_backward(current, u, *(t for t in (rate, threshold) if isinstance(t, Tensor)))
+        spike, u_out = _call(kind, compile, 0, current, u, rate, threshold, reset)
+        return spike, u_out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_spike: Tensor, grad_u: Tensor) -> tuple:
+        current, u, *tensors = ctx.saved_tensors
+        rate = ctx.scalars["rate"] if "rate" in ctx.scalars else tensors.pop(0)
+        threshold = ctx.scalars["threshold"] if "threshold" in ctx.scalars else tensors.pop(0)
+        grads = _call(ctx.kind, ctx.compile, 1, current, u, rate, threshold, grad_spike, grad_u,
+                      ctx.surrogate.derivative, ctx.reset)
+        g_current, g_u, g_rate, g_theta = grads
+        return (None, _reduce(g_current, current), _reduce(g_u, u), _reduce(g_rate, rate),
+                _reduce(g_theta, threshold), None, None, None)
+
+
+def fused_ltc_step(current: Tensor, u: Tensor, tau: Tensor, threshold: Threshold,
+                   surrogate: Surrogate | str, reset: Reset = "hard",
+                   compile: bool = False) -> tuple[Tensor, Tensor]:
+    """LTC-SN step as one autograd node; same signature, values and gradients as ``ltc_step``.
+
+    ``u' = u + tau * (i - u)``, ``s = H(u' - theta)``, hard (``(1 - s) u'``) or soft
+    (``u' - s theta``) reset. Returns ``(s, u)``, each shaped like ``current``.
+    """
+    _check_reset(reset)
+    return _FusedStep.apply("ltc", current, u, tau, threshold, get_surrogate(surrogate), reset, compile)
+
+
+def fused_lif_step(current: Tensor, u: Tensor, decay: Threshold, threshold: Threshold,
+                   surrogate: Surrogate | str, reset: Reset = "hard",
+                   compile: bool = False) -> tuple[Tensor, Tensor]:
+    """LIF step ``u' = decay u + i`` as one autograd node; same values and gradients as ``lif_step``."""
+    _check_reset(reset)
+    return _FusedStep.apply("lif", current, u, decay, threshold, get_surrogate(surrogate), reset, compile)
