@@ -122,3 +122,18 @@ def test_fused_saves_fewer_tensors_than_reference():
     one = 4 * 8 * 16 * 16 * 4
     assert saved_bytes(fused_ltc_step) == 3 * one  # current, u, tau
     assert saved_bytes(ltc_step) > 3 * one
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_compiled_fused_ltc_equals_reference(reset):
+    # torch.compile needs a C++ compiler; without one the step warns and runs eagerly (same numbers).
+    from spikeloc.neurons.fused import compile_status
+    leaves, threshold = inputs(torch.float32, shape=(2, 8, 6, 6))
+    (spike, u_next), grads = run(lambda *a: fused_ltc_step(*a, compile=True), leaves, threshold, SURROGATES[0], reset)
+    (ref_spike, ref_u), ref_grads = run(ltc_step, clone(leaves), threshold, SURROGATES[0], reset)
+    assert torch.equal(spike, ref_spike)
+    torch.testing.assert_close(u_next, ref_u, rtol=1e-6, atol=1e-6)  # the compiler may contract into FMAs
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)
+    assert isinstance(compile_status(), str)

@@ -1,0 +1,246 @@
+"""Training throughput, peak memory and a step breakdown of the SPYv4 detector, FPTT vs BPTT (README "Speed").
+
+Each case trains a fresh ``SpikingDetector`` (``spyv4_tiny``) through a Lightning ``Trainer`` on
+random images with random boxes: ``--warmup`` untimed batches, ``--batches`` timed batches
+(median seconds per batch), then one profiled batch (FPTT at ``--options-steps`` only) whose
+CPU time is split by :mod:`breakdown` into conv, batchnorm, neuron (+ surrogate), other model
+ops, loss (+ target assignment), optimizer (+ clipping), FPTT (penalty + update) and other.
+Throughput is ``batch_size * T / seconds per batch`` (samples x time steps per second); the
+peak is the memory training adds over the footprint at the first batch (see ``memory.py``).
+
+Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``):
+``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
+``channels_last`` (model and input in NHWC) and ``bf16`` (``precision="bf16-mixed"``).
+The cell part times one ``LTCNeuron`` step, forward + backward, reference vs fused (vs compiled).
+
+Usage::
+
+    python benchmarks/train_speed.py [--sizes small full] [--algorithms fptt bptt] [--steps 4 8 16]
+        [--options default fused compile channels_last bf16] [--batches 3] [--json] [--plot FILE.png]
+
+With ``--json`` the last stdout line is one object with keys ``device``, ``threads``, ``torch``,
+``runs`` (one row per case: size, image_size, width, batch_size, algorithm, T, option, batch_s,
+throughput, peak_mib), ``options`` (per size: option -> batch_s, speedup over default),
+``breakdown`` (per size: option -> share per category), ``conv_share`` (convolution share of the
+default FPTT step's CPU time, first size), ``fptt_share``, ``cell`` (rows: shape, variant, ms,
+speedup) and ``compile`` (``ok`` or the compiler error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import common
+from breakdown import CATEGORIES, profiler_callback, shares
+
+SIZES = {"small": (128, 0.25), "full": (416, 1.0), "tiny": (64, 0.125)}
+
+
+def timer_callback(skip: set[int]) -> Any:
+    """Seconds of every batch whose index is not in ``skip`` (``.times``)."""
+    import lightning.pytorch as pl
+    import torch
+
+    class Timer(pl.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._start = 0.0
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, index: int) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, index: int) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if index not in skip:
+                self.times.append(time.perf_counter() - self._start)
+
+    return Timer()
+
+
+def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bool,
+             args: argparse.Namespace) -> dict[str, Any]:
+    """Train one case; returns its row (and ``breakdown`` totals when ``profile``)."""
+    import torch
+    torch.manual_seed(0)
+    image_size, width = SIZES[size]
+    module = common.make_detector(algorithm, num_steps, image_size, width)
+    precision, callbacks = common.apply_option(module, option)
+    batches = args.warmup + args.batches + int(profile)
+    timer = timer_callback(set(range(args.warmup)) | {batches - 1} if profile else set(range(args.warmup)))
+    meter = common.Meter(args.device)
+    probe = common.memory_probe(meter, last_batch=args.warmup + args.batches - 1)
+    profiler = profiler_callback(batches - 1 if profile else -1)
+    trainer = common.make_trainer(args.device, batches, [*callbacks, timer, probe, profiler], precision)
+    trainer.fit(module, train_dataloaders=common.detection_loader(batches, args.batch_size, image_size))
+    seconds = common.median(timer.times)
+    row = {"size": size, "image_size": image_size, "width": width, "batch_size": args.batch_size,
+           "algorithm": algorithm, "T": num_steps, "option": option, "batch_s": round(seconds, 4),
+           "throughput": round(args.batch_size * num_steps / seconds, 2),
+           "peak_mib": round((probe.result or 0) / common.MIB, 1)}
+    if not args.json:
+        print(f"  {size} {algorithm} T={num_steps} {option}: {seconds:.3f} s/batch, "
+              f"{row['throughput']:.1f} samples*steps/s, peak {row['peak_mib']} MiB", file=sys.stderr, flush=True)
+    return {**row, "totals": profiler.totals}
+
+
+def run_training(args: argparse.Namespace) -> dict[str, Any]:
+    """FPTT/BPTT over T with the default options, then every option at ``--options-steps``."""
+    runs, options, breakdowns = [], {}, {}
+    for size in args.sizes:
+        for algorithm in args.algorithms:
+            for num_steps in args.steps:
+                profile = algorithm == "fptt" and num_steps == args.options_steps
+                runs.append(run_case(size, algorithm, num_steps, "default", profile, args))
+        reference = [r for r in runs if r["size"] == size and r["algorithm"] == "fptt"
+                     and r["T"] == args.options_steps and r["option"] == "default"]
+        if not reference:
+            reference = [run_case(size, "fptt", args.options_steps, "default", True, args)]
+            runs += reference
+        for option in args.options:
+            if option != "default":
+                runs.append(run_case(size, "fptt", args.options_steps, option, True, args))
+        picked = reference + [r for r in runs if r["size"] == size and r["option"] != "default"]
+        options[size] = {r["option"]: {"batch_s": r["batch_s"],
+                                       "speedup": round(reference[0]["batch_s"] / r["batch_s"], 3)} for r in picked}
+        breakdowns[size] = {r["option"]: shares(r["totals"]) for r in picked if r["totals"]}
+    first = breakdowns[args.sizes[0]]["default"]
+    return {"runs": [{k: v for k, v in r.items() if k != "totals"} for r in runs], "options": options,
+            "breakdown": breakdowns, "conv_share": first["conv"], "fptt_share": first["fptt"]}
+
+
+# ---- the cell on its own -----------------------------------------------------------------
+def _time(fn: Any, repeats: int) -> float:
+    fn()  # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return common.median(times)
+
+
+def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One ``LTCNeuron`` step, forward + backward, at each ``--cell-shapes``: reference vs fused (vs compiled)."""
+    import torch
+    from spikeloc.neurons import LTCNeuron
+    variants = ["reference", "fused"] + (["compiled"] if "compile" in args.options else [])
+    rows = []
+    for shape in args.cell_shapes:
+        generator = torch.Generator().manual_seed(0)
+        current = torch.randn(shape, generator=generator).requires_grad_()
+        u = torch.rand(shape, generator=generator).requires_grad_()
+        weights = torch.randn(shape, generator=generator)
+        base = None
+        for variant in variants:
+            torch.manual_seed(0)
+            neuron = LTCNeuron(shape[1])
+            if variant != "reference":
+                common.fuse_cells(neuron, compile=variant == "compiled")
+
+            def step() -> None:
+                spike, state = neuron(current, {"u": u})
+                (spike * weights + state["u"]).sum().backward()
+
+            ms = 1000 * _time(step, args.cell_repeats)
+            base = base or ms
+            rows.append({"shape": list(shape), "variant": variant, "ms": round(ms, 3), "speedup": round(base / ms, 3)})
+            if not args.json:
+                print(f"  cell {list(shape)} {variant}: {ms:.2f} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+# ---- output --------------------------------------------------------------------------------
+def report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Readable tables: runs, options, breakdown, cell."""
+    print(f"device {result['device']}, {result['threads']} thread(s), torch {result['torch']}, "
+          f"batch {args.batch_size}, median of {args.batches} timed batches")
+    print(f"{'size':>6} {'algo':>5} {'T':>3} {'option':>14} {'s/batch':>8} {'samp*T/s':>9} {'peak MiB':>9}")
+    for r in result["runs"]:
+        print(f"{r['size']:>6} {r['algorithm']:>5} {r['T']:>3} {r['option']:>14} {r['batch_s']:>8.3f} "
+              f"{r['throughput']:>9.1f} {r['peak_mib']:>9.1f}")
+    for size, table in result["breakdown"].items():
+        print(f"breakdown of the FPTT step, {size}, T={args.options_steps} (share of profiled CPU time):")
+        print(f"{'option':>14} " + " ".join(f"{c:>11}" for c in CATEGORIES) + f" {'speedup':>8}")
+        for option, row in table.items():
+            print(f"{option:>14} " + " ".join(f"{row[c]:>11.3f}" for c in CATEGORIES)
+                  + f" {result['options'][size][option]['speedup']:>8.2f}")
+    for r in result["cell"]:
+        print(f"cell {str(r['shape']):>18} {r['variant']:>10} {r['ms']:>9.2f} ms  x{r['speedup']:.2f}")
+    print(f"conv_share {result['conv_share']:.3f}  fptt_share {result['fptt_share']:.3f}  compile: {result['compile']}")
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Throughput against T (FPTT, BPTT) and the step breakdown per option (first size)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    size = next(iter(result["breakdown"]))
+    for algorithm in ("fptt", "bptt"):
+        rows = [r for r in result["runs"] if r["size"] == size and r["algorithm"] == algorithm
+                and r["option"] == "default"]
+        if rows:
+            left.plot([r["T"] for r in rows], [r["throughput"] for r in rows], marker="o", label=algorithm.upper())
+    left.set(xlabel="time steps T", ylabel="samples x steps / s", title=f"training throughput ({size})")
+    left.legend()
+    table = result["breakdown"][size]
+    bottom = [0.0] * len(table)
+    for category in CATEGORIES:
+        values = [row[category] for row in table.values()]
+        right.bar(list(table), values, bottom=bottom, label=category)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    right.set(ylabel="share of CPU time", title="FPTT step breakdown")
+    right.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["small"],
+                        help="small: 128x128, width 0.25; full: 416x416, width 1 (the paper's); tiny: tests")
+    parser.add_argument("--algorithms", nargs="+", choices=["fptt", "bptt"], default=["fptt", "bptt"])
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16], help="values of T")
+    parser.add_argument("--options", nargs="+", choices=list(common.OPTIONS), default=list(common.OPTIONS))
+    parser.add_argument("--options-steps", type=int, default=8, help="T of the options and the breakdown")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per case (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first")
+    parser.add_argument("--cell-shapes", type=lambda s: [int(v) for v in s.split(",")], nargs="*",
+                        default=[[2, 64, 104, 104], [2, 256, 26, 26]], help="e.g. 2,64,104,104 (none: skip)")
+    parser.add_argument("--cell-repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    parser.add_argument("--plot", metavar="PATH", help="save a PNG (throughput over T, breakdown per option)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    common.quiet()
+    import torch
+    from spikeloc.neurons.fused import compile_status
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
+    result["cell"] = run_cell(args)
+    result.update(run_training(args))
+    result["compile"] = compile_status()
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        report(result, args)
+
+
+if __name__ == "__main__":
+    common.reexec_with_worker_env()  # RSS then follows live tensors (see common.WORKER_ENV)
+    main()
