@@ -22,12 +22,13 @@ With ``--json`` the last stdout line is one object with keys ``device``, ``threa
 ``runs`` (one row per case: size, image_size, width, batch_size, algorithm, T, option, batch_s,
 throughput, peak_mib), ``options`` (per size: option -> batch_s, speedup over default),
 ``breakdown`` (per size: option -> share per category), ``conv_share`` (convolution share of the
-default FPTT step's CPU time, first size), ``fptt_share``, ``cell`` (rows: shape, variant, ms,
-speedup) and ``compile`` (``ok`` or the compiler error).
+default FPTT step's CPU time, first size), ``fptt_share``, ``cell`` (rows: shape, scope ``neuron``
+or ``step``, variant, ms, speedup) and ``compile`` (``ok`` or the compiler error).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -115,43 +116,63 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- the cell on its own -----------------------------------------------------------------
-def _time(fn: Any, repeats: int) -> float:
-    fn()  # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return common.median(times)
+def _interleaved(fns: dict[str, Any], repeats: int) -> dict[str, tuple[float, float]]:
+    """Per name: (median seconds, median of the first fn's time / this fn's time, pair by pair).
+
+    The functions run in turn within every repeat, so a load change on a shared machine hits
+    all of them alike; one warm-up round (compilation included) goes first."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    first = next(iter(times.values()))
+    return {name: (common.median(t), common.median([a / b for a, b in zip(first, t)])) for name, t in times.items()}
+
+
+def _cell_cases(shape: list[int], compiled: bool) -> dict[str, dict[str, Any]]:
+    """Forward + backward closures: the whole ``LTCNeuron`` (tau conv + BN + step) and the step alone."""
+    import torch
+    from spikeloc.neurons import LTCNeuron, ltc_step
+    from spikeloc.neurons.fused import fused_ltc_step
+    generator = torch.Generator().manual_seed(0)
+    current, u, tau = (torch.rand(shape, generator=generator).mul_(1.5).requires_grad_() for _ in range(3))
+    weights = torch.randn(shape, generator=generator)
+    variants = {"reference": None, "fused": False, **({"compiled": True} if compiled else {})}
+    neuron_fns, step_fns = {}, {}
+    for variant, compile in variants.items():
+        torch.manual_seed(0)
+        neuron = LTCNeuron(shape[1])
+        if compile is not None:
+            common.fuse_cells(neuron, compile=compile)
+
+        def whole(neuron: Any = neuron) -> None:
+            spike, state = neuron(current, {"u": u})
+            (spike * weights + state["u"]).sum().backward()
+
+        def step(compile: bool | None = compile) -> None:
+            fn = ltc_step if compile is None else functools.partial(fused_ltc_step, compile=compile)
+            spike, u_next = fn(current, u, tau, 1.0, "multi_gaussian" if compile is not None else neuron.surrogate)
+            torch.autograd.grad((spike * weights + u_next).sum(), (current, u, tau))
+
+        neuron_fns[variant], step_fns[variant] = whole, step
+    return {"neuron": neuron_fns, "step": step_fns}
 
 
 def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One ``LTCNeuron`` step, forward + backward, at each ``--cell-shapes``: reference vs fused (vs compiled)."""
-    import torch
-    from spikeloc.neurons import LTCNeuron
-    variants = ["reference", "fused"] + (["compiled"] if "compile" in args.options else [])
+    """One LTC-SN step, forward + backward, at each ``--cell-shapes``: reference vs fused (vs compiled),
+    for the whole ``LTCNeuron`` (``scope: neuron``) and for the element-wise step alone (``scope: step``)."""
     rows = []
     for shape in args.cell_shapes:
-        generator = torch.Generator().manual_seed(0)
-        current = torch.randn(shape, generator=generator).requires_grad_()
-        u = torch.rand(shape, generator=generator).requires_grad_()
-        weights = torch.randn(shape, generator=generator)
-        base = None
-        for variant in variants:
-            torch.manual_seed(0)
-            neuron = LTCNeuron(shape[1])
-            if variant != "reference":
-                common.fuse_cells(neuron, compile=variant == "compiled")
-
-            def step() -> None:
-                spike, state = neuron(current, {"u": u})
-                (spike * weights + state["u"]).sum().backward()
-
-            ms = 1000 * _time(step, args.cell_repeats)
-            base = base or ms
-            rows.append({"shape": list(shape), "variant": variant, "ms": round(ms, 3), "speedup": round(base / ms, 3)})
-            if not args.json:
-                print(f"  cell {list(shape)} {variant}: {ms:.2f} ms", file=sys.stderr, flush=True)
+        for scope, fns in _cell_cases(shape, "compile" in args.options).items():
+            for variant, (seconds, speedup) in _interleaved(fns, args.cell_repeats).items():
+                rows.append({"shape": list(shape), "scope": scope, "variant": variant,
+                             "ms": round(1000 * seconds, 3), "speedup": round(speedup, 3)})
+                if not args.json:
+                    print(f"  {scope} {list(shape)} {variant}: {1000 * seconds:.2f} ms, x{speedup:.2f}",
+                          file=sys.stderr, flush=True)
     return rows
 
 
@@ -170,8 +191,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         for option, row in table.items():
             print(f"{option:>14} " + " ".join(f"{row[c]:>11.3f}" for c in CATEGORIES)
                   + f" {result['options'][size][option]['speedup']:>8.2f}")
+    print("one LTC-SN step, forward + backward (speedup: median of paired ratios to the reference):")
     for r in result["cell"]:
-        print(f"cell {str(r['shape']):>18} {r['variant']:>10} {r['ms']:>9.2f} ms  x{r['speedup']:.2f}")
+        print(f"{r['scope']:>7} {str(r['shape']):>18} {r['variant']:>10} {r['ms']:>9.2f} ms  x{r['speedup']:.2f}")
     print(f"conv_share {result['conv_share']:.3f}  fptt_share {result['fptt_share']:.3f}  compile: {result['compile']}")
 
 

@@ -41,7 +41,9 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
         assert shares["conv"] > 0 and shares["neuron"] > 0 and shares["loss"] > 0 and shares["fptt"] > 0
     assert result["conv_share"] == breakdown["default"]["conv"]
     assert result["options"]["tiny"]["default"]["speedup"] == 1.0
-    assert [r["variant"] for r in result["cell"]] == ["reference", "fused"]
+    assert [(r["scope"], r["variant"]) for r in result["cell"]] == [
+        ("neuron", "reference"), ("neuron", "fused"), ("step", "reference"), ("step", "fused")]
+    assert all(r["ms"] > 0 for r in result["cell"]) and result["cell"][0]["speedup"] == 1.0
     assert plot.stat().st_size > 0
 
 

@@ -1,8 +1,11 @@
 """The fused LTC-SN / LIF steps against the reference composition (functional.py + surrogate.py).
 
 Tolerances: forward values are compared bit for bit (same ops, same order). Gradients are the
-same sums accumulated in another order: float64 within 1e-12, float32 within 1e-6 relative
-(atol 1e-6), bfloat16 within 2 ulp-ish (rtol 2e-2, atol 1e-2); gradcheck runs in float64.
+same sums with other roundings (fused multiply-adds, a cheaper surrogate formula): float64 within
+1e-12, float32 within 1e-6 (relative and absolute). In bfloat16 the fused step rounds less often
+than the reference, so both are held to the float64 gradient of the same inputs: the fused error
+at most the reference's own error plus one bfloat16 ulp of the gradient scale. gradcheck runs
+in float64.
 """
 import pytest
 import torch
@@ -11,7 +14,7 @@ from spikeloc.neurons import ATan, MultiGaussian, Sigmoid, Surrogate, lif_step, 
 from spikeloc.neurons.fused import fused_lif_step, fused_ltc_step
 
 SURROGATES = [MultiGaussian(), Sigmoid(), ATan()]
-TOLERANCE = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6), torch.bfloat16: (2e-2, 1e-2)}
+TOLERANCE = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6)}
 
 
 def inputs(dtype, shape=(2, 3, 5, 4), seed=0, tensor_threshold=False):
@@ -51,9 +54,17 @@ def test_fused_ltc_equals_reference(dtype, reset, surrogate, tensor_threshold):
     (ref_spike, ref_u), ref_grads = run(ltc_step, clone(leaves), threshold, surrogate, reset)
     assert 0 < spike.sum() < spike.numel()  # the case exercises both branches of the reset
     assert torch.equal(spike, ref_spike) and torch.equal(u_next, ref_u)
-    rtol, atol = TOLERANCE[dtype]
     for grad, ref in zip(grads, ref_grads):
         assert grad.dtype == ref.dtype and grad.shape == ref.shape
+    if dtype == torch.bfloat16:
+        exact = [t.detach().double().requires_grad_() for t in leaves]
+        _, exact_grads = run(ltc_step, exact, threshold if not tensor_threshold else None, surrogate, reset)
+        for grad, ref, truth in zip(grads, ref_grads, exact_grads):
+            ulp = 2.0 ** -8 * truth.abs().max().item()
+            assert (grad.double() - truth).abs().max() <= (ref.double() - truth).abs().max() + ulp
+        return
+    rtol, atol = TOLERANCE[dtype]
+    for grad, ref in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref, rtol=rtol, atol=atol)
 
 
