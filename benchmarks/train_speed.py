@@ -154,7 +154,7 @@ def _cell_cases(shape: list[int], compiled: bool) -> dict[str, dict[str, Any]]:
 
         def step(compile: bool | None = compile) -> None:
             fn = ltc_step if compile is None else functools.partial(fused_ltc_step, compile=compile)
-            spike, u_next = fn(current, u, tau, 1.0, "multi_gaussian" if compile is not None else neuron.surrogate)
+            spike, u_next = fn(current, u, tau, 1.0, neuron.surrogate)
             torch.autograd.grad((spike * weights + u_next).sum(), (current, u, tau))
 
         neuron_fns[variant], step_fns[variant] = whole, step

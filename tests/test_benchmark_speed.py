@@ -63,3 +63,27 @@ def test_infer_speed_rejects_unknown_model(benchmarks):
     _, infer_speed = benchmarks
     with pytest.raises(SystemExit, match="unknown"):
         infer_speed.main(["--models", "resnet18_ann"])
+
+
+def test_fused_cells_keep_the_detector_numbers(benchmarks):
+    # the benchmarks' "fused" option: same outputs over two steps, same parameter gradients
+    import copy
+
+    import torch
+    import common
+    torch.manual_seed(0)
+    reference = common.make_detector("fptt", 2, 64, 0.125).model
+    fused = copy.deepcopy(reference)
+    assert common.fuse_cells(fused) > 10
+    x = torch.rand(2, 3, 64, 64)
+    losses = []
+    for model in (reference, fused):
+        state, total = None, 0.0
+        for _ in range(2):
+            raw, state = model(x, state)
+            total = total + sum(r.square().mean() for r in raw)
+        total.backward()
+        losses.append(total)
+    assert torch.equal(losses[0], losses[1])
+    for (name, a), b in zip(reference.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)

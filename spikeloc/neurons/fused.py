@@ -30,6 +30,12 @@ from .surrogate import MultiGaussian, Surrogate, get_surrogate
 Threshold = Tensor | float
 
 
+@functools.lru_cache(maxsize=None)
+def _named(name: str) -> Surrogate:
+    """One shared instance per surrogate name (kernels are cached per surrogate object)."""
+    return get_surrogate(name)
+
+
 def _check_reset(reset: str) -> None:
     if reset not in ("hard", "soft"):
         raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
@@ -196,7 +202,8 @@ def fused_ltc_step(current: Tensor, u: Tensor, tau: Tensor, threshold: Threshold
     (``u' - s theta``) reset. Returns ``(s, u)``, each shaped like ``current``.
     """
     _check_reset(reset)
-    return _FusedStep.apply("ltc", current, u, tau, threshold, get_surrogate(surrogate), reset, compile)
+    surrogate = _named(surrogate) if isinstance(surrogate, str) else surrogate
+    return _FusedStep.apply("ltc", current, u, tau, threshold, surrogate, reset, compile)
 
 
 def fused_lif_step(current: Tensor, u: Tensor, decay: Threshold, threshold: Threshold,
@@ -204,4 +211,5 @@ def fused_lif_step(current: Tensor, u: Tensor, decay: Threshold, threshold: Thre
                    compile: bool = False) -> tuple[Tensor, Tensor]:
     """LIF step ``u' = decay u + i`` as one autograd node; same values and gradients as ``lif_step``."""
     _check_reset(reset)
-    return _FusedStep.apply("lif", current, u, decay, threshold, get_surrogate(surrogate), reset, compile)
+    surrogate = _named(surrogate) if isinstance(surrogate, str) else surrogate
+    return _FusedStep.apply("lif", current, u, decay, threshold, surrogate, reset, compile)
