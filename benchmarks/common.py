@@ -167,7 +167,8 @@ def _fused_ltc_forward(neuron: Any, compile: bool, current: Any, state: dict | N
     """``LTCNeuron.forward`` with :func:`fused_ltc_step` in place of ``ltc_step``."""
     import torch
     from spikeloc.neurons.fused import fused_ltc_step
-    u = torch.zeros_like(current) if state is None else state["u"]
+    from spikeloc.neurons.modules import _membrane
+    u = _membrane(state, current, neuron.init_state)
     tau = torch.sigmoid(neuron.tau_bn(neuron.tau_conv(current + u)))
     spike, u = fused_ltc_step(current, u, tau, neuron.threshold, neuron.surrogate, neuron.reset, compile=compile)
     return spike, {"u": u}

@@ -1,10 +1,11 @@
 """Fused LTC-SN and LIF steps: the element-wise update, spike, surrogate and reset as one autograd node.
 
 :func:`fused_ltc_step` returns exactly what :func:`~spikeloc.neurons.functional.ltc_step` returns
-(same forward ops in the same order, so the same values bit for bit) with the same gradients
-with respect to ``current``, ``u``, ``tau`` and a tensor ``threshold``. Instead of the ~8 autograd
-nodes of the composition (each saving its own operands) it is one node that saves only its
-inputs and recomputes the membrane and the surrogate derivative in backward.
+(same forward ops in the same order, so the same values bit for bit) and the same gradients with
+respect to ``current``, ``u``, ``tau`` and a tensor ``threshold`` up to float rounding (fused
+multiply-adds, a cheaper form of the multi-Gaussian). Instead of the ~8 autograd nodes of the
+composition (each saving its own operands) it is one node that saves only its inputs and
+recomputes the membrane and the surrogate derivative in backward (README "Speed and many GPUs").
 
 With ``compile=True`` the forward and the backward maths are each compiled by ``torch.compile``
 into one kernel. Without a working compiler the first call warns once and every later call runs
