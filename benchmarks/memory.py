@@ -122,7 +122,8 @@ def report(table: dict[str, dict[str, int]], info: dict[str, Any], args: argpars
     first, last = str(args.steps[0]), str(args.steps[-1])
     growth = table["fptt"][last] / max(table["fptt"][first], 1)
     print(f"FPTT T={last} / T={first}: {growth:.2f}x   "
-          f"BPTT T={last} / T={first}: {table['bptt'][last] / max(table['bptt'][first], 1):.2f}x")
+          f"BPTT T={last} / T={first}: {table['bptt'][last] / max(table['bptt'][first], 1):.2f}x   "
+          f"FPTT T={last} / BPTT T={first}: {table['fptt'][last] / max(table['bptt'][first], 1):.2f}x")
 
 
 def plot(table: dict[str, dict[str, int]], steps: list[int], path: str) -> None:
