@@ -84,9 +84,8 @@ def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bo
            "algorithm": algorithm, "T": num_steps, "option": option, "batch_s": round(seconds, 4),
            "throughput": round(args.batch_size * num_steps / seconds, 2),
            "peak_mib": round((probe.result or 0) / common.MIB, 1)}
-    if not args.json:
-        print(f"  {size} {algorithm} T={num_steps} {option}: {seconds:.3f} s/batch, "
-              f"{row['throughput']:.1f} samples*steps/s, peak {row['peak_mib']} MiB", file=sys.stderr, flush=True)
+    print(f"  {size} {algorithm} T={num_steps} {option}: {seconds:.3f} s/batch, "
+          f"{row['throughput']:.1f} samples*steps/s, peak {row['peak_mib']} MiB", file=sys.stderr, flush=True)
     return {**row, "totals": profiler.totals}
 
 
@@ -170,9 +169,8 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             for variant, (seconds, speedup) in _interleaved(fns, args.cell_repeats).items():
                 rows.append({"shape": list(shape), "scope": scope, "variant": variant,
                              "ms": round(1000 * seconds, 3), "speedup": round(speedup, 3)})
-                if not args.json:
-                    print(f"  {scope} {list(shape)} {variant}: {1000 * seconds:.2f} ms, x{speedup:.2f}",
-                          file=sys.stderr, flush=True)
+                print(f"  {scope} {list(shape)} {variant}: {1000 * seconds:.2f} ms, x{speedup:.2f}",
+                      file=sys.stderr, flush=True)
     return rows
 
 
