@@ -30,12 +30,12 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
     assert {"device", "threads", "torch", "runs", "options", "breakdown", "conv_share", "fptt_share", "cell",
             "compile"} <= set(result)
     runs = result["runs"]
-    assert {(r["algorithm"], r["option"]) for r in runs} == {("fptt", "default"), ("bptt", "default"),
-                                                             ("fptt", "fused")}
+    assert [(r["algorithm"], r["option"]) for r in runs] == [("fptt", "default"), ("bptt", "default"),
+                                                             ("fptt", "fused"), ("fptt", "default again")]
     for row in runs:
         assert row["batch_s"] > 0 and row["throughput"] == pytest.approx(1 * 2 / row["batch_s"], rel=0.01)
     breakdown = result["breakdown"]["tiny"]
-    assert set(breakdown) == {"default", "fused"}
+    assert set(breakdown) == {"default", "fused", "default again"}
     for shares in breakdown.values():
         assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
         assert shares["conv"] > 0 and shares["neuron"] > 0 and shares["loss"] > 0 and shares["fptt"] > 0
