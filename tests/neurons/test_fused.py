@@ -148,3 +148,18 @@ def test_compiled_fused_ltc_equals_reference(reset):
     for grad, ref in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)
     assert isinstance(compile_status(), str)
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_fused_ltc_mixed_dtypes_as_under_autocast(reset):
+    # bf16 current and tau (convolutions under bf16-mixed) with a float32 membrane from the state
+    leaves, _ = inputs(torch.float32)
+    mixed = [leaves[0].detach().bfloat16().requires_grad_(), leaves[1].detach().clone().requires_grad_(),
+             leaves[2].detach().bfloat16().requires_grad_()]
+    (spike, u_next), grads = run(fused_ltc_step, mixed, 1.0, SURROGATES[0], reset)
+    (ref_spike, ref_u), ref_grads = run(ltc_step, clone(mixed), 1.0, SURROGATES[0], reset)
+    assert spike.dtype == u_next.dtype == torch.float32
+    assert torch.equal(spike, ref_spike) and torch.equal(u_next, ref_u)
+    for grad, ref, leaf in zip(grads, ref_grads, mixed):
+        assert grad.dtype == leaf.dtype
+        torch.testing.assert_close(grad, ref, rtol=1e-2, atol=1e-2)
