@@ -219,6 +219,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         right.bar(list(table), values, bottom=bottom, label=category)
         bottom = [b + v for b, v in zip(bottom, values)]
     right.set(ylabel="share of CPU time", title="FPTT step breakdown")
+    right.tick_params(axis="x", labelrotation=30)
     right.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
