@@ -1,9 +1,11 @@
-"""Peak training memory of one LTC-SN network under FPTT (K = T) and BPTT, over T (DESIGN 1.2, 4).
+"""Peak training memory of one LTC-SN network under FPTT (K = T) and BPTT, over T (README "Measuring").
 
-Every (algorithm, T) runs in a fresh worker process (this file with ``--worker``) that trains a
-``SpikingClassifier`` (``ltc_convnet``) with a Lightning ``Trainer`` for a few batches of static
-synthetic frames. The baseline is taken at the first ``on_train_batch_start`` (model, data,
-optimizer and FPTT state already built) and the peak at ``on_train_end``:
+Every (algorithm, T) runs in a fresh worker process (this file with ``--worker``) that trains,
+with a Lightning ``Trainer`` for a few batches of static synthetic frames, either a
+``SpikingClassifier`` (``--model classifier``: ``ltc_convnet``) or the SPYv4 detector
+(``--model detector``: ``SpikingDetector`` with ``spyv4_tiny`` at ``--width``, random boxes).
+The baseline is taken at the first ``on_train_batch_start`` (model, data, optimizer and FPTT
+state already built) and the peak at ``on_train_end`` (``common.Meter``):
 
 - CPU: ``VmHWM - VmRSS(baseline)`` after resetting the peak with ``5 > /proc/self/clear_refs``
   (fallback: ``getrusage`` peak since process start, which cannot be reset);
@@ -18,6 +20,7 @@ Usage::
 
     python benchmarks/memory.py [--steps 4 8 16 32 64] [--batch-size 8] [--image-size 128]
                                 [--repeats 1] [--device cpu|cuda] [--json] [--plot mem.png]
+    python benchmarks/memory.py --model detector   # defaults: T 4 8 16, batch 2, 128x128, width 0.25
 
 With ``--json`` the last stdout line is ``{"fptt": {"T": bytes, ...}, "bptt": {...}}``.
 """
@@ -32,98 +35,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import common
+
 ALGORITHMS = ("fptt", "bptt")
-MIB = 2 ** 20
-# glibc: few arenas, and a fixed mmap threshold (no dynamic growth), so big freed tensors go
-# straight back to the kernel and RSS follows live memory instead of allocator history.
-WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-
-
-# ---- measuring (worker side) -------------------------------------------------------------
-def _status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-class Meter:
-    """Memory training adds on top of the footprint at :meth:`start` (bytes), on CPU or CUDA."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.base, self.method = device, 0, ""
-
-    def start(self) -> None:
-        """Take the baseline and reset the peak counter."""
-        import gc
-        import torch
-        gc.collect()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base, self.method = torch.cuda.memory_allocated(), "cuda max_memory_allocated"
-            return
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.method = "VmHWM after clear_refs"
-        except OSError:
-            self.method = "getrusage ru_maxrss (peak since process start: clear_refs not writable)"
-        self.base = _status_kib("VmRSS") * 1024
-
-    def peak(self) -> int:
-        """Peak since :meth:`start` minus the baseline (bytes)."""
-        import torch
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - self.base
-        if self.method.startswith("VmHWM"):
-            return _status_kib("VmHWM") * 1024 - self.base
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
-
-
-def _probe(meter: Meter) -> Any:
-    """A Lightning callback: baseline at the first batch's start, peak at the end of training."""
-    from lightning.pytorch import Callback
-
-    class MemoryProbe(Callback):
-        def __init__(self) -> None:
-            self.started, self.result = False, None
-
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            if not self.started:
-                self.started = True
-                meter.start()
-
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.result = meter.peak()
-
-    return MemoryProbe()
+MIB = common.MIB
+DETECTOR_DEFAULTS = {"steps": [4, 8, 16], "batch_size": 2}
 
 
 def _fit(algorithm: str, num_steps: int, size: int, batch_size: int, batches: int, args: argparse.Namespace,
          callbacks: list[Any]) -> Any:
-    """Train a fresh ``SpikingClassifier`` for ``batches`` batches of static ``[B, 3, size, size]`` frames."""
-    import lightning.pytorch as pl
+    """Train a fresh model of ``args.model`` for ``batches`` batches of static ``[B, 3, size, size]`` frames."""
     import torch
-    from torch.utils.data import TensorDataset
-    from datamodules.common import make_loader
-    from spikeloc.training import FPTTConfig, SpikingClassifier
-
     torch.manual_seed(0)
-    classes = 10
-    data = TensorDataset(torch.rand(batch_size * batches, 3, size, size),
-                         torch.randint(0, classes, (batch_size * batches,)))
-    module = SpikingClassifier(model="ltc_convnet", num_classes=classes, in_channels=3,
-                               model_kwargs={"channels": list(args.channels)}, num_steps=num_steps,
-                               algorithm=algorithm, fptt=FPTTConfig(parts=None),
-                               optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
-    trainer = pl.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1, max_epochs=1,
-                         limit_train_batches=batches, limit_val_batches=0, num_sanity_val_steps=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=callbacks, default_root_dir=args.root)
-    trainer.fit(module, train_dataloaders=make_loader(data, batch_size, shuffle=False))
+    if args.model == "detector":
+        module = common.make_detector(algorithm, num_steps, size, args.width)
+        loader = common.detection_loader(batches, batch_size, size)
+    else:
+        module = common.make_classifier(algorithm, num_steps, list(args.channels))
+        loader = common.classification_loader(batches, batch_size, size)
+    common.make_trainer(args.device, batches, callbacks).fit(module, train_dataloaders=loader)
     return module
 
 
@@ -136,9 +66,9 @@ def measure(algorithm: str, num_steps: int, args: argparse.Namespace) -> dict[st
     import torch
     torch.set_num_threads(args.threads)
     if args.warmup:
-        _fit(algorithm, 2, 16, 2, 1, args, [])
-    meter = Meter(args.device)
-    probe = _probe(meter)
+        _fit(algorithm, 2, 32 if args.model == "detector" else 16, 2, 1, args, [])
+    meter = common.Meter(args.device)
+    probe = common.memory_probe(meter)
     module = _fit(algorithm, num_steps, args.image_size, args.batch_size, args.batches, args, [probe])
     if probe.result is None:
         raise RuntimeError("training ended before the memory probe saw a batch")
@@ -152,9 +82,10 @@ def run_worker(algorithm: str, num_steps: int, args: argparse.Namespace) -> dict
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", algorithm, "--steps", str(num_steps),
                "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
                "--batches", str(args.batches), "--threads", str(args.threads), "--device", args.device,
+               "--model", args.model, "--width", str(args.width),
                *([] if args.warmup else ["--no-warmup"]),
                "--channels", *map(str, args.channels)]
-    env = {**os.environ, **WORKER_ENV, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **common.WORKER_ENV, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=args.root)
     if done.returncode != 0:
         raise RuntimeError(f"worker {algorithm} T={num_steps} failed:\n{done.stderr[-4000:]}")
@@ -178,8 +109,10 @@ def run_table(args: argparse.Namespace) -> tuple[dict[str, dict[str, int]], dict
 
 def report(table: dict[str, dict[str, int]], info: dict[str, Any], args: argparse.Namespace) -> None:
     """Print the readable table: T, FPTT MiB, BPTT MiB, BPTT/FPTT, and FPTT's growth over T."""
+    model = (f"SPYv4 detector width={args.width}" if args.model == "detector"
+             else f"ltc_convnet channels={list(args.channels)}")
     print(f"Peak training memory over the baseline ({args.device}, {info['method']}; median of "
-          f"{args.repeats}); ltc_convnet channels={list(args.channels)}, batch={args.batch_size}, "
+          f"{args.repeats}); {model}, batch={args.batch_size}, "
           f"frames 3x{args.image_size}x{args.image_size}, {args.batches} batches, "
           f"params {info['params'] / MIB:.2f} MiB, footprint at the baseline {info['baseline'] / MIB:.0f} MiB")
     print(f"{'T':>4} {'FPTT MiB':>10} {'BPTT MiB':>10} {'BPTT/FPTT':>10}")
@@ -189,7 +122,8 @@ def report(table: dict[str, dict[str, int]], info: dict[str, Any], args: argpars
     first, last = str(args.steps[0]), str(args.steps[-1])
     growth = table["fptt"][last] / max(table["fptt"][first], 1)
     print(f"FPTT T={last} / T={first}: {growth:.2f}x   "
-          f"BPTT T={last} / T={first}: {table['bptt'][last] / max(table['bptt'][first], 1):.2f}x")
+          f"BPTT T={last} / T={first}: {table['bptt'][last] / max(table['bptt'][first], 1):.2f}x   "
+          f"FPTT T={last} / BPTT T={first}: {table['fptt'][last] / max(table['bptt'][first], 1):.2f}x")
 
 
 def plot(table: dict[str, dict[str, int]], steps: list[int], path: str) -> None:
@@ -212,8 +146,10 @@ def plot(table: dict[str, dict[str, int]], steps: list[int], path: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line; ``--worker ALGO`` (internal) measures one algorithm at ``--steps T``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="values of T")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--model", choices=["classifier", "detector"], default="classifier")
+    parser.add_argument("--width", type=float, default=0.25, help="detector channel width (1: the paper's)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="values of T (4 8 16 32 64; detector 4 8 16)")
+    parser.add_argument("--batch-size", type=int, default=None, help="8 (detector: 2)")
     parser.add_argument("--image-size", type=int, default=128, help="side of the square static frames")
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32], help="ltc_convnet cells")
     parser.add_argument("--batches", type=int, default=3, help="training batches per measurement")
@@ -226,13 +162,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", metavar="PATH", help="save a PNG of memory against T")
     parser.add_argument("--worker", choices=ALGORITHMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.root = str(Path(__file__).resolve().parent.parent)
+    detector = args.model == "detector"
+    args.steps = args.steps or (DETECTOR_DEFAULTS["steps"] if detector else [4, 8, 16, 32, 64])
+    args.batch_size = args.batch_size or (DETECTOR_DEFAULTS["batch_size"] if detector else 8)
+    args.root = str(common.ROOT)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
+        common.quiet()
         print(json.dumps(measure(args.worker, args.steps[0], args)))
         return
     table, info = run_table(args)

@@ -98,8 +98,8 @@ def train(args: Any = None) -> SpikelocCLI:
     except BaseException:
         _remove_unstarted(run_dir, existed, trainer)
         raise
+    run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: a broadcast under DDP
     if trainer.is_global_zero:
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         print(f"\nrun folder: {run_dir}")
         if trainer.checkpoint_callback is not None:
             print(f"last checkpoint: {trainer.checkpoint_callback.last_model_path}")

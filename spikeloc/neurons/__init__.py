@@ -1,5 +1,6 @@
 """Spiking neurons: pure step functions, surrogate gradients, stateful modules."""
 from .functional import adaptive_threshold, lif_step, ltc_step, readout_step, reset_membrane
+from .fused import fused_lif_step, fused_ltc_step
 from .modules import (ALIFNeuron, LeakyReadout, LIFNeuron, LTCDense, LTCNeuron, NeuronKind, SpikingConv2d,
                       make_neuron)
 from .state import detach_state, map_state, reset_state
@@ -7,6 +8,7 @@ from .surrogate import ATan, MultiGaussian, Sigmoid, Surrogate, get_surrogate
 
 __all__ = [
     "ALIFNeuron", "ATan", "LIFNeuron", "LTCDense", "LTCNeuron", "LeakyReadout", "MultiGaussian", "NeuronKind",
-    "Sigmoid", "SpikingConv2d", "Surrogate", "adaptive_threshold", "detach_state", "get_surrogate", "lif_step",
+    "Sigmoid", "SpikingConv2d", "Surrogate", "adaptive_threshold", "detach_state", "fused_lif_step", "fused_ltc_step",
+    "get_surrogate", "lif_step",
     "ltc_step", "make_neuron", "map_state", "readout_step", "reset_membrane", "reset_state",
 ]

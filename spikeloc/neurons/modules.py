@@ -7,12 +7,14 @@ membrane ``u`` of the LTC, LIF and ALIF neurons and the LTC read-out when ``init
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from .fused import fused_lif_step, fused_ltc_step
 from .surrogate import Surrogate, get_surrogate
 
 NeuronKind = Literal["ltc", "lif", "alif", "ltc_readout", "ann"]
@@ -35,7 +37,23 @@ def _membrane(state: dict | None, like: Tensor, init_state: InitState) -> Tensor
 
 
 def _spiking_repr(module: nn.Module) -> str:
-    return f"threshold={module.threshold}, reset={module.reset}, surrogate={module.surrogate}"
+    fused = f", fused{' (compiled)' if module.compile else ''}" if module.fused else ""
+    return f"threshold={module.threshold}, reset={module.reset}, surrogate={module.surrogate}{fused}"
+
+
+def _set_fused(module: nn.Module, fused: bool, compile: bool) -> None:
+    """``fused``: the step as one autograd node (:mod:`spikeloc.neurons.fused`, same numbers, less
+    memory and time); ``compile``: its kernels compiled by ``torch.compile`` (needs ``fused``)."""
+    if compile and not fused:
+        raise ValueError("compile=True needs fused=True (it compiles the fused step's kernels)")
+    module.fused, module.compile = fused, compile
+
+
+def _lif_update(neuron: nn.Module, current: Tensor, u: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
+    """:func:`~spikeloc.neurons.functional.lif_step` with ``neuron``'s settings (fused if asked)."""
+    if neuron.fused:
+        return fused_lif_step(current, u, neuron.decay, threshold, neuron.surrogate, neuron.reset, neuron.compile)
+    return F.lif_step(current, u, neuron.decay, threshold, neuron.surrogate, neuron.reset)
 
 
 class LTCNeuron(nn.Module):
@@ -47,9 +65,11 @@ class LTCNeuron(nn.Module):
 
     def __init__(self, channels: int, tau_kernel: int = 3, threshold: float = 1.0,
                  surrogate: str | dict | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
-                 tau_bias: float = 0.0, init_state: InitState = "zeros") -> None:
+                 tau_bias: float = 0.0, init_state: InitState = "zeros", fused: bool = False,
+                 compile: bool = False) -> None:
         super().__init__()
         self.init_state = init_state
+        _set_fused(self, fused, compile)
         self.tau_conv = nn.Conv2d(channels, channels, tau_kernel, padding=tau_kernel // 2, bias=False)
         self.tau_bn = nn.BatchNorm2d(channels)
         nn.init.constant_(self.tau_bn.bias, tau_bias)
@@ -61,7 +81,8 @@ class LTCNeuron(nn.Module):
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         u = _membrane(state, current, self.init_state)
-        spike, u = F.ltc_step(current, u, self.tau(current, u), self.threshold, self.surrogate, self.reset)
+        step = partial(fused_ltc_step, compile=self.compile) if self.fused else F.ltc_step
+        spike, u = step(current, u, self.tau(current, u), self.threshold, self.surrogate, self.reset)
         return spike, {"u": u}
 
     def extra_repr(self) -> str:
@@ -98,7 +119,7 @@ class LTCReadoutNeuron(nn.Module):
 
 
 SPIKING_ONLY = frozenset({"tau_kernel", "threshold", "surrogate", "reset", "tau_bias", "decay", "rho", "scale",
-                          "init_state"})
+                          "init_state", "fused", "compile"})
 
 
 def _check_ignored(kwargs: dict, owner: str, allowed: frozenset = SPIKING_ONLY) -> None:
@@ -138,14 +159,15 @@ class LIFNeuron(nn.Module):
 
     def __init__(self, channels: int | None = None, decay: float = 0.5, threshold: float = 1.0,
                  surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
-                 init_state: InitState = "zeros") -> None:
+                 init_state: InitState = "zeros", fused: bool = False, compile: bool = False) -> None:
         super().__init__()
         self.init_state = init_state
+        _set_fused(self, fused, compile)
         self.decay, self.threshold, self.surrogate, self.reset = decay, threshold, get_surrogate(surrogate), reset
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         u = _membrane(state, current, self.init_state)
-        spike, u = F.lif_step(current, u, self.decay, self.threshold, self.surrogate, self.reset)
+        spike, u = _lif_update(self, current, u, self.threshold)
         return spike, {"u": u}
 
     def extra_repr(self) -> str:
@@ -160,9 +182,10 @@ class ALIFNeuron(nn.Module):
 
     def __init__(self, channels: int | None = None, decay: float = 0.5, rho: float = 0.9, threshold: float = 1.0,
                  scale: float = 1.8, surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
-                 init_state: InitState = "zeros") -> None:
+                 init_state: InitState = "zeros", fused: bool = False, compile: bool = False) -> None:
         super().__init__()
         self.init_state = init_state
+        _set_fused(self, fused, compile)
         self.decay, self.rho, self.threshold, self.scale = decay, rho, threshold, scale
         self.surrogate, self.reset = get_surrogate(surrogate), reset
 
@@ -170,7 +193,7 @@ class ALIFNeuron(nn.Module):
         u = _membrane(state, current, self.init_state)
         b, s = (_zeros(state, key, current) for key in ("b", "s"))
         theta, b = F.adaptive_threshold(b, s, self.rho, self.threshold, self.scale)
-        spike, u = F.lif_step(current, u, self.decay, theta, self.surrogate, self.reset)
+        spike, u = _lif_update(self, current, u, theta)
         return spike, {"u": u, "b": b, "s": spike}
 
     def extra_repr(self) -> str:

@@ -1,0 +1,140 @@
+"""Where the time of one training batch goes: ``torch.profiler`` events attributed to parts of the step.
+
+Scopes (``record_function`` ranges) are put around the neurons, the model, the loss (target
+assignment included), the optimizer (clipping included) and FPTT's penalty and update; the
+whole batch runs inside ``spikeloc::batch``. Every profiler event's *self* CPU time then goes to:
+
+1. ``conv`` / ``batchnorm`` when it or an ancestor is a convolution / batch-norm op or its
+   backward (``aten::mkldnn_convolution``, ``aten::convolution_backward``,
+   ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...);
+2. else the innermost scope around it; a backward node (``evaluate_function: XBackward0``) goes
+   to the scope of the forward op that created it (matched by autograd sequence number);
+3. else ``other`` (Lightning, state detaching, logging, Python between ops).
+"""
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Callable
+
+CATEGORIES = ("conv", "batchnorm", "neuron", "model_other", "loss", "optimizer", "fptt", "other")
+SCOPES = {"spikeloc::neuron": "neuron", "spikeloc::model": "model_other", "spikeloc::loss": "loss",
+          "spikeloc::optimizer": "optimizer", "spikeloc::fptt": "fptt"}
+_CONV = re.compile(r"convolution|conv\d|conv_|mkldnn_conv")
+_BACKWARD = "autograd::engine::evaluate_function"
+
+
+def by_name(name: str) -> str | None:
+    """``conv`` / ``batchnorm`` / ``optimizer`` for ops recognised by name alone, else None."""
+    lower = name.lower()
+    if _CONV.search(lower):
+        return "conv"
+    if "batch_norm" in lower or "batchnorm" in lower:
+        return "batchnorm"
+    if name.startswith("Optimizer."):
+        return "optimizer"
+    return None
+
+
+def scoped(name: str, fn: Callable) -> Callable:
+    """``fn`` run inside ``record_function(name)``."""
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.profiler.record_function(name):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def install_scopes(module: Any, trainer: Any) -> None:
+    """Wrap the neurons, model, loss, FPTT and optimizer step of a fitted ``OnlineModule`` in scopes."""
+    from spikeloc.neurons.modules import NEURONS, LTCDense
+    kinds = tuple(NEURONS.values()) + (LTCDense,)
+    for sub in module.modules():
+        if isinstance(sub, kinds):
+            sub.forward = scoped("spikeloc::neuron", sub.forward)
+    network = module.spiking_network()
+    if network is not None:
+        network.forward = scoped("spikeloc::model", network.forward)
+    module.step_loss = scoped("spikeloc::loss", module.step_loss)
+    if module.fptt is not None:
+        module.fptt.penalty = scoped("spikeloc::fptt", module.fptt.penalty)
+        module.fptt.update = scoped("spikeloc::fptt", module.fptt.update)
+    trainer.strategy.optimizer_step = scoped("spikeloc::optimizer", trainer.strategy.optimizer_step)
+
+
+def _category(event: Any, backward_scope: dict[int, str]) -> str:
+    node = event
+    while node is not None:
+        found = by_name(node.name) or SCOPES.get(node.name)
+        if found is None and node.name.startswith(_BACKWARD):
+            found = backward_scope.get(node.sequence_nr)
+        if found is not None:
+            return found
+        node = node.cpu_parent
+    return "other"
+
+
+def _forward_scope(event: Any) -> str | None:
+    node = event.cpu_parent
+    while node is not None:
+        if node.name.startswith(_BACKWARD):
+            return None
+        if node.name in SCOPES:
+            return SCOPES[node.name]
+        node = node.cpu_parent
+    return None
+
+
+def attribute(events: list[Any]) -> dict[str, float]:
+    """Self CPU microseconds per category over ``events`` (``prof.events()``)."""
+    backward_scope: dict[int, str] = {}
+    for event in events:
+        if event.sequence_nr >= 0 and not event.name.startswith(_BACKWARD):
+            scope = _forward_scope(event)
+            if scope is not None:
+                backward_scope.setdefault(event.sequence_nr, scope)
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    for event in events:
+        totals[_category(event, backward_scope)] += event.self_cpu_time_total
+    return totals
+
+
+def profiler_callback(batch_index: int) -> Any:
+    """A Lightning callback that installs the scopes and profiles batch ``batch_index``.
+
+    After the fit its ``totals`` hold the microseconds per category (see :func:`attribute`).
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    class StepProfiler(pl.Callback):
+        def __init__(self) -> None:
+            self.totals: dict[str, float] | None = None
+            self._profile: Any = None
+            self._range: Any = None
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            install_scopes(pl_module, trainer)
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, index: int) -> None:
+            if index == batch_index:
+                self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self._profile.__enter__()
+                self._range = torch.profiler.record_function("spikeloc::batch")
+                self._range.__enter__()
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, index: int) -> None:
+            if index == batch_index:
+                self._range.__exit__(None, None, None)
+                self._profile.__exit__(None, None, None)
+                self.totals = attribute(list(self._profile.events()))
+
+    return StepProfiler()
+
+
+def shares(totals: dict[str, float]) -> dict[str, float]:
+    """Fractions of the profiled CPU time per category (they sum to 1)."""
+    total = sum(totals.values()) or 1.0
+    return {key: round(value / total, 4) for key, value in totals.items()}

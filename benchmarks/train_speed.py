@@ -1,0 +1,270 @@
+"""Training throughput, peak memory and a step breakdown of the SPYv4 detector, FPTT vs BPTT (README "Speed").
+
+Each case trains a fresh ``SpikingDetector`` (``spyv4_tiny``) through a Lightning ``Trainer`` on
+random images with random boxes: ``--warmup`` untimed batches, ``--batches`` timed batches
+(median seconds per batch), then one profiled batch (FPTT at ``--options-steps`` only) whose
+CPU time is split by :mod:`breakdown` into conv, batchnorm, neuron (+ surrogate), other model
+ops, loss (+ target assignment), optimizer (+ clipping), FPTT (penalty + update) and other.
+Throughput is ``batch_size * T / seconds per batch`` (samples x time steps per second); the
+peak is the memory training adds over the footprint at the first batch (see ``memory.py``).
+
+Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``):
+``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
+``channels_last`` (model and input in NHWC) and ``bf16`` (``precision="bf16-mixed"``); then
+``default again``, whose "speedup" shows how much a shared machine drifted during the options.
+The cell part times one ``LTCNeuron`` step, forward + backward, reference vs fused (vs compiled).
+
+Usage::
+
+    python benchmarks/train_speed.py [--sizes small full] [--algorithms fptt bptt] [--steps 4 8 16]
+        [--options default fused compile channels_last bf16] [--batches 3] [--json] [--plot FILE.png]
+
+With ``--json`` the last stdout line is one object with keys ``device``, ``threads``, ``torch``,
+``runs`` (one row per case: size, image_size, width, batch_size, algorithm, T, option, batch_s,
+throughput, peak_mib), ``options`` (per size: option -> batch_s, speedup over default),
+``breakdown`` (per size: option -> share per category), ``conv_share`` (convolution share of the
+default FPTT step's CPU time, first size), ``fptt_share``, ``cell`` (rows: shape, scope ``neuron``
+or ``step``, variant, ms, speedup) and ``compile`` (``ok`` or the compiler error).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from typing import Any
+
+import common
+from breakdown import CATEGORIES, profiler_callback, shares
+
+SIZES = {"small": (128, 0.25), "full": (416, 1.0), "tiny": (64, 0.125)}
+
+
+def timer_callback(skip: set[int]) -> Any:
+    """Seconds of every batch whose index is not in ``skip`` (``.times``)."""
+    import lightning.pytorch as pl
+    import torch
+
+    class Timer(pl.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._start = 0.0
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, index: int) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, index: int) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if index not in skip:
+                self.times.append(time.perf_counter() - self._start)
+
+    return Timer()
+
+
+def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bool,
+             args: argparse.Namespace) -> dict[str, Any]:
+    """Train one case; returns its row (and ``breakdown`` totals when ``profile``)."""
+    import torch
+    torch.manual_seed(0)
+    image_size, width = SIZES[size]
+    module = common.make_detector(algorithm, num_steps, image_size, width)
+    precision, callbacks = common.apply_option(module, option)
+    batches = args.warmup + args.batches + int(profile)
+    timer = timer_callback(set(range(args.warmup)) | {batches - 1} if profile else set(range(args.warmup)))
+    meter = common.Meter(args.device)
+    probe = common.memory_probe(meter, last_batch=args.warmup + args.batches - 1)
+    profiler = profiler_callback(batches - 1 if profile else -1)
+    trainer = common.make_trainer(args.device, batches, [*callbacks, timer, probe, profiler], precision)
+    trainer.fit(module, train_dataloaders=common.detection_loader(batches, args.batch_size, image_size))
+    seconds = common.median(timer.times)
+    row = {"size": size, "image_size": image_size, "width": width, "batch_size": args.batch_size,
+           "algorithm": algorithm, "T": num_steps, "option": option, "batch_s": round(seconds, 4),
+           "throughput": round(args.batch_size * num_steps / seconds, 2),
+           "peak_mib": round((probe.result or 0) / common.MIB, 1)}
+    print(f"  {size} {algorithm} T={num_steps} {option}: {seconds:.3f} s/batch, "
+          f"{row['throughput']:.1f} samples*steps/s, peak {row['peak_mib']} MiB", file=sys.stderr, flush=True)
+    return {**row, "totals": profiler.totals}
+
+
+def run_training(args: argparse.Namespace) -> dict[str, Any]:
+    """FPTT/BPTT over T with the default options, then every option at ``--options-steps``."""
+    runs, options, breakdowns = [], {}, {}
+    for size in args.sizes:
+        for algorithm in args.algorithms:
+            for num_steps in args.steps:
+                profile = algorithm == "fptt" and num_steps == args.options_steps
+                runs.append(run_case(size, algorithm, num_steps, "default", profile, args))
+        reference = [r for r in runs if r["size"] == size and r["algorithm"] == "fptt"
+                     and r["T"] == args.options_steps and r["option"] == "default"]
+        if not reference:
+            reference = [run_case(size, "fptt", args.options_steps, "default", True, args)]
+            runs += reference
+        others = [option for option in args.options if option != "default"]
+        for option in others:
+            runs.append(run_case(size, "fptt", args.options_steps, option, True, args))
+        if others:  # the default once more, after the options: how much the machine drifted meanwhile
+            runs.append({**run_case(size, "fptt", args.options_steps, "default", True, args), "option": "default again"})
+        picked = reference + [r for r in runs if r["size"] == size and r["option"] != "default"]
+        options[size] = {r["option"]: {"batch_s": r["batch_s"],
+                                       "speedup": round(reference[0]["batch_s"] / r["batch_s"], 3)} for r in picked}
+        breakdowns[size] = {r["option"]: shares(r["totals"]) for r in picked if r["totals"]}
+    first = breakdowns[args.sizes[0]]["default"]
+    return {"runs": [{k: v for k, v in r.items() if k != "totals"} for r in runs], "options": options,
+            "breakdown": breakdowns, "conv_share": first["conv"], "fptt_share": first["fptt"]}
+
+
+# ---- the cell on its own -----------------------------------------------------------------
+def _interleaved(fns: dict[str, Any], repeats: int) -> dict[str, tuple[float, float]]:
+    """Per name: (median seconds, median of the first fn's time / this fn's time, pair by pair).
+
+    The functions run in turn within every repeat, so a load change on a shared machine hits
+    all of them alike; one warm-up round (compilation included) goes first."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    first = next(iter(times.values()))
+    return {name: (common.median(t), common.median([a / b for a, b in zip(first, t)])) for name, t in times.items()}
+
+
+def _cell_cases(shape: list[int], compiled: bool) -> dict[str, dict[str, Any]]:
+    """Forward + backward closures: the whole ``LTCNeuron`` (tau conv + BN + step) and the step alone."""
+    import torch
+    from spikeloc.neurons import LTCNeuron, ltc_step
+    from spikeloc.neurons.fused import fused_ltc_step
+    generator = torch.Generator().manual_seed(0)
+    current, u, tau = (torch.rand(shape, generator=generator).mul_(1.5).requires_grad_() for _ in range(3))
+    weights = torch.randn(shape, generator=generator)
+    variants = {"reference": None, "fused": False, **({"compiled": True} if compiled else {})}
+    neuron_fns, step_fns = {}, {}
+    for variant, compile in variants.items():
+        torch.manual_seed(0)
+        neuron = LTCNeuron(shape[1])
+        if compile is not None:
+            common.fuse_cells(neuron, compile=compile)
+
+        def whole(neuron: Any = neuron) -> None:
+            spike, state = neuron(current, {"u": u})
+            (spike * weights + state["u"]).sum().backward()
+
+        def step(compile: bool | None = compile) -> None:
+            fn = ltc_step if compile is None else functools.partial(fused_ltc_step, compile=compile)
+            spike, u_next = fn(current, u, tau, 1.0, neuron.surrogate)
+            torch.autograd.grad((spike * weights + u_next).sum(), (current, u, tau))
+
+        neuron_fns[variant], step_fns[variant] = whole, step
+    return {"neuron": neuron_fns, "step": step_fns}
+
+
+def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One LTC-SN step, forward + backward, at each ``--cell-shapes``: reference vs fused (vs compiled),
+    for the whole ``LTCNeuron`` (``scope: neuron``) and for the element-wise step alone (``scope: step``)."""
+    rows = []
+    for shape in args.cell_shapes:
+        for scope, fns in _cell_cases(shape, "compile" in args.options).items():
+            for variant, (seconds, speedup) in _interleaved(fns, args.cell_repeats).items():
+                rows.append({"shape": list(shape), "scope": scope, "variant": variant,
+                             "ms": round(1000 * seconds, 3), "speedup": round(speedup, 3)})
+                print(f"  {scope} {list(shape)} {variant}: {1000 * seconds:.2f} ms, x{speedup:.2f}",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+# ---- output --------------------------------------------------------------------------------
+def report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Readable tables: runs, options, breakdown, cell."""
+    print(f"device {result['device']}, {result['threads']} thread(s), torch {result['torch']}, "
+          f"batch {args.batch_size}, median of {args.batches} timed batches")
+    print(f"{'size':>6} {'algo':>5} {'T':>3} {'option':>14} {'s/batch':>8} {'samp*T/s':>9} {'peak MiB':>9}")
+    for r in result["runs"]:
+        print(f"{r['size']:>6} {r['algorithm']:>5} {r['T']:>3} {r['option']:>14} {r['batch_s']:>8.3f} "
+              f"{r['throughput']:>9.1f} {r['peak_mib']:>9.1f}")
+    for size, table in result["breakdown"].items():
+        print(f"breakdown of the FPTT step, {size}, T={args.options_steps} (share of profiled CPU time):")
+        print(f"{'option':>14} " + " ".join(f"{c:>11}" for c in CATEGORIES) + f" {'speedup':>8}")
+        for option, row in table.items():
+            print(f"{option:>14} " + " ".join(f"{row[c]:>11.3f}" for c in CATEGORIES)
+                  + f" {result['options'][size][option]['speedup']:>8.2f}")
+    print("one LTC-SN step, forward + backward (speedup: median of paired ratios to the reference):")
+    for r in result["cell"]:
+        print(f"{r['scope']:>7} {str(r['shape']):>18} {r['variant']:>10} {r['ms']:>9.2f} ms  x{r['speedup']:.2f}")
+    print(f"conv_share {result['conv_share']:.3f}  fptt_share {result['fptt_share']:.3f}  compile: {result['compile']}")
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Throughput against T (FPTT, BPTT) and the step breakdown per option (first size)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    size = next(iter(result["breakdown"]))
+    for algorithm in ("fptt", "bptt"):
+        rows = [r for r in result["runs"] if r["size"] == size and r["algorithm"] == algorithm
+                and r["option"] == "default"]
+        if rows:
+            left.plot([r["T"] for r in rows], [r["throughput"] for r in rows], marker="o", label=algorithm.upper())
+    left.set(xlabel="time steps T", ylabel="samples x steps / s", title=f"training throughput ({size})")
+    left.legend()
+    table = result["breakdown"][size]
+    bottom = [0.0] * len(table)
+    for category in CATEGORIES:
+        values = [row[category] for row in table.values()]
+        right.bar(list(table), values, bottom=bottom, label=category)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    right.set(ylabel="share of CPU time", title="FPTT step breakdown")
+    right.tick_params(axis="x", labelrotation=30)
+    right.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["small"],
+                        help="small: 128x128, width 0.25; full: 416x416, width 1 (the paper's); tiny: tests")
+    parser.add_argument("--algorithms", nargs="+", choices=["fptt", "bptt"], default=["fptt", "bptt"])
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16], help="values of T")
+    parser.add_argument("--options", nargs="+", choices=list(common.OPTIONS), default=list(common.OPTIONS))
+    parser.add_argument("--options-steps", type=int, default=8, help="T of the options and the breakdown")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per case (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first")
+    parser.add_argument("--cell-shapes", type=lambda s: [int(v) for v in s.split(",")], nargs="*",
+                        default=[[2, 64, 104, 104], [2, 256, 26, 26]], help="e.g. 2,64,104,104 (none: skip)")
+    parser.add_argument("--cell-repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    parser.add_argument("--plot", metavar="PATH", help="save a PNG (throughput over T, breakdown per option)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    common.quiet()
+    import torch
+    from spikeloc.neurons.fused import compile_status
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
+    result["cell"] = run_cell(args)
+    result.update(run_training(args))
+    result["compile"] = compile_status()
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        report(result, args)
+
+
+if __name__ == "__main__":
+    common.reexec_with_worker_env()  # RSS then follows live tensors (see common.WORKER_ENV)
+    main()

@@ -1,0 +1,89 @@
+"""The speed benchmarks in their tiny modes: they run, and print one JSON object with the documented keys."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def benchmarks(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import infer_speed
+    import train_speed
+    return train_speed, infer_speed
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
+    train_speed, _ = benchmarks
+    plot = tmp_path / "speed.png"
+    train_speed.main(["--sizes", "tiny", "--algorithms", "fptt", "bptt", "--steps", "2", "--options-steps", "2",
+                      "--options", "default", "fused", "--batches", "1", "--warmup", "0", "--batch-size", "1",
+                      "--cell-shapes", "1,4,8,8", "--cell-repeats", "1", "--json", "--plot", str(plot)])
+    result = last_json(capsys)
+    assert {"device", "threads", "torch", "runs", "options", "breakdown", "conv_share", "fptt_share", "cell",
+            "compile"} <= set(result)
+    runs = result["runs"]
+    assert [(r["algorithm"], r["option"]) for r in runs] == [("fptt", "default"), ("bptt", "default"),
+                                                             ("fptt", "fused"), ("fptt", "default again")]
+    for row in runs:
+        assert row["batch_s"] > 0 and row["throughput"] == pytest.approx(1 * 2 / row["batch_s"], rel=0.01)
+    breakdown = result["breakdown"]["tiny"]
+    assert set(breakdown) == {"default", "fused", "default again"}
+    for shares in breakdown.values():
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+        assert shares["conv"] > 0 and shares["neuron"] > 0 and shares["loss"] > 0 and shares["fptt"] > 0
+    assert result["conv_share"] == breakdown["default"]["conv"]
+    assert result["options"]["tiny"]["default"]["speedup"] == 1.0
+    assert [(r["scope"], r["variant"]) for r in result["cell"]] == [
+        ("neuron", "reference"), ("neuron", "fused"), ("step", "reference"), ("step", "fused")]
+    assert all(r["ms"] > 0 for r in result["cell"]) and result["cell"][0]["speedup"] == 1.0
+    assert plot.stat().st_size > 0
+
+
+def test_infer_speed_tiny_json(benchmarks, capsys):
+    _, infer_speed = benchmarks
+    infer_speed.main(["--models", "spyv4_tiny", "srnn_ltc", "--steps", "1", "2", "--image-size", "32",
+                      "--width", "0.125", "--batch-size", "1", "--repeats", "1", "--json"])
+    result = last_json(capsys)
+    assert set(result["latency_ms"]) == {"spyv4_tiny", "srnn_ltc"}
+    for row in result["latency_ms"].values():
+        assert set(row) == {"1", "2"} and all(v > 0 for v in row.values())
+    assert {"spyv4_tiny", "ltc_resnet18", "ltc_resnet34", "ltc_resnet50", "ltc_convnet",
+            "srnn_ltc"} <= set(infer_speed.registered())
+
+
+def test_infer_speed_rejects_unknown_model(benchmarks):
+    _, infer_speed = benchmarks
+    with pytest.raises(SystemExit, match="unknown"):
+        infer_speed.main(["--models", "resnet18_ann"])
+
+
+def test_fused_cells_keep_the_detector_numbers(benchmarks):
+    # the benchmarks' "fused" option: same outputs over two steps, same parameter gradients
+    import copy
+
+    import torch
+    import common
+    torch.manual_seed(0)
+    reference = common.make_detector("fptt", 2, 64, 0.125).model
+    fused = copy.deepcopy(reference)
+    assert common.fuse_cells(fused) > 10
+    x = torch.rand(2, 3, 64, 64)
+    losses = []
+    for model in (reference, fused):
+        state, total = None, 0.0
+        for _ in range(2):
+            raw, state = model(x, state)
+            total = total + sum(r.square().mean() for r in raw)
+        total.backward()
+        losses.append(total)
+    assert torch.equal(losses[0], losses[1])
+    for (name, a), b in zip(reference.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
