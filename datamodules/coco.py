@@ -63,7 +63,8 @@ class COCODetectionDataModule(DetectionDataModule):
         root: dataset folder; the four paths below are relative to it (see ``COCO_LAYOUT``).
         train_ann, train_images: training annotation json and image folder.
         val_ann, val_images: validation annotation json and image folder.
-        image_size, batch_size, num_workers, seed, augment, skip_bad_samples: see :class:`DetectionDataModule`.
+        image_size, batch_size, num_workers, seed, augment, skip_bad_samples, mosaic: see
+            :class:`DetectionDataModule`.
         train_difficult: keep crowd objects in training targets.
     """
 
@@ -71,9 +72,10 @@ class COCODetectionDataModule(DetectionDataModule):
                  train_images: str = "train2017", val_ann: str = "annotations/instances_val2017.json",
                  val_images: str = "val2017", image_size: int = 416, batch_size: int = 16, num_workers: int = 0,
                  seed: int = 0, augment: bool = True, train_difficult: bool = False,
-                 skip_bad_samples: bool = False) -> None:
+                 skip_bad_samples: bool = False, mosaic: float = 0.0) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         augment=augment, train_difficult=train_difficult, skip_bad_samples=skip_bad_samples)
+                         augment=augment, train_difficult=train_difficult, skip_bad_samples=skip_bad_samples,
+                         mosaic=mosaic)
         self.root = root
         self.files = {"train": (train_ann, train_images), "val": (val_ann, val_images)}
         self._categories: list[dict] | None = None
@@ -112,7 +114,8 @@ class COCODetectionDataModule(DetectionDataModule):
         if missing:
             require_files(root, missing[:MAX_LISTED], COCO_LAYOUT)
         drop = split == "train" and not self.train_difficult
-        return RecordDataset(records, transform, drop_difficult=drop, class_names=self.class_names)
+        return RecordDataset(records, transform, drop_difficult=drop, class_names=self.class_names,
+                             mosaic=self.mosaic_for(split))
 
     def test_is_val(self) -> bool:
         return True

@@ -32,6 +32,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from datamodules.common import make_loader
+from datamodules.mosaic import Mosaic
 from datamodules.transforms import LetterboxInfo, eval_transform, reference_train_transform, train_transform
 from datamodules.validation import check_records
 
@@ -122,18 +123,24 @@ class RecordDataset(Dataset):
     """Detection dataset over image files described by :class:`DetectionRecord` s."""
 
     def __init__(self, records: list[DetectionRecord], transform: Transform, drop_difficult: bool = False,
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, mosaic: Mosaic | None = None) -> None:
         self.records = records
         self.transform = transform
         self.drop_difficult = drop_difficult
         self.class_names = list(class_names or [])
+        self.mosaic = mosaic
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def load(self, index: int) -> tuple[torch.Tensor, DetectionRecord]:
+        """The source image uint8 ``[3, H, W]`` of item ``index`` and its record."""
         record = self.records[index]
-        return make_sample(read_rgb(record.path), record, self.transform, self.drop_difficult)
+        return read_rgb(record.path), record
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, record = self.mosaic(self.load, index, len(self)) if self.mosaic is not None else self.load(index)
+        return make_sample(image, record, self.transform, self.drop_difficult)
 
 
 class DetectionDataModule(L.LightningDataModule, ABC):
@@ -152,6 +159,12 @@ class DetectionDataModule(L.LightningDataModule, ABC):
             ``False``: resize them to it without padding (the reference's evaluation).
         augmentation: with ``augment``, spikeloc's pipeline (``"spikeloc"``) or the reference's random
             aspect / scale / HSV jitter and flip (``"reference"``, which places the image itself).
+        mosaic: with ``augment``, probability in [0, 1] that a training sample is a mosaic of its
+            image and three others of the split (:mod:`datamodules.mosaic`, the reference's optional
+            mosaic), built first and then put through the ``augmentation`` pipeline as one source
+            image; its ``orig_size`` is ``(S, S)`` and its ``orig_boxes`` are the mosaic's boxes.
+            0 (default): off. Datasets that build samples themselves (not :class:`RecordDataset`)
+            ignore it.
         skip_bad_samples: skip (count and log) unreadable images and annotations instead of failing
             at setup; see :mod:`datamodules.validation` for the box rule applied to every split.
 
@@ -163,7 +176,8 @@ class DetectionDataModule(L.LightningDataModule, ABC):
 
     def __init__(self, image_size: int = 416, batch_size: int = 16, num_workers: int = 0, seed: int = 0,
                  augment: bool = True, train_difficult: bool = False, letterbox: bool = True,
-                 augmentation: Literal["spikeloc", "reference"] = "spikeloc", skip_bad_samples: bool = False) -> None:
+                 augmentation: Literal["spikeloc", "reference"] = "spikeloc", skip_bad_samples: bool = False,
+                 mosaic: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.skip_bad_samples = skip_bad_samples
@@ -177,6 +191,7 @@ class DetectionDataModule(L.LightningDataModule, ABC):
         if augmentation not in ("spikeloc", "reference"):
             raise ValueError(f"augmentation must be 'spikeloc' or 'reference', got {augmentation!r}")
         self.augmentation = augmentation
+        self.mosaic = Mosaic(mosaic, image_size)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -203,6 +218,11 @@ class DetectionDataModule(L.LightningDataModule, ABC):
 
     def eval_transform(self) -> Transform:
         return eval_transform(self.image_size, self.letterbox)
+
+    def mosaic_for(self, split: str) -> Mosaic | None:
+        """The :class:`~datamodules.mosaic.Mosaic` of ``split``'s :class:`RecordDataset`: training with
+        ``augment`` and ``mosaic > 0`` only."""
+        return self.mosaic if split == "train" and self.augment and self.mosaic.p > 0 else None
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets a Lightning stage needs (``fit``, ``validate``, ``test``, ``predict``)."""

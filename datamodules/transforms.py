@@ -218,7 +218,7 @@ def reference_train_transform(size: int) -> v2.Compose:
     """The reference's training augmentation: :class:`RandomAspectScale` (aspect jitter 0.3, scale
     0.25-2, grey canvas), horizontal flip (p=0.5), :class:`HSVJitter` (0.1, 1.5, 1.5), then boxes
     clamped and those under one pixel wide or high dropped. (The reference's optional mosaic is
-    not implemented.)"""
+    :mod:`datamodules.mosaic`, applied before this pipeline.)"""
     return v2.Compose([RandomAspectScale(size), v2.RandomHorizontalFlip(p=0.5), HSVJitter(),
                        v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1, labels_getter=target_fields),
                        v2.ToDtype(torch.float32, scale=True)])

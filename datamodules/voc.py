@@ -131,7 +131,7 @@ class VOCDetectionDataModule(DetectionDataModule):
         val_sets: pairs for validation; default VOC2007 test.
         test_sets: pairs for testing; ``None`` means the validation sets.
         class_names: the label names in label order; default the 20 VOC classes.
-        image_size, batch_size, num_workers, seed, augment, letterbox, augmentation, skip_bad_samples: see
+        image_size, batch_size, num_workers, seed, augment, letterbox, augmentation, skip_bad_samples, mosaic: see
             :class:`DetectionDataModule`.
         train_difficult: keep ``difficult`` objects in training targets (eval always keeps and flags them).
     """
@@ -141,10 +141,10 @@ class VOCDetectionDataModule(DetectionDataModule):
                  class_names: list[str] | None = None, image_size: int = 416, batch_size: int = 16,
                  num_workers: int = 0, seed: int = 0, augment: bool = True, train_difficult: bool = False,
                  letterbox: bool = True, augmentation: Literal["spikeloc", "reference"] = "spikeloc",
-                 skip_bad_samples: bool = False) -> None:
+                 skip_bad_samples: bool = False, mosaic: float = 0.0) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=augment, train_difficult=train_difficult, letterbox=letterbox,
-                         augmentation=augmentation, skip_bad_samples=skip_bad_samples)
+                         augmentation=augmentation, skip_bad_samples=skip_bad_samples, mosaic=mosaic)
         names = list(VOC_CLASSES if class_names is None else class_names)
         if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise ValueError(f"class_names must be distinct non-empty names, got {class_names!r}")
@@ -161,7 +161,8 @@ class VOCDetectionDataModule(DetectionDataModule):
         records = read_voc_records(self.root, self.sets[split], class_names=self._class_names,
                                    skip_bad_samples=self.skip_bad_samples, split=split)
         drop = split == "train" and not self.train_difficult
-        return RecordDataset(records, transform, drop_difficult=drop, class_names=self._class_names)
+        return RecordDataset(records, transform, drop_difficult=drop, class_names=self._class_names,
+                             mosaic=self.mosaic_for(split))
 
     def test_is_val(self) -> bool:
         return self.sets["test"] == self.sets["val"]

@@ -36,6 +36,7 @@ def test_spyv4_voc_config_selects_the_reference():
         (0.001, 0.5, None, None, False)
     assert module.fptt_config.alpha == 0.1 and module.fptt_config.update_alpha == 0.5
     assert module.num_steps == 8 and not data.letterbox and data.augmentation == "reference"
+    assert data.mosaic.p == 0.0 and data.mosaic_for("train") is None  # the reference's optional mosaic, off
 
 
 def test_pretrained_backbone_is_loaded_after_weight_init(tmp_path):
