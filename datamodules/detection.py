@@ -163,8 +163,7 @@ class DetectionDataModule(L.LightningDataModule, ABC):
             image and three others of the split (:mod:`datamodules.mosaic`, the reference's optional
             mosaic), built first and then put through the ``augmentation`` pipeline as one source
             image; its ``orig_size`` is ``(S, S)`` and its ``orig_boxes`` are the mosaic's boxes.
-            0 (default): off. Datasets that build samples themselves (not :class:`RecordDataset`)
-            ignore it.
+            0 (default): off. Used by :class:`RecordDataset` (the VOC and COCO datamodules).
         skip_bad_samples: skip (count and log) unreadable images and annotations instead of failing
             at setup; see :mod:`datamodules.validation` for the box rule applied to every split.
 

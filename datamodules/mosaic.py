@@ -13,7 +13,8 @@ source image, so samples keep the batch contract of :mod:`datamodules.detection`
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from datamodules.validation import clean_box_array
+
+if TYPE_CHECKING:
+    from datamodules.detection import DetectionRecord
 
 CENTRE_RANGE = (0.25, 0.75)  # the centre is uniform in [0.25 S, 0.75 S] on each axis
 
@@ -81,8 +85,9 @@ def tile_mosaic(images: list[torch.Tensor], boxes: list[np.ndarray], size: int, 
 class Mosaic:
     """With probability ``p``, replace a training image by a mosaic of it and three others of the split.
 
-    Draws (whether, the three partners, the centre) come from torch's global RNG, like every other
-    random transform here, so they follow the loader's seeding from ``(seed, epoch)``.
+    Draws (whether, the three partners with replacement, the centre) come from torch's global RNG
+    like every other random transform here, so they are seeded and resumed as those are (README,
+    "Resuming is exact").
 
     Args:
         p: probability in [0, 1] (0: never).
@@ -105,19 +110,16 @@ class Mosaic:
         cx, cy = torch.randint(low, high + 1, (2,)).tolist()
         return [index, *partners], (cx, cy)
 
-    def __call__(self, load: Callable[[int], tuple[torch.Tensor, object]], index: int, length: int
-                 ) -> tuple[torch.Tensor, object]:
+    def __call__(self, load: Callable[[int], tuple[torch.Tensor, DetectionRecord]], index: int, length: int
+                 ) -> tuple[torch.Tensor, DetectionRecord]:
         """``load(index)`` (uint8 image ``[3, H, W]``, record), or a mosaic image ``[3, S, S]`` and its record."""
         drawn = self.draw(index, length)
         if drawn is None:
             return load(index)
-        from datamodules.detection import make_record  # detection imports this module
-
         indices, centre = drawn
         images, records = zip(*(load(i) for i in indices))
         canvas, boxes, keeps = tile_mosaic(list(images), [r.boxes for r in records], self.size, centre)
-        own = records[0]
-        return canvas, make_record(own.image_id, np.concatenate(boxes),
-                                   np.concatenate([r.labels[m] for r, m in zip(records, keeps)]),
-                                   np.concatenate([r.difficult[m] for r, m in zip(records, keeps)]),
-                                   name=f"mosaic of {', '.join(r.name or str(r.image_id) for r in records)}")
+        return canvas, replace(records[0], boxes=np.concatenate(boxes).reshape(-1, 4),
+                               labels=np.concatenate([r.labels[m] for r, m in zip(records, keeps)]),
+                               difficult=np.concatenate([r.difficult[m] for r, m in zip(records, keeps)]),
+                               path=None, name=f"mosaic of {', '.join(r.name or str(r.image_id) for r in records)}")

@@ -130,6 +130,7 @@ def test_mosaic_samples_keep_the_contract_and_are_reproducible(voc: Path, augmen
         assert len(boxes) == len(target["labels"]) == len(target["difficult"]) == len(target["orig_boxes"])
         assert ((boxes >= 0) & (boxes <= 64)).all()
         assert ((boxes[:, 2:] - boxes[:, :2]) >= 1).all()
+        assert not target["difficult"].any()  # difficult objects of all four images left out in training
     assert sum(len(s["target"]["boxes"]) for s in samples[0]) > 0
 
 
