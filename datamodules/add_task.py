@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from datamodules.common import make_loader
+from datamodules.common import SplitLoaders
 
 
 def generate_add_task(n: int, length: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
@@ -33,7 +33,7 @@ def generate_add_task(n: int, length: int, rng: np.random.Generator) -> tuple[Te
     return x, torch.from_numpy(targets.astype(np.float32))
 
 
-class AddTaskDataModule(LightningDataModule):
+class AddTaskDataModule(SplitLoaders, LightningDataModule):
     """Procedural Add task splits, each drawn from ``numpy.random.default_rng([seed, split])``.
 
     Attributes for the CLI: ``in_channels = 2`` inputs per step, ``num_classes = 1`` output.
@@ -62,15 +62,5 @@ class AddTaskDataModule(LightningDataModule):
             self.datasets[name] = TensorDataset(*generate_add_task(self.sizes[name], self.seq_len, rng))
         return self.datasets[name]
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return make_loader(self.split(name), self.batch_size, shuffle=shuffle, seed=self.seed,
-                           num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def split_dataset(self, split: str) -> TensorDataset:
+        return self.split(split)

@@ -114,6 +114,41 @@ def make_loader(
     )
 
 
+class SplitLoaders:
+    """A datamodule's ``train/val/test/predict_dataloader`` from one method, :meth:`split_dataset`:
+    the training split shuffled by an :class:`EpochSeededSampler`, every loader resumable mid-epoch
+    (:func:`make_loader`). Mix in before ``LightningDataModule``; reads ``batch_size``,
+    ``num_workers``, ``seed`` and ``collate_fn`` (``None``: torch's default)."""
+
+    collate_fn: Callable | None = None
+
+    def split_dataset(self, split: str) -> Dataset | None:
+        """The dataset of ``split`` (``train``, ``val`` or ``test``; ``None``: not set up)."""
+        raise NotImplementedError
+
+    def split_loader(self, split: str) -> DataLoader:
+        dataset, name = self.split_dataset(split), type(self).__name__
+        if dataset is None:
+            raise RuntimeError(f"{name}: the {split} split is not set up; call setup() first")
+        if len(dataset) == 0:
+            raise ValueError(f"{name}: the {split} split is empty; check the data root and the {split} "
+                             "split's settings in data.init_args")
+        return make_loader(dataset, self.batch_size, shuffle=split == "train", seed=self.seed,
+                           num_workers=self.num_workers, collate_fn=self.collate_fn)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.split_loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.split_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.split_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.split_loader("test")
+
+
 def require_files(root: str | Path, expected: Iterable[str], layout: str) -> Path:
     """Fail fast, naming what is missing, when a local dataset root is incomplete.
 

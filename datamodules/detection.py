@@ -27,11 +27,11 @@ import lightning as L
 import numpy as np
 import PIL.Image
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from datamodules.common import make_loader
+from datamodules.common import SplitLoaders
 from datamodules.mosaic import Mosaic
 from datamodules.transforms import LetterboxInfo, eval_transform, reference_train_transform, train_transform
 from datamodules.validation import check_records
@@ -143,7 +143,7 @@ class RecordDataset(Dataset):
         return make_sample(image, record, self.transform, self.drop_difficult)
 
 
-class DetectionDataModule(L.LightningDataModule, ABC):
+class DetectionDataModule(SplitLoaders, L.LightningDataModule, ABC):
     """Base for detection datamodules: transforms, stages and loaders following the batch contract.
 
     Subclasses implement :attr:`class_names` and :meth:`make_dataset`.
@@ -170,6 +170,8 @@ class DetectionDataModule(L.LightningDataModule, ABC):
     Attributes:
         in_channels: image channels (3, RGB), for models built from the datamodule.
     """
+
+    collate_fn = staticmethod(collate_detection)  # variable-size targets
 
     in_channels: int = 3
 
@@ -247,23 +249,5 @@ class DetectionDataModule(L.LightningDataModule, ABC):
         """Whether the test split is the validation split (then one dataset object serves both)."""
         return False
 
-    def _loader(self, dataset: Dataset | None, split: str, train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: the {split} split is not set up; call setup() first")
-        if len(dataset) == 0:
-            raise ValueError(f"{type(self).__name__}: the {split} split is empty; check the data root and the "
-                             f"split's settings (e.g. data.init_args.{split}_sets / {split}_ann)")
-        return make_loader(dataset, self.batch_size, shuffle=train, seed=self.seed,
-                           num_workers=self.num_workers, collate_fn=collate_detection, drop_last=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test")
+    def split_dataset(self, split: str) -> Dataset | None:
+        return {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]

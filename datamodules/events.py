@@ -25,10 +25,10 @@ import tonic
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
-from datamodules.common import make_loader
+from datamodules.common import SplitLoaders
 from datamodules.frames import FixedFrames, Sensor
 from datamodules.vision import split_train_val
 
@@ -135,7 +135,7 @@ def _class_names(name: str, root: str | Path) -> list[str]:
     return list(classes) if isinstance(classes, list) else sorted(classes, key=classes.get)
 
 
-class EventClassificationDataModule(LightningDataModule):
+class EventClassificationDataModule(SplitLoaders, LightningDataModule):
     """Event classification from a tonic dataset under ``root`` (see the module docstring).
 
     Args:
@@ -167,6 +167,7 @@ class EventClassificationDataModule(LightningDataModule):
             raise ValueError("val_fraction must be in [0, 1) and test_fraction in (0, 1), "
                              f"got {val_fraction}, {test_fraction}")
         self.save_hyperparameters()
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.name, self.root, self.spec = name, root, SPECS[name]
         value = frame_value if frame_value is not None else num_steps if frame_mode == "n_time_bins" else None
         if value is None:
@@ -231,17 +232,5 @@ class EventClassificationDataModule(LightningDataModule):
         make = lambda data, augment=None: FrameDataset(data, hp.clip_count, augment)  # noqa: E731
         self.datasets = {"train": make(train, self._augment()), "val": make(val), "test": make(test)}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            raise RuntimeError(f"EventClassificationDataModule: call setup() before the {split} loader")
-        return make_loader(self.datasets[split], self.hparams.batch_size, shuffle=shuffle, seed=self.hparams.seed,
-                           num_workers=self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def split_dataset(self, split: str) -> Dataset | None:
+        return self.datasets.get(split)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.common import make_loader
+from datamodules.common import SplitLoaders
 
 # Signed distance (approximate, in units of the shape radius; negative inside)
 # of each shape at rotated, radius-normalised coordinates (u, v).
@@ -175,7 +175,7 @@ class _FloatDataset(Dataset):
         return self.x[i].float(), self.y[i]
 
 
-class _ProceduralDataModule(LightningDataModule):
+class _ProceduralDataModule(SplitLoaders, LightningDataModule):
     """Shared split handling: each split generated once, on first ``setup`` needing it."""
 
     _split_ids = {"train": 0, "val": 1, "test": 2}
@@ -209,21 +209,8 @@ class _ProceduralDataModule(LightningDataModule):
         for name in needed.get(stage or "", ["train", "val", "test"]):
             self.split(name)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return make_loader(self.split(name), self.batch_size, shuffle=shuffle, seed=self.seed,
-                           num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def split_dataset(self, split: str) -> _FloatDataset:
+        return self.split(split)
 
 
 class ShapesClassificationDataModule(_ProceduralDataModule):

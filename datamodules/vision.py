@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from datamodules.common import make_loader, require_files
+from datamodules.common import SplitLoaders, require_files
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class ImageClassificationDataset(Dataset):
         return x, self.labels[j]
 
 
-class VisionClassificationDataModule(LightningDataModule):
+class VisionClassificationDataModule(SplitLoaders, LightningDataModule):
     """MNIST / Fashion-MNIST / CIFAR-10 read from ``root`` (nothing is downloaded).
 
     The validation set is ``val_fraction`` of the official training set, drawn
@@ -205,19 +205,5 @@ class VisionClassificationDataModule(LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(*load_split(self.name, self.root, train=False), None)
 
-    def _loader(self, dataset: ImageClassificationDataset | None, shuffle: bool, split: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"VisionClassificationDataModule: the {split} split is not loaded; call setup() first")
-        return make_loader(dataset, self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True, "train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False, "val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False, "test")
+    def split_dataset(self, split: str) -> Dataset | None:
+        return {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]

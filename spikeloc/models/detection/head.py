@@ -12,6 +12,7 @@ from typing import Literal, Sequence
 from torch import Tensor, nn
 
 from ...neurons import LeakyReadout
+from ..backbones.base import sub_state
 
 Readout = Literal["last", "leaky"]
 
@@ -55,7 +56,7 @@ class YOLOHead(nn.Module):
         for i, (feature, conv) in enumerate(zip(features, self.convs)):
             z = conv(feature)  # [B, A * (5 + K), H, W]
             if self.readouts is not None:
-                z, scale_state = self.readouts[i](z, None if state is None else state[i])
+                z, scale_state = self.readouts[i](z, sub_state(state, i))
             else:
                 scale_state = None
             batch, _, height, width = z.shape

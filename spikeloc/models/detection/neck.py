@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...neurons import NeuronKind, SpikingConv2d
-from ..backbones.base import sub_state as _sub
+from ..backbones.base import sub_state
 
 Upsample = Literal["current", "spikes"]
 
@@ -70,18 +70,18 @@ class SpikingYOLONeck(nn.Module):
         if len(features) != len(self.out_channels):
             raise ValueError(f"neck built for {len(self.out_channels)} scales, got {len(features)} features")
         n = len(features)
-        reduce_state, fuse_state = _sub(state, "reduce"), _sub(state, "fuse")
+        reduce_state, fuse_state = sub_state(state, "reduce"), sub_state(state, "fuse")
         new_reduce: list = [None] * (n - 1)
         new_fuse: list = [None] * (n - 1)
-        lateral, lateral_state = self.lateral(features[-1], _sub(state, "lateral"))
-        top, top_state = self.top(lateral, _sub(state, "top"))
+        lateral, lateral_state = self.lateral(features[-1], sub_state(state, "lateral"))
+        top, top_state = self.top(lateral, sub_state(state, "top"))
         outs: list[Tensor] = [top]
         source = lateral
         for i in reversed(range(n - 1)):
             upsampled, new_reduce[i] = self._reduce(i, source, features[i].shape[-2:],
-                                                    None if reduce_state is None else reduce_state[i])
+                                                    sub_state(reduce_state, i))
             fused, new_fuse[i] = self.fuse[i](torch.cat((upsampled, features[i]), dim=1),
-                                              None if fuse_state is None else fuse_state[i])
+                                              sub_state(fuse_state, i))
             outs.insert(0, fused)
             source = fused
         return outs, {"lateral": lateral_state, "top": top_state, "reduce": new_reduce, "fuse": new_fuse}
