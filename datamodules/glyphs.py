@@ -18,15 +18,14 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFilter
-import torch
 from PIL import ImageFont
 from torch.utils.data import Dataset
 
-from datamodules.detection import DetectionDataModule, Transform, make_record, make_sample
+from datamodules.detection import DetectionDataModule, Transform
+from datamodules.shapes import SceneDataset
 from datamodules.transforms import train_transform
 
 CLASS_NAMES = [str(digit) for digit in range(10)]
-SPLIT_CODES = {"train": 0, "val": 1}
 GLYPH_HEIGHT = 0.72  # height of a digit's ink / font size for Pillow's default font
 
 
@@ -151,30 +150,11 @@ def render_scene(rng: np.random.Generator, size: int = 128, max_objects: int = 4
                       np.asarray(labels, np.int64), owner)
 
 
-class GlyphsDataset(Dataset):
-    """``length`` scenes of one split, each rendered on the fly from ``(seed, split, index)``."""
+class GlyphsDataset(SceneDataset):
+    """Procedural grayscale digit scenes (:func:`render_scene`)."""
 
-    def __init__(self, length: int, split: str, seed: int, transform: Transform, **scene: Any) -> None:
-        if split not in SPLIT_CODES:
-            raise ValueError(f"glyphs split must be one of {sorted(SPLIT_CODES)}, got {split!r}")
-        self.length, self.split, self.seed = length, split, seed
-        self.transform, self.scene = transform, scene
-        self.class_names = list(CLASS_NAMES)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def render(self, index: int) -> GlyphScene:
-        if not 0 <= index < self.length:
-            raise IndexError(f"glyphs {self.split} index {index} out of range [0, {self.length})")
-        return render_scene(np.random.default_rng([self.seed, SPLIT_CODES[self.split], index]), **self.scene)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        scene = self.render(index)
-        record = make_record(index + 1, scene.boxes, scene.labels, np.zeros(len(scene.labels), bool),
-                             name=f"glyphs/{self.split}/{index}")
-        image = torch.from_numpy(scene.image)[None].expand(3, -1, -1).contiguous()
-        return make_sample(image, record, self.transform)
+    kind, names = "glyphs", CLASS_NAMES
+    render_scene = staticmethod(render_scene)
 
 
 class GlyphsDetectionDataModule(DetectionDataModule):

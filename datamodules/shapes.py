@@ -158,29 +158,41 @@ def render_scene(rng: np.random.Generator, size: int = 128, max_objects: int = 4
                        np.asarray(colors, np.uint8).reshape(-1, 3), owner)
 
 
-class ShapesDataset(Dataset):
-    """``length`` scenes of one split, each rendered on the fly from ``(seed, split, index)``."""
+class SceneDataset(Dataset):
+    """``length`` procedural scenes of one split, each rendered on the fly from ``(seed, split, index)``
+    by the subclass's ``render_scene(rng, **scene)``, whose ``image`` is uint8 ``[H, W, 3]`` or grey
+    ``[H, W]`` (shown as 3 equal channels), with ``boxes`` ``[N, 4]`` and ``labels`` ``[N]``."""
+
+    kind = "shapes"
+    names: list[str] = CLASS_NAMES
+    render_scene = staticmethod(render_scene)
 
     def __init__(self, length: int, split: str, seed: int, transform: Transform, **scene: Any) -> None:
         if split not in SPLIT_CODES:
-            raise ValueError(f"shapes split must be one of {sorted(SPLIT_CODES)}, got {split!r}")
+            raise ValueError(f"{self.kind} split must be one of {sorted(SPLIT_CODES)}, got {split!r}")
         self.length, self.split, self.seed = length, split, seed
         self.transform, self.scene = transform, scene
-        self.class_names = list(CLASS_NAMES)
+        self.class_names = list(self.names)
 
     def __len__(self) -> int:
         return self.length
 
-    def render(self, index: int) -> ShapesScene:
+    def render(self, index: int) -> Any:
         if not 0 <= index < self.length:
-            raise IndexError(f"shapes {self.split} index {index} out of range [0, {self.length})")
-        return render_scene(np.random.default_rng([self.seed, SPLIT_CODES[self.split], index]), **self.scene)
+            raise IndexError(f"{self.kind} {self.split} index {index} out of range [0, {self.length})")
+        return self.render_scene(np.random.default_rng([self.seed, SPLIT_CODES[self.split], index]), **self.scene)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.render(index)
         record = make_record(index + 1, scene.boxes, scene.labels, np.zeros(len(scene.labels), bool),
-                             name=f"shapes/{self.split}/{index}")
-        return make_sample(torch.from_numpy(scene.image).permute(2, 0, 1).contiguous(), record, self.transform)
+                             name=f"{self.kind}/{self.split}/{index}")
+        image = torch.from_numpy(scene.image)
+        image = image[None].expand(3, -1, -1) if image.dim() == 2 else image.permute(2, 0, 1)
+        return make_sample(image.contiguous(), record, self.transform)
+
+
+class ShapesDataset(SceneDataset):
+    """Procedural coloured shapes scenes (:func:`render_scene`)."""
 
 
 class ShapesDetectionDataModule(DetectionDataModule):
