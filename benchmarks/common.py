@@ -6,11 +6,12 @@ measured is the real training step, not a re-implementation of it.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MIB = 2 ** 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,13 +196,24 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def quiet() -> None:
-    """Silence the warnings Lightning prints for benchmark-sized runs (few batches, no val)."""
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the warnings Lightning prints for benchmark-sized runs (few batches, no val) while the
+    block runs; logger levels and warning filters are given back after (tests call the benchmarks)."""
     import logging
     import warnings
     import lightning.pytorch  # noqa: F401  (sets its loggers' levels on import: override after)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in (
+        "lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 

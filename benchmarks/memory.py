@@ -172,8 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        common.quiet()
-        print(json.dumps(measure(args.worker, args.steps[0], args)))
+        with common.quiet():
+            print(json.dumps(measure(args.worker, args.steps[0], args)))
         return
     table, info = run_table(args)
     if args.plot:

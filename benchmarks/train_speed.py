@@ -249,20 +249,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    common.quiet()
-    import torch
-    from spikeloc.neurons.fused import compile_status
-    torch.set_num_threads(args.threads)
-    result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
-    result["cell"] = run_cell(args)
-    result.update(run_training(args))
-    result["compile"] = compile_status()
-    if args.plot:
-        plot(result, args.plot)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        report(result, args)
+    with common.quiet():
+        import torch
+        from spikeloc.neurons.fused import compile_status
+        torch.set_num_threads(args.threads)
+        result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
+        result["cell"] = run_cell(args)
+        result.update(run_training(args))
+        result["compile"] = compile_status()
+        if args.plot:
+            plot(result, args.plot)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            report(result, args)
 
 
 if __name__ == "__main__":
