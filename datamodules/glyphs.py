@@ -19,10 +19,9 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFilter
 from PIL import ImageFont
-from torch.utils.data import Dataset
 
-from datamodules.detection import DetectionDataModule, Transform
-from datamodules.shapes import SceneDataset
+from datamodules.detection import Transform
+from datamodules.shapes import SceneDataset, ShapesDetectionDataModule
 from datamodules.transforms import train_transform
 
 CLASS_NAMES = [str(digit) for digit in range(10)]
@@ -157,7 +156,7 @@ class GlyphsDataset(SceneDataset):
     render_scene = staticmethod(render_scene)
 
 
-class GlyphsDetectionDataModule(DetectionDataModule):
+class GlyphsDetectionDataModule(ShapesDetectionDataModule):
     """Procedural grayscale digits detection (10 fine-grained classes). Test split = val split.
 
     Args:
@@ -171,29 +170,13 @@ class GlyphsDetectionDataModule(DetectionDataModule):
             brightness/contrast jitter only (a flip would turn digits into other shapes).
     """
 
+    dataset_class = GlyphsDataset
+
     def __init__(self, num_train: int = 4096, num_val: int = 512, image_size: int = 128, max_objects: int = 4,
                  min_size: float = 0.15, max_size: float = 0.35, clutter: int = 6, noise: float = 8.0,
                  batch_size: int = 32, num_workers: int = 0, seed: int = 0, augment: bool = True) -> None:
-        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed, augment=augment)
-        if not 0 < min_size <= max_size < 1:
-            raise ValueError(f"need 0 < min_size <= max_size < 1, got min_size={min_size}, max_size={max_size}")
-        if max_objects < 1:
-            raise ValueError(f"max_objects must be >= 1, got {max_objects}")
-        self.num_train, self.num_val = num_train, num_val
-        self.scene = dict(size=image_size, max_objects=max_objects, min_size=min_size, max_size=max_size,
-                          clutter=clutter, noise=noise)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(CLASS_NAMES)
+        super().__init__(num_train, num_val, image_size, max_objects, min_size, max_size, clutter, noise,
+                         batch_size, num_workers, seed, augment)
 
     def train_transform(self) -> Transform:
         return train_transform(self.image_size, crop=False, flip=False) if self.augment else self.eval_transform()
-
-    def make_dataset(self, split: str, transform: Transform) -> Dataset:
-        length = self.num_train if split == "train" else self.num_val
-        return GlyphsDataset(length, split, self.seed, transform, **self.scene)
-
-    def test_is_val(self) -> bool:
-        return True

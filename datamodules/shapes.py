@@ -222,16 +222,18 @@ class ShapesDetectionDataModule(DetectionDataModule):
         self.scene = dict(size=image_size, max_objects=max_objects, min_size=min_size, max_size=max_size,
                           clutter=clutter, noise=noise)
 
+    dataset_class: type[SceneDataset] = ShapesDataset
+
     @property
     def class_names(self) -> list[str]:
-        return list(CLASS_NAMES)
+        return list(self.dataset_class.names)
 
     def train_transform(self) -> Transform:
         return train_transform(self.image_size, crop=False) if self.augment else eval_transform(self.image_size)
 
     def make_dataset(self, split: str, transform: Transform) -> Dataset:
         length = self.num_train if split == "train" else self.num_val
-        return ShapesDataset(length, split, self.seed, transform, **self.scene)
+        return self.dataset_class(length, split, self.seed, transform, **self.scene)
 
     def test_is_val(self) -> bool:
         return True
