@@ -251,3 +251,14 @@ class DetectionDataModule(SplitLoaders, L.LightningDataModule, ABC):
 
     def split_dataset(self, split: str) -> Dataset | None:
         return {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+
+
+class FrameDetectionDataModule(DetectionDataModule):
+    """Base for detection datamodules whose samples are already network-sized frame sequences
+    ``[T, C, S, S]`` (event cameras): no image transforms."""
+
+    def train_transform(self) -> None:
+        return None
+
+    def eval_transform(self) -> None:
+        return None

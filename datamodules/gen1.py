@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from datamodules.dat import open_records, read_events, read_header
-from datamodules.detection import DetectionDataModule
+from datamodules.detection import FrameDetectionDataModule
 from datamodules.frames import bin_events
 
 GEN1_CLASSES = ["car", "pedestrian"]
@@ -142,7 +142,7 @@ class GEN1Dataset(Dataset):
             "scale": float(scale), "pad": (0.0, 0.0), "name": f"{Path(s.dat).stem}@{s.t}"}}
 
 
-class GEN1DataModule(DetectionDataModule):
+class GEN1DataModule(FrameDetectionDataModule):
     """GEN1 detection read from ``root`` (nothing is downloaded; see the module docstring).
 
     Args:
@@ -171,12 +171,6 @@ class GEN1DataModule(DetectionDataModule):
     @property
     def class_names(self) -> list[str]:
         return list(GEN1_CLASSES)
-
-    def train_transform(self) -> None:
-        return None
-
-    def eval_transform(self) -> None:
-        return None
 
     def make_dataset(self, split: str, transform: Any) -> GEN1Dataset:
         samples = index_split(self.root / split, **self.filter_kwargs)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.detection import DetectionDataModule
+from datamodules.detection import FrameDetectionDataModule
 from datamodules.procedural import SHAPE_NAMES, render_shapes
 
 DEFAULT_CLASSES = ["disc", "square", "triangle", "plus"]
@@ -117,7 +117,7 @@ class MovingShapesDetectionDataset(Dataset):
             "pad": (0.0, 0.0), "track_boxes": target["track_boxes"].clone()}}
 
 
-class MovingShapesDetectionDataModule(DetectionDataModule):
+class MovingShapesDetectionDataModule(FrameDetectionDataModule):
     """Embedded event detection (see the module docstring); nothing is read or downloaded.
 
     Args:
@@ -150,12 +150,6 @@ class MovingShapesDetectionDataModule(DetectionDataModule):
     @property
     def class_names(self) -> list[str]:
         return list(self._names)
-
-    def train_transform(self) -> None:
-        return None
-
-    def eval_transform(self) -> None:
-        return None
 
     def make_dataset(self, split: str, transform: Any) -> MovingShapesDetectionDataset:
         rng = np.random.default_rng([self.seed, self._split_ids[split]])

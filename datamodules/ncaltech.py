@@ -23,7 +23,7 @@ import torch
 from tonic.io import read_mnist_file
 from torch.utils.data import Dataset
 
-from datamodules.detection import DetectionDataModule
+from datamodules.detection import FrameDetectionDataModule
 from datamodules.frames import FixedFrames
 from datamodules.gen1 import letterbox_frames
 from datamodules.vision import split_train_val
@@ -90,7 +90,7 @@ class NCaltechDetectionDataset(Dataset):
             "name": f"{name}/{recording.stem}"}}
 
 
-class NCaltechDetectionDataModule(DetectionDataModule):
+class NCaltechDetectionDataModule(FrameDetectionDataModule):
     """N-Caltech101 detection (one box per recording) read from ``root``; see the module docstring."""
 
     in_channels = 2
@@ -109,12 +109,6 @@ class NCaltechDetectionDataModule(DetectionDataModule):
     @property
     def class_names(self) -> list[str]:
         return list(self._classes)
-
-    def train_transform(self) -> None:
-        return None
-
-    def eval_transform(self) -> None:
-        return None
 
     def make_dataset(self, split: str, transform: Any) -> NCaltechDetectionDataset:
         return NCaltechDetectionDataset(self.items, self._classes, self.split_ids[split], self.num_steps,
