@@ -1,4 +1,4 @@
-"""The memory benchmark end to end, tiny: FPTT flat in T, BPTT growing (DESIGN 1.2, 4)."""
+"""The memory benchmark end to end, tiny: FPTT flat in T, BPTT growing."""
 import json
 import subprocess
 import sys

@@ -43,7 +43,7 @@ def _gaussian(v: Tensor, mu: float, sigma: float) -> Tensor:
 
 
 class MultiGaussian(Surrogate):
-    """The LTC-SN reference surrogate (DESIGN 1.1):
+    """The LTC-SN reference surrogate (the paper's multi-Gaussian):
     ``gamma * [(1+h) N(v;0,s) - h N(v;s,k s) - h N(v;-s,k s)]`` with s=sigma, k=scale."""
 
     def __init__(self, sigma: float = 0.3, h: float = 0.15, scale: float = 6.0, gamma: float = 0.5) -> None:

@@ -1,4 +1,5 @@
-"""FPTT: the running-average regulariser of Forward Propagation Through Time (DESIGN 1.2).
+"""FPTT: the running-average regulariser of Forward Propagation Through Time (the paper;
+README "Training: FPTT and BPTT").
 
 Per parameter tensor ``W`` it keeps a running average ``W_bar`` (starts at ``W``) and a
 Lagrange-like trace ``lam`` (starts at 0). Each truncated update minimises

@@ -1,4 +1,5 @@
-"""The FPTT engine against a plain per-parameter loop written from DESIGN 1.2."""
+"""The FPTT engine against a plain per-parameter loop written from the paper's update equations
+(README, "Training: FPTT and BPTT")."""
 import copy
 
 import pytest

@@ -1,4 +1,4 @@
-"""SPYv4 backbone: the spiking CSPDarknet-tiny of YOLOv4-tiny (DESIGN 1.3), every conv an LTC-SN cell.
+"""SPYv4 backbone: the spiking CSPDarknet-tiny of YOLOv4-tiny (the paper's SPYv4), every conv an LTC-SN cell.
 
 Layers (channels at ``width=1``; strides relative to the input):
 
