@@ -83,6 +83,7 @@ class SpikingDetector(OnlineModule):
         self.postprocess = YOLOPostprocess(conf_threshold, iou_threshold, max_detections, self.model.geometry,
                                            pre_nms_top_k, multi_label)
         self.num_classes, self.image_size = num_classes, image_size
+        self._prepared: dict | None = None  # the batch's prepared targets by grid sizes, during training_step
         self.class_names = list(class_names) if class_names is not None else None
         self._check_class_names()
         self.maps = nn.ModuleList(self._new_map() for _ in range(self.num_steps))  # mAP of every time step
@@ -117,9 +118,24 @@ class SpikingDetector(OnlineModule):
         """``x_t`` ``[B, 3, S, S]`` -> raw outputs per scale ``[B, A, S/s, S/s, 5 + K]`` and state."""
         return self.model(x_t, state)
 
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """The loop's batch, with the targets assigned to anchors once for all its time steps."""
+        self._prepared = {}
+        try:
+            return super().training_step(batch, batch_idx)
+        finally:
+            self._prepared = None  # nothing outlives the batch
+
     def step_loss(self, output: list[Tensor], batch: Batch) -> dict[str, Tensor]:
-        """YOLO loss of one step: ``{"loss", "box", "obj", "cls"}``."""
-        total, parts = self.loss(output, batch["targets"])
+        """YOLO loss of one step: ``{"loss", "box", "obj", "cls"}``. Inside :meth:`training_step` the
+        batch-constant part (:meth:`YOLOLoss.prepare`) is computed at the first weighted step and reused."""
+        targets = batch["targets"]
+        if self._prepared is not None:
+            sizes = tuple(tuple(r.shape[2:4]) for r in output)
+            if sizes not in self._prepared:
+                self._prepared[sizes] = self.loss.prepare(targets, sizes, output[0])
+            targets = self._prepared[sizes]
+        total, parts = self.loss(output, targets)
         return {"loss": total, **parts}
 
     def spiking_network(self) -> nn.Module:

@@ -250,3 +250,24 @@ def test_reference_loss_trains_and_is_finite():
         values.append(float(total.detach()))
     # one anchor per box; the 81x82 box has anchor (81, 82), in both masks: 1 + 2 + 1 positives
     assert values[-1] < values[0] and parts["num_pos"] == 4
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"assign": "best", "normalize": "positives", "box_area_weight": True}])
+def test_prepared_targets_give_the_same_loss_and_gradients(kwargs):
+    loss = YOLOLoss(num_classes=K, **kwargs)
+    results = []
+    for prepared in (False, True):
+        raw = [r.requires_grad_() for r in _raw()]
+        targets = loss.prepare(TARGETS, [r.shape[2:4] for r in raw], raw[0]) if prepared else TARGETS
+        total, parts = loss(raw, targets)
+        total.backward()
+        results.append([total, *parts.values(), *(r.grad for r in raw)])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert results[0][-1].abs().sum() > 0
+
+
+def test_prepared_targets_must_fit_the_grid():
+    loss = YOLOLoss(num_classes=K)
+    prepared = loss.prepare(TARGETS, [(h + 1, w) for h, w in SIZES], torch.zeros(1))
+    with pytest.raises(ValueError, match="grid sizes"):
+        loss(_raw(), prepared)

@@ -9,6 +9,7 @@ The README's "VOC and the paper's protocol" lists which settings are the paper's
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -16,10 +17,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-from .anchors import Assign, PaddedTargets, build_targets, decode_scale, pad_targets
+from .anchors import Assign, PaddedTargets, ScaleTargets, build_targets, decode_scale, pad_targets
 from .geometry import YOLOGeometry
 
 Normalize = Literal["batch", "positives"]
+
+
+@dataclass
+class PreparedTargets:
+    """The part of the loss that depends only on the targets and the output grid (see
+    :meth:`YOLOLoss.prepare`): the padded ground truth, the dense targets per scale and the grid
+    ``sizes`` ``((H_i, W_i), ...)`` they were built for."""
+
+    gt: PaddedTargets
+    scales: list[ScaleTargets]
+    sizes: tuple[tuple[int, int], ...]
 
 
 def max_iou_with_targets(boxes: Tensor, gt: PaddedTargets) -> Tensor:
@@ -93,10 +105,21 @@ class YOLOLoss(nn.Module):
         if len(self.scale_balance) != scales:
             raise ValueError("scale_balance needs one weight per scale")
 
-    def forward(self, raw_outputs: Sequence[Tensor], targets: Sequence[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+    def prepare(self, targets: Sequence[dict], sizes: Sequence[tuple[int, int]], like: Tensor) -> PreparedTargets:
+        """Pad ``targets`` and assign them to anchors for outputs of grid ``sizes`` on ``like``'s device:
+        what :meth:`forward` reuses when called with the same targets at every time step."""
+        like = like.new_empty((), dtype=torch.float32)  # the loss runs in float32 (see forward)
+        sizes = tuple((int(h), int(w)) for h, w in sizes)
+        gt = pad_targets(targets, like)
+        return PreparedTargets(gt, build_targets(gt, self.geometry, sizes, self.num_classes, self.assign,
+                                                 self.match_iou), sizes)
+
+    def forward(self, raw_outputs: Sequence[Tensor],
+                targets: Sequence[dict] | PreparedTargets) -> tuple[Tensor, dict[str, Tensor]]:
         """Args:
             raw_outputs: per scale ``[B, A_i, H_i, W_i, 5 + K]``.
-            targets: B dicts with ``boxes`` ``[N, 4]`` xyxy input pixels and ``labels`` ``[N]``.
+            targets: B dicts with ``boxes`` ``[N, 4]`` xyxy input pixels and ``labels`` ``[N]``, or
+                their :meth:`prepare` for these grid sizes (the same numbers, assigned once).
 
         Returns:
             ``total`` (scalar) and ``parts`` ``{"box", "obj", "cls"}`` (weighted scalars, still on the
@@ -106,10 +129,13 @@ class YOLOLoss(nn.Module):
         if len(raw_outputs) != len(geometry.strides):
             raise ValueError(f"expected {len(geometry.strides)} scales, got {len(raw_outputs)}")
         raw_outputs = [r.float() for r in raw_outputs]  # pixel-scale IoU terms overflow in float16
-        gt = pad_targets(targets, raw_outputs[0])
-        sizes = [tuple(r.shape[2:4]) for r in raw_outputs]
+        sizes = tuple(tuple(r.shape[2:4]) for r in raw_outputs)
+        if not isinstance(targets, PreparedTargets):
+            targets = self.prepare(targets, sizes, raw_outputs[0])
+        elif targets.sizes != sizes:
+            raise ValueError(f"targets were prepared for grid sizes {targets.sizes}, the outputs have {sizes}")
+        gt, scale_targets = targets.gt, targets.scales
         input_area = sizes[0][0] * sizes[0][1] * geometry.strides[0] ** 2
-        scale_targets = build_targets(gt, geometry, sizes, self.num_classes, self.assign, self.match_iou)
         box = obj = cls = num_pos = raw_outputs[0].new_zeros(())
         for index, (raw, target) in enumerate(zip(raw_outputs, scale_targets)):
             pred = decode_scale(raw, geometry, index)  # [B, A, H, W, 4]
