@@ -18,31 +18,110 @@ to the host, so the per-step overhead stays a handful of fused launches.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
+
+CPU_BLOCK = 1 << 18
+"""Elements per block on the CPU: the tensors are cut into blocks this large and every formula runs
+block by block, so each block's ``W``, ``W_bar``, ``lam`` and ``W - W_bar`` (in a scratch buffer of one
+block, allocated once) stay in the cache between the kernels of a formula instead of going through
+memory once per kernel, and no temporary as large as the model is allocated (page faults). Other
+devices take all tensors as one block (their ``_foreach`` kernels already fuse the tensor list, and
+their allocator caches temporaries)."""
+
+Piece = tuple[int, int, int]  # (tensor index, first element, number of elements)
+
+
+def plan_blocks(numels: list[int], flat: list[bool], block: int | None) -> list[list[Piece]]:
+    """Group consecutive tensors, cut into pieces of at most ``block`` elements where ``flat`` (only a
+    contiguous tensor can be cut), into blocks of about ``block`` elements (``None``: one block)."""
+    blocks: list[list[Piece]] = []
+    current: list[Piece] = []
+    size = 0
+    for index, (numel, cuttable) in enumerate(zip(numels, flat)):
+        cut = block if block and cuttable else max(numel, 1)
+        for start in range(0, max(numel, 1), cut):
+            piece = (index, start, min(cut, numel - start))
+            if current and block and size + piece[2] > block:
+                blocks.append(current)
+                current, size = [], 0
+            current.append(piece)
+            size += piece[2]
+    return blocks + [current] if current else blocks
+
+
+def _pieces(tensors: Sequence[Tensor], block: list[Piece]) -> list[Tensor]:
+    """The views of ``tensors`` that ``block`` names (a whole tensor keeps its shape)."""
+    return [tensors[i] if n == tensors[i].numel() else tensors[i].view(-1).narrow(0, start, n)
+            for i, start, n in block]
+
+
+class _Blocks:
+    """The views of parameters, running average and trace for every block, and the block's scratch
+    (``None``: one block, temporaries allocated per call)."""
+
+    def __init__(self, params: list[Tensor], running: list[Tensor], trace: list[Tensor], block: int | None) -> None:
+        flat = [p.is_contiguous() and w.is_contiguous() and lam.is_contiguous()
+                for p, w, lam in zip(params, running, trace)]
+        self.plan = plan_blocks([p.numel() for p in params], flat, block)
+        self.views = [tuple(_pieces(t, b) for t in (params, running, trace)) for b in self.plan]
+        self.scratch: list[list[Tensor] | None] = [None] * len(self.plan)
+        if block is not None and params:
+            buffer = params[0].new_empty(max(sum(n for _, _, n in b) for b in self.plan))
+            for index, (w, _, _) in enumerate(self.views):
+                offsets = [0]
+                for piece in w:
+                    offsets.append(offsets[-1] + piece.numel())
+                self.scratch[index] = [buffer.narrow(0, o, p.numel()).view(p.shape) for o, p in zip(offsets, w)]
+
+    def __iter__(self):
+        """``(w, w_bar, lam, w - w_bar)`` per block (the difference in the scratch, or newly allocated)."""
+        for (w, w_bar, lam), scratch in zip(self.views, self.scratch):
+            if scratch is None:
+                yield w, w_bar, lam, torch._foreach_sub(w, w_bar)
+            else:
+                torch._foreach_copy_(scratch, w)
+                torch._foreach_sub_(scratch, w_bar)
+                yield w, w_bar, lam, scratch
 
 
 class _Penalty(torch.autograd.Function):
     """``R(W)`` summed over tensors, with its closed-form gradient ``alpha (W - W_bar) - lam``."""
 
     @staticmethod
-    def forward(ctx, alpha: float, running: list[Tensor], trace: list[Tensor], *params: Tensor) -> Tensor:
-        ctx.alpha, ctx.running, ctx.trace = alpha, running, trace
+    def forward(ctx, fptt: "FPTT", *params: Tensor) -> Tensor:
+        ctx.fptt = fptt
         ctx.save_for_backward(*params)
-        squares = torch.stack(torch._foreach_norm(torch._foreach_sub(params, running))).square().sum()
-        dots = torch.stack([torch.dot(w.reshape(-1), lam.reshape(-1)) for w, lam in zip(params, trace)]).sum()
-        return 0.5 * alpha * squares - dots
+        squares, dots = [], []
+        for w, _, lam, difference in fptt.blocks():
+            squares += torch._foreach_norm(difference)
+            dots += [torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(w, lam)]
+        return 0.5 * fptt.alpha * torch.stack(squares).square().sum() - torch.stack(dots).sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
-        grads = torch._foreach_sub(ctx.saved_tensors, ctx.running)
-        torch._foreach_mul_(grads, ctx.alpha)
-        torch._foreach_sub_(grads, ctx.trace)
-        torch._foreach_mul_(grads, grad)
-        grads = [g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[3:])]
-        return (None, None, None, *grads)
+        fptt, params = ctx.fptt, ctx.saved_tensors  # saved_tensors: checks W was not changed in place
+        blocks = fptt.blocks()
+        grads: list[Tensor | None] = [None] * len(params)
+        for plan, (w, w_bar, lam) in zip(blocks.plan, blocks.views):
+            if blocks.scratch[0] is None:  # one block: the gradients are the new tensors
+                pieces = torch._foreach_sub(w, w_bar)
+                grads = list(pieces)
+            else:  # the gradients are allocated whole and computed block by block in place
+                for index, _, _ in plan:
+                    if grads[index] is None:
+                        grads[index] = torch.empty_like(params[index])
+                pieces = _pieces(grads, plan)
+                torch._foreach_copy_(pieces, w)
+                torch._foreach_sub_(pieces, w_bar)
+            torch._foreach_mul_(pieces, fptt.alpha)
+            torch._foreach_sub_(pieces, lam)
+            torch._foreach_mul_(pieces, grad)
+        grads = [g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:])]
+        return (None, *grads)
 
 
 class FPTT:
@@ -67,19 +146,34 @@ class FPTT:
         with torch.no_grad():
             self.running = [p.detach().clone() for p in self.params]
             self.trace = [torch.zeros_like(p) for p in self.params]
+        self.block: int | None = CPU_BLOCK  # elements per block on the CPU (None: one block)
+        self._blocks: tuple[tuple, _Blocks] | None = None
+
+    def blocks(self) -> _Blocks:
+        """The blocks the formulas run over (see :data:`CPU_BLOCK`), planned again when a tensor moves."""
+        tensors = self.params + self.running + self.trace
+        key = tuple((t.data_ptr(), t.stride()) for t in tensors) + (self.block,)
+        if self._blocks is None or self._blocks[0] != key:
+            cpu = all(t.device.type == "cpu" for t in tensors) and len({t.dtype for t in tensors}) <= 1
+            params = [p.detach() for p in self.params]
+            self._blocks = key, _Blocks(params, self.running, self.trace, self.block if cpu else None)
+        return self._blocks[1]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_blocks": None}  # views and scratch are rebuilt on use
 
     def penalty(self) -> Tensor:
         """``R(W)`` as a scalar tensor to add to the step loss (differentiable in ``W``)."""
-        return _Penalty.apply(self.alpha, self.running, self.trace, *self.params)
+        return _Penalty.apply(self, *self.params)
 
     @torch.no_grad()
     def update(self) -> None:
         """Advance ``lam`` and ``W_bar``; call right after ``optimizer.step()``."""
-        params = [p.detach() for p in self.params]
-        torch._foreach_add_(self.trace, torch._foreach_sub(params, self.running), alpha=-self.update_alpha)
-        torch._foreach_mul_(self.running, 1.0 - self.beta)
-        torch._foreach_add_(self.running, params, alpha=self.beta)
-        torch._foreach_add_(self.running, self.trace, alpha=-self.beta / self.update_alpha)
+        for w, w_bar, lam, difference in self.blocks():
+            torch._foreach_add_(lam, difference, alpha=-self.update_alpha)
+            torch._foreach_mul_(w_bar, 1.0 - self.beta)
+            torch._foreach_add_(w_bar, w, alpha=self.beta)
+            torch._foreach_add_(w_bar, lam, alpha=-self.beta / self.update_alpha)
 
     @torch.no_grad()
     def consolidate(self) -> None:

@@ -101,3 +101,81 @@ def test_state_dict_round_trip_and_shape_check():
 def test_rejects_bad_hyperparameters():
     with pytest.raises(ValueError, match="alpha"):
         FPTT(_model().parameters(), alpha=0.0)
+
+
+def _mixed_params():
+    """float64 parameters of several sizes, one of them not contiguous (cut only when contiguous)."""
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(5, 3), (40,), (1,), (0,), (6, 7, 2), (3, 11)]
+    params = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64, generator=generator)) for s in shapes]
+    params.append(torch.nn.Parameter(torch.randn(4, 9, dtype=torch.float64, generator=generator).t()))  # strided
+    return params
+
+
+@pytest.mark.parametrize("block", [None, 1, 7, 16, 1 << 18])
+def test_blocked_penalty_gradient_and_update_match_plain_loop(block):
+    """Penalty value, gradient and update, block by block, against the docstring's equations written as a
+    per-tensor loop (float64), over several updates with the weights moving in between."""
+    params = _mixed_params()
+    fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
+    fptt.block = block
+    w_bar = [p.detach().clone() for p in params]
+    lam = [torch.zeros_like(p) for p in params]
+    generator = torch.Generator().manual_seed(4)
+    for step in range(4):
+        for p in params:
+            p.grad = None
+        value = fptt.penalty()
+        (3.0 * value).backward()  # an upstream gradient other than 1
+        expected = sum(-(w.detach() * l).sum() + ALPHA / 2 * ((w.detach() - b) ** 2).sum()
+                       for w, b, l in zip(params, w_bar, lam))
+        assert torch.allclose(value, torch.as_tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+        for w, b, l in zip(params, w_bar, lam):
+            assert torch.allclose(w.grad, 3.0 * (ALPHA * (w.detach() - b) - l), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=generator))
+        fptt.update()
+        for i, w in enumerate(params):
+            lam[i] = lam[i] - 0.5 * (w.detach() - w_bar[i])
+            w_bar[i] = (1 - BETA) * w_bar[i] + BETA * w.detach() - BETA / 0.5 * lam[i]
+        for mine, ref in zip(fptt.running + fptt.trace, w_bar + lam):
+            assert mine.shape == ref.shape and torch.allclose(mine, ref, rtol=1e-12, atol=1e-12)
+    assert max(l.abs().max() for l in lam if l.numel()) > 1e-3  # the trace moved
+
+
+def test_blocks_give_the_same_numbers_as_one_block():
+    """Cut into blocks or not, the gradients and the state are bitwise the same (float32)."""
+    runs = []
+    for block in (None, 5):
+        params = [torch.nn.Parameter(p.detach().float()) for p in _mixed_params()]
+        fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
+        fptt.block = block
+        generator = torch.Generator().manual_seed(5)
+        grads = []
+        for _ in range(3):
+            for p in params:
+                p.grad = None
+            fptt.penalty().backward()
+            grads += [p.grad.clone() for p in params]
+            with torch.no_grad():
+                for p in params:
+                    p.add_(0.1 * torch.randn(p.shape, generator=generator))
+            fptt.update()
+        runs.append(grads + fptt.running + fptt.trace)
+    assert len(fptt.blocks().plan) > 10
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_plan_blocks_covers_every_element_once():
+    from spikeloc.training.fptt import plan_blocks
+    numels, flat = [5, 40, 1, 0, 84, 33, 36], [True, True, True, True, True, True, False]
+    blocks = plan_blocks(numels, flat, 16)
+    covered = [[0] * n for n in numels]
+    for block in blocks:
+        assert sum(n for _, _, n in block) <= 16 or len(block) == 1  # a tensor that cannot be cut is one block
+        for index, start, n in block:
+            for k in range(start, start + n):
+                covered[index][k] += 1
+    assert all(c == [1] * n for c, n in zip(covered, numels))
+    assert plan_blocks(numels, flat, None) == [[(i, 0, n) for i, n in enumerate(numels)]]
