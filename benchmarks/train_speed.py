@@ -24,7 +24,11 @@ With ``--json`` the last stdout line is one object with keys ``device``, ``threa
 throughput, peak_mib), ``options`` (per size: option -> batch_s, speedup over default),
 ``breakdown`` (per size: option -> share per category), ``conv_share`` (convolution share of the
 default FPTT step's CPU time, first size), ``fptt_share``, ``cell`` (rows: shape, scope ``neuron``
-or ``step``, variant, ms, speedup) and ``compile`` (``ok`` or the compiler error).
+or ``step``, variant, ms, speedup), ``compile`` (``ok`` or the compiler error) and, unless
+``--loader-batches 0``, ``loader_samples_per_s`` (the quick-start datamodule's training loader at the
+first size, its own batch size and workers), ``loader_vs_train`` (that over the fastest training case
+of the first size, in samples per second: above 1, data loading is not the bottleneck) and ``loader``
+(the settings).
 """
 from __future__ import annotations
 
@@ -117,6 +121,39 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
             "breakdown": breakdowns, "conv_share": first["conv"], "fptt_share": first["fptt"]}
 
 
+# ---- the data loader -------------------------------------------------------------------------
+def run_loader(size: str, runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Samples per second of the quick-start detection datamodule's training loader (``--loader-config``:
+    its batch size, ``num_workers`` and scenes) at ``size``'s image size, over ``--loader-batches``
+    batches after ``--loader-warmup`` (worker start-up included there), and that rate over the
+    fastest training case of ``size`` in samples per second (above 1: the loader keeps up)."""
+    import importlib
+
+    import yaml
+    data_config = yaml.safe_load((common.ROOT / args.loader_config).read_text())["data"]
+    module_name, _, class_name = data_config["class_path"].rpartition(".")
+    init_args = {**data_config.get("init_args", {}), "image_size": SIZES[size][0]}
+    data = getattr(importlib.import_module(module_name), class_name)(**init_args)
+    data.setup("fit")
+    iterator = iter(data.train_dataloader())
+    for _ in range(args.loader_warmup):
+        next(iterator)
+    samples, start = 0, time.perf_counter()
+    for _ in range(args.loader_batches):
+        samples += len(next(iterator)["targets"])
+    seconds = time.perf_counter() - start
+    del iterator  # stops the workers
+    loader = samples / seconds
+    train = max(r["batch_size"] / r["batch_s"] for r in runs if r["size"] == size)
+    print(f"  loader {size} ({init_args.get('batch_size')} per batch, {init_args.get('num_workers', 0)} "
+          f"worker(s)): {loader:.1f} samples/s, {loader / train:.1f} x the fastest training case",
+          file=sys.stderr, flush=True)
+    return {"loader_samples_per_s": round(loader, 2), "loader_vs_train": round(loader / train, 3),
+            "loader": {"size": size, "image_size": SIZES[size][0], "batch_size": init_args.get("batch_size"),
+                       "num_workers": init_args.get("num_workers", 0), "batches": args.loader_batches,
+                       "train_samples_per_s": round(train, 3)}}
+
+
 # ---- the cell on its own -----------------------------------------------------------------
 def _interleaved(fns: dict[str, Any], repeats: int) -> dict[str, tuple[float, float]]:
     """Per name: (median seconds, median of the first fn's time / this fn's time, pair by pair).
@@ -196,6 +233,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     for r in result["cell"]:
         print(f"{r['scope']:>7} {str(r['shape']):>18} {r['variant']:>10} {r['ms']:>9.2f} ms  x{r['speedup']:.2f}")
     print(f"conv_share {result['conv_share']:.3f}  fptt_share {result['fptt_share']:.3f}  compile: {result['compile']}")
+    if "loader_samples_per_s" in result:
+        loader = result["loader"]
+        print(f"data loader ({loader['size']}, {loader['batch_size']} per batch, {loader['num_workers']} worker(s)): "
+              f"{result['loader_samples_per_s']:.1f} samples/s = {result['loader_vs_train']:.1f} x training "
+              f"({loader['train_samples_per_s']:.2f} samples/s, the fastest case)")
 
 
 def plot(result: dict[str, Any], path: str) -> None:
@@ -240,6 +282,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cell-shapes", type=lambda s: [int(v) for v in s.split(",")], nargs="*",
                         default=[[2, 64, 104, 104], [2, 256, 26, 26]], help="e.g. 2,64,104,104 (none: skip)")
     parser.add_argument("--cell-repeats", type=int, default=10)
+    parser.add_argument("--loader-config", default="configs/quickstart_detect.yaml",
+                        help="the datamodule whose training loader is timed (its data section)")
+    parser.add_argument("--loader-batches", type=int, default=8, help="timed loader batches (0: skip)")
+    parser.add_argument("--loader-warmup", type=int, default=2, help="untimed loader batches first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
@@ -256,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
         result["cell"] = run_cell(args)
         result.update(run_training(args))
+        if args.loader_batches:
+            result.update(run_loader(args.sizes[0], result["runs"], args))
         result["compile"] = compile_status()
         if args.plot:
             plot(result, args.plot)

@@ -25,10 +25,16 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
     plot = tmp_path / "speed.png"
     train_speed.main(["--sizes", "tiny", "--algorithms", "fptt", "bptt", "--steps", "2", "--options-steps", "2",
                       "--options", "default", "fused", "--batches", "1", "--warmup", "0", "--batch-size", "1",
-                      "--cell-shapes", "1,4,8,8", "--cell-repeats", "1", "--json", "--plot", str(plot)])
+                      "--cell-shapes", "1,4,8,8", "--cell-repeats", "1", "--loader-batches", "2", "--loader-warmup", "1",
+                      "--json", "--plot", str(plot)])
     result = last_json(capsys)
     assert {"device", "threads", "torch", "runs", "options", "breakdown", "conv_share", "fptt_share", "cell",
-            "compile"} <= set(result)
+            "compile", "loader_samples_per_s", "loader_vs_train", "loader"} <= set(result)
+    loader = result["loader"]
+    assert (loader["size"], loader["image_size"], loader["batch_size"], loader["num_workers"]) == ("tiny", 64, 16, 1)
+    assert result["loader_samples_per_s"] > 0
+    fastest = max(r["batch_size"] / r["batch_s"] for r in result["runs"])
+    assert result["loader_vs_train"] == pytest.approx(result["loader_samples_per_s"] / fastest, rel=0.01)
     runs = result["runs"]
     assert [(r["algorithm"], r["option"]) for r in runs] == [("fptt", "default"), ("bptt", "default"),
                                                              ("fptt", "fused"), ("fptt", "default again")]
