@@ -14,7 +14,9 @@ and after ``optimizer.step()`` calls :meth:`FPTT.update`:
 with ``a = update_alpha``, which is ``alpha`` unless set: the reference detection script uses
 alpha 0.1 in the penalty and 0.5 in these updates (its classification scripts use one alpha).
 All tensors move together through ``torch._foreach_*`` kernels and nothing is read back
-to the host, so the per-step overhead stays a handful of fused launches.
+to the host, so the per-step overhead stays a handful of fused launches; on the CPU the kernels of
+each formula run block by block (:data:`CPU_BLOCK`), which gives the same numbers with fewer trips
+through memory.
 """
 from __future__ import annotations
 
@@ -23,69 +25,88 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-
 CPU_BLOCK = 1 << 18
-"""Elements per block on the CPU: the tensors are cut into blocks this large and every formula runs
-block by block, so each block's ``W``, ``W_bar``, ``lam`` and ``W - W_bar`` (in a scratch buffer of one
-block, allocated once) stay in the cache between the kernels of a formula instead of going through
-memory once per kernel, and no temporary as large as the model is allocated (page faults). Other
-devices take all tensors as one block (their ``_foreach`` kernels already fuse the tensor list, and
-their allocator caches temporaries)."""
+"""Elements per block on the CPU. There the running average and the trace are views of one flat
+buffer each, and every formula runs block by block over it: a tensor larger than a block is cut into
+blocks, smaller ones are gathered (one copy) into blocks of about this size. So the kernels of a
+formula find each block's ``W``, ``W_bar``, ``lam`` and ``W - W_bar`` (in a scratch of one block,
+allocated once) in the cache instead of going through memory once per kernel, run once per block
+rather than once per tensor, and allocate no temporary as large as the model (page faults). Other
+devices run each formula's ``_foreach`` kernels over all tensors at once (they fuse the tensor list
+and their allocator caches temporaries)."""
 
 Piece = tuple[int, int, int]  # (tensor index, first element, number of elements)
 
 
-def plan_blocks(numels: list[int], flat: list[bool], block: int | None) -> list[list[Piece]]:
-    """Group consecutive tensors, cut into pieces of at most ``block`` elements where ``flat`` (only a
-    contiguous tensor can be cut), into blocks of about ``block`` elements (``None``: one block)."""
+def plan_blocks(numels: list[int], flat: list[bool], block: int) -> list[list[Piece]]:
+    """Blocks of pieces ``(tensor, first element, count)``: a tensor of more than ``block`` elements
+    that is ``flat`` (contiguous) is cut into blocks of one piece each; the other tensors, whole, are
+    grouped into blocks of at most ``block`` elements (or one tensor). The pieces follow each other
+    in order, so every block is one range of the tensors laid end to end."""
     blocks: list[list[Piece]] = []
     current: list[Piece] = []
     size = 0
     for index, (numel, cuttable) in enumerate(zip(numels, flat)):
-        cut = block if block and cuttable else max(numel, 1)
-        for start in range(0, max(numel, 1), cut):
-            piece = (index, start, min(cut, numel - start))
-            if current and block and size + piece[2] > block:
+        if numel > block and cuttable:
+            if current:
                 blocks.append(current)
                 current, size = [], 0
-            current.append(piece)
-            size += piece[2]
+            blocks += [[(index, start, min(block, numel - start))] for start in range(0, numel, block)]
+            continue
+        if current and size + numel > block:
+            blocks.append(current)
+            current, size = [], 0
+        current.append((index, 0, numel))
+        size += numel
     return blocks + [current] if current else blocks
 
 
-def _pieces(tensors: Sequence[Tensor], block: list[Piece]) -> list[Tensor]:
-    """The views of ``tensors`` that ``block`` names (a whole tensor keeps its shape)."""
-    return [tensors[i] if n == tensors[i].numel() else tensors[i].view(-1).narrow(0, start, n)
-            for i, start, n in block]
+def _flat_views(params: list[Tensor], values: list[Tensor] | None) -> list[Tensor]:
+    """Contiguous tensors shaped like ``params``, consecutive in one buffer, holding ``values`` (or 0)."""
+    buffer = params[0].new_zeros(sum(p.numel() for p in params), dtype=params[0].dtype)
+    views, start = [], 0
+    for index, p in enumerate(params):
+        views.append(buffer.narrow(0, start, p.numel()).view(p.shape))
+        if values is not None:
+            views[-1].copy_(values[index])
+        start += p.numel()
+    return views
 
 
 class _Blocks:
-    """The views of parameters, running average and trace for every block, and the block's scratch
-    (``None``: one block, temporaries allocated per call)."""
+    """The CPU plan: per block, its range of the flat running average and trace, where its ``W`` is
+    read from (a view, or the whole tensors gathered into a scratch) and where its gradient goes."""
 
-    def __init__(self, params: list[Tensor], running: list[Tensor], trace: list[Tensor], block: int | None) -> None:
-        flat = [p.is_contiguous() and w.is_contiguous() and lam.is_contiguous()
-                for p, w, lam in zip(params, running, trace)]
-        self.plan = plan_blocks([p.numel() for p in params], flat, block)
-        self.views = [tuple(_pieces(t, b) for t in (params, running, trace)) for b in self.plan]
-        self.scratch: list[list[Tensor] | None] = [None] * len(self.plan)
-        if block is not None and params:
-            buffer = params[0].new_empty(max(sum(n for _, _, n in b) for b in self.plan))
-            for index, (w, _, _) in enumerate(self.views):
-                offsets = [0]
-                for piece in w:
-                    offsets.append(offsets[-1] + piece.numel())
-                self.scratch[index] = [buffer.narrow(0, o, p.numel()).view(p.shape) for o, p in zip(offsets, w)]
+    def __init__(self, params: list[Tensor], running: Tensor, trace: Tensor, block: int) -> None:
+        self.params = params
+        offsets = [0]
+        for p in params:
+            offsets.append(offsets[-1] + p.numel())
+        plans = plan_blocks([p.numel() for p in params], [p.is_contiguous() for p in params], block)
+        size = max(sum(n for _, _, n in plan) for plan in plans)  # above block: a tensor that cannot be cut
+        self.scratch_w, self.scratch_d = running.new_empty(size), running.new_empty(size)
+        self.blocks = []
+        for plan in plans:
+            first, start, _ = plan[0]
+            low, n = offsets[first] + start, sum(count for _, _, count in plan)
+            direct = len(plan) == 1 and params[first].is_contiguous()  # W and the gradient are views
+            shapes = [(index, params[index].shape) for index, _, _ in plan]
+            pieces = [] if direct else [self.scratch_d.narrow(0, offsets[i] - low, params[i].numel()).view(shape)
+                                        for i, shape in shapes]
+            self.blocks.append((plan, running.narrow(0, low, n), trace.narrow(0, low, n), direct, pieces))
+
+    def weights(self, plan: list[Piece], direct: bool, n: int) -> Tensor:
+        """The block's ``W`` as one flat tensor."""
+        if direct:
+            index, start, _ = plan[0]
+            return self.params[index].view(-1).narrow(0, start, n)
+        return torch.cat([self.params[index].reshape(-1) for index, _, _ in plan], out=self.scratch_w.narrow(0, 0, n))
 
     def __iter__(self):
-        """``(w, w_bar, lam, w - w_bar)`` per block (the difference in the scratch, or newly allocated)."""
-        for (w, w_bar, lam), scratch in zip(self.views, self.scratch):
-            if scratch is None:
-                yield w, w_bar, lam, torch._foreach_sub(w, w_bar)
-            else:
-                torch._foreach_copy_(scratch, w)
-                torch._foreach_sub_(scratch, w_bar)
-                yield w, w_bar, lam, scratch
+        """``(w, w_bar, lam, w - w_bar)`` per block, all flat (the difference in the scratch)."""
+        for plan, w_bar, lam, direct, _ in self.blocks:
+            w = self.weights(plan, direct, w_bar.numel())
+            yield w, w_bar, lam, torch.sub(w, w_bar, out=self.scratch_d.narrow(0, 0, w_bar.numel()))
 
 
 class _Penalty(torch.autograd.Function):
@@ -95,33 +116,57 @@ class _Penalty(torch.autograd.Function):
     def forward(ctx, fptt: "FPTT", *params: Tensor) -> Tensor:
         ctx.fptt = fptt
         ctx.save_for_backward(*params)
-        squares, dots = [], []
-        for w, _, lam, difference in fptt.blocks():
-            squares += torch._foreach_norm(difference)
-            dots += [torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(w, lam)]
+        blocks = fptt.blocks()
+        if blocks is None:
+            squares = torch._foreach_norm(torch._foreach_sub(params, fptt.running))
+            dots = [torch.dot(w.reshape(-1), lam.reshape(-1)) for w, lam in zip(params, fptt.trace)]
+        else:
+            squares, dots = [], []
+            for w, _, lam, difference in blocks:
+                squares.append(torch.linalg.vector_norm(difference))
+                dots.append(torch.dot(w, lam))
         return 0.5 * fptt.alpha * torch.stack(squares).square().sum() - torch.stack(dots).sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
         fptt, params = ctx.fptt, ctx.saved_tensors  # saved_tensors: checks W was not changed in place
         blocks = fptt.blocks()
-        grads: list[Tensor | None] = [None] * len(params)
-        for plan, (w, w_bar, lam) in zip(blocks.plan, blocks.views):
-            if blocks.scratch[0] is None:  # one block: the gradients are the new tensors
-                pieces = torch._foreach_sub(w, w_bar)
-                grads = list(pieces)
-            else:  # the gradients are allocated whole and computed block by block in place
-                for index, _, _ in plan:
-                    if grads[index] is None:
-                        grads[index] = torch.empty_like(params[index])
-                pieces = _pieces(grads, plan)
-                torch._foreach_copy_(pieces, w)
-                torch._foreach_sub_(pieces, w_bar)
-            torch._foreach_mul_(pieces, fptt.alpha)
-            torch._foreach_sub_(pieces, lam)
-            torch._foreach_mul_(pieces, grad)
+        if blocks is None:
+            grads = torch._foreach_sub(params, fptt.running)
+            torch._foreach_mul_(grads, fptt.alpha)
+            torch._foreach_sub_(grads, fptt.trace)
+            torch._foreach_mul_(grads, grad)
+        else:
+            grads = [torch.empty_like(p) for p in params]
+            for plan, w_bar, lam, direct, pieces in blocks.blocks:
+                n = w_bar.numel()
+                w = blocks.weights(plan, direct, n)
+                index, start, _ = plan[0]
+                out = grads[index].view(-1).narrow(0, start, n) if direct else blocks.scratch_d.narrow(0, 0, n)
+                torch.sub(w, w_bar, out=out)
+                out.mul_(fptt.alpha)
+                out.sub_(lam)
+                out.mul_(grad)
+                if not direct:
+                    torch._foreach_copy_([grads[i] for i, _, _ in plan], pieces)
         grads = [g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:])]
         return (None, *grads)
+
+
+def _flat_base(views: list[Tensor], params: list[Tensor]) -> Tensor | None:
+    """The flat buffer ``views`` are consecutive contiguous views of (shaped like ``params``), or None."""
+    if not views or len(views) != len(params):
+        return None
+    start = views[0].data_ptr()
+    for view, p in zip(views, params):
+        if view.shape != p.shape or view.dtype != p.dtype or not view.is_contiguous() or \
+                (view.numel() and view.data_ptr() != start):  # an empty tensor may point anywhere
+            return None
+        start += view.numel() * view.element_size()
+    try:
+        return views[0].as_strided((sum(p.numel() for p in params),), (1,), views[0].storage_offset())
+    except RuntimeError:  # not one buffer after all
+        return None
 
 
 class FPTT:
@@ -143,24 +188,36 @@ class FPTT:
                              f"update_alpha={update_alpha}, beta={beta}")
         self.params = [p for p in params if p.requires_grad]
         self.alpha, self.beta, self.update_alpha = float(alpha), float(beta), float(update_alpha)
+        self.block: int | None = CPU_BLOCK  # elements per block on the CPU (None: no blocks)
         with torch.no_grad():
-            self.running = [p.detach().clone() for p in self.params]
-            self.trace = [torch.zeros_like(p) for p in self.params]
-        self.block: int | None = CPU_BLOCK  # elements per block on the CPU (None: one block)
-        self._blocks: tuple[tuple, _Blocks] | None = None
+            weights = [p.detach() for p in self.params]
+            if self._flat_device():
+                self.running, self.trace = _flat_views(weights, weights), _flat_views(weights, None)
+            else:
+                self.running = [p.clone() for p in weights]
+                self.trace = [torch.zeros_like(p) for p in weights]
+        self._blocks: tuple[tuple, _Blocks | None] | None = None
 
-    def blocks(self) -> _Blocks:
-        """The blocks the formulas run over (see :data:`CPU_BLOCK`), planned again when a tensor moves."""
+    def _flat_device(self) -> bool:
+        """Whether the blocked CPU path applies: parameters on the CPU, one dtype."""
+        return bool(self.params) and all(p.device.type == "cpu" for p in self.params) and \
+            len({p.dtype for p in self.params}) == 1
+
+    def blocks(self) -> _Blocks | None:
+        """The CPU plan (see :data:`CPU_BLOCK`), made again when a tensor moves; ``None`` where the
+        formulas run over the whole tensor lists (another device, or a state that is not flat)."""
         tensors = self.params + self.running + self.trace
-        key = tuple((t.data_ptr(), t.stride()) for t in tensors) + (self.block,)
+        key = (self.block, *(t.data_ptr() for t in tensors))
         if self._blocks is None or self._blocks[0] != key:
-            cpu = all(t.device.type == "cpu" for t in tensors) and len({t.dtype for t in tensors}) <= 1
-            params = [p.detach() for p in self.params]
-            self._blocks = key, _Blocks(params, self.running, self.trace, self.block if cpu else None)
+            self._blocks = key, None
+            if self.block and self._flat_device():
+                running, trace = (_flat_base(t, self.params) for t in (self.running, self.trace))
+                if running is not None and trace is not None:
+                    self._blocks = key, _Blocks([p.detach() for p in self.params], running, trace, self.block)
         return self._blocks[1]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_blocks": None}  # views and scratch are rebuilt on use
+        return {**self.__dict__, "_blocks": None}  # views and scratch are made again on use
 
     def penalty(self) -> Tensor:
         """``R(W)`` as a scalar tensor to add to the step loss (differentiable in ``W``)."""
@@ -169,11 +226,19 @@ class FPTT:
     @torch.no_grad()
     def update(self) -> None:
         """Advance ``lam`` and ``W_bar``; call right after ``optimizer.step()``."""
-        for w, w_bar, lam, difference in self.blocks():
-            torch._foreach_add_(lam, difference, alpha=-self.update_alpha)
-            torch._foreach_mul_(w_bar, 1.0 - self.beta)
-            torch._foreach_add_(w_bar, w, alpha=self.beta)
-            torch._foreach_add_(w_bar, lam, alpha=-self.beta / self.update_alpha)
+        blocks = self.blocks()
+        if blocks is None:
+            params = [p.detach() for p in self.params]
+            torch._foreach_add_(self.trace, torch._foreach_sub(params, self.running), alpha=-self.update_alpha)
+            torch._foreach_mul_(self.running, 1.0 - self.beta)
+            torch._foreach_add_(self.running, params, alpha=self.beta)
+            torch._foreach_add_(self.running, self.trace, alpha=-self.beta / self.update_alpha)
+            return
+        for w, w_bar, lam, difference in blocks:
+            lam.add_(difference, alpha=-self.update_alpha)
+            w_bar.mul_(1.0 - self.beta)
+            w_bar.add_(w, alpha=self.beta)
+            w_bar.add_(lam, alpha=-self.beta / self.update_alpha)
 
     @torch.no_grad()
     def consolidate(self) -> None:

@@ -145,7 +145,7 @@ def test_blocked_penalty_gradient_and_update_match_plain_loop(block):
 
 
 def test_blocks_give_the_same_numbers_as_one_block():
-    """Cut into blocks or not, the gradients and the state are bitwise the same (float32)."""
+    """Blocked (flat state) or over the tensor lists, the gradients and the state are bitwise the same."""
     runs = []
     for block in (None, 5):
         params = [torch.nn.Parameter(p.detach().float()) for p in _mixed_params()]
@@ -163,19 +163,21 @@ def test_blocks_give_the_same_numbers_as_one_block():
                     p.add_(0.1 * torch.randn(p.shape, generator=generator))
             fptt.update()
         runs.append(grads + fptt.running + fptt.trace)
-    assert len(fptt.blocks().plan) > 10
+    assert len(fptt.blocks().blocks) > 10
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def test_plan_blocks_covers_every_element_once():
     from spikeloc.training.fptt import plan_blocks
-    numels, flat = [5, 40, 1, 0, 84, 33, 36], [True, True, True, True, True, True, False]
+    numels, flat = [5, 40, 1, 0, 84, 33, 36, 3], [True, True, True, True, True, True, False, True]
     blocks = plan_blocks(numels, flat, 16)
     covered = [[0] * n for n in numels]
     for block in blocks:
         assert sum(n for _, _, n in block) <= 16 or len(block) == 1  # a tensor that cannot be cut is one block
+        assert len(block) == 1 or all(n == numels[i] for i, _, n in block)  # cut pieces are blocks of their own
         for index, start, n in block:
             for k in range(start, start + n):
                 covered[index][k] += 1
     assert all(c == [1] * n for c, n in zip(covered, numels))
-    assert plan_blocks(numels, flat, None) == [[(i, 0, n) for i, n in enumerate(numels)]]
+    pieces = [piece for block in blocks for piece in block]
+    assert pieces == sorted(pieces)  # in order: each block is one range of the flat state

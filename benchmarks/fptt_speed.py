@@ -1,0 +1,126 @@
+"""FPTT's per-update cost on the SPYv4 detector's parameters: penalty forward + backward + update
+(README "Speed"), blocked (:data:`spikeloc.training.fptt.CPU_BLOCK`) against the plain ``_foreach``
+form over the whole tensor list (the previous implementation, kept here as the baseline).
+
+Both run in turn within every repeat on their own copy of the parameters and FPTT state, from the
+same start; the script checks that they give the same gradients, running average and trace (bitwise)
+and prints the medians and the median of the paired ratios.
+
+Usage::
+
+    python benchmarks/fptt_speed.py [--image-size 416] [--width 1.0] [--repeats 20] [--steps 3] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from typing import Any
+
+import common
+
+
+def _baseline() -> tuple[Any, Any]:
+    """The previous penalty (autograd function) and update: one ``_foreach`` pass per kernel over all tensors."""
+    import torch
+
+    class Penalty(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, fptt: Any, *params: Any) -> Any:
+            ctx.fptt = fptt
+            ctx.save_for_backward(*params)
+            squares = torch.stack(torch._foreach_norm(torch._foreach_sub(params, fptt.running))).square().sum()
+            dots = torch.stack([torch.dot(w.reshape(-1), lam.reshape(-1)) for w, lam in zip(params, fptt.trace)])
+            return 0.5 * fptt.alpha * squares - dots.sum()
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple:
+            grads = torch._foreach_sub(ctx.saved_tensors, ctx.fptt.running)
+            torch._foreach_mul_(grads, ctx.fptt.alpha)
+            torch._foreach_sub_(grads, ctx.fptt.trace)
+            torch._foreach_mul_(grads, grad)
+            return (None, *grads)
+
+    @torch.no_grad()
+    def update(fptt: Any) -> None:
+        params = [p.detach() for p in fptt.params]
+        torch._foreach_add_(fptt.trace, torch._foreach_sub(params, fptt.running), alpha=-fptt.update_alpha)
+        torch._foreach_mul_(fptt.running, 1.0 - fptt.beta)
+        torch._foreach_add_(fptt.running, params, alpha=fptt.beta)
+        torch._foreach_add_(fptt.running, fptt.trace, alpha=-fptt.beta / fptt.update_alpha)
+
+    return (lambda fptt: Penalty.apply(fptt, *fptt.params)), update
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from spikeloc.training.fptt import FPTT
+    torch.manual_seed(0)
+    model = common.make_detector("fptt", 1, args.image_size, args.width).model
+    models = {"foreach": model, "blocked": copy.deepcopy(model)}
+    states = {name: FPTT(m.parameters(), alpha=0.1, beta=0.5, update_alpha=0.5) for name, m in models.items()}
+    penalty, update = _baseline()
+    steps = {"foreach": (lambda f: penalty(f), update), "blocked": (lambda f: f.penalty(), lambda f: f.update())}
+    generator = torch.Generator().manual_seed(1)
+    noise = [torch.randn(p.shape, generator=generator) * 1e-3 for p in model.parameters() if p.requires_grad]
+
+    def one(name: str) -> float:
+        fptt = states[name]
+        for p in fptt.params:
+            p.grad = None
+        start = time.perf_counter()
+        value = steps[name][0](fptt)
+        value.backward()
+        seconds = time.perf_counter() - start
+        with torch.no_grad():  # a stand-in for optimizer.step() (untimed): the weights move
+            torch._foreach_add_(fptt.params, noise)
+        start = time.perf_counter()
+        steps[name][1](fptt)
+        return seconds + time.perf_counter() - start, value.detach()
+
+    for _ in range(args.steps):  # same numbers from the same start
+        values = {name: one(name)[1] for name in states}
+    a, b = states["foreach"], states["blocked"]
+    same = all(torch.equal(x, y) for x, y in zip(a.running + a.trace + [p.grad for p in a.params],
+                                                 b.running + b.trace + [p.grad for p in b.params]))
+    value_close = bool(torch.allclose(values["foreach"], values["blocked"], rtol=1e-5, atol=1e-6))
+    times: dict[str, list[float]] = {name: [] for name in states}
+    for round_index in range(args.repeats + 1):
+        for name in states:
+            seconds = one(name)[0]
+            if round_index:  # the first round warms up
+                times[name].append(seconds)
+    ratio = common.median([b / a for a, b in zip(times["foreach"], times["blocked"])])
+    return {"parameters": sum(p.numel() for p in a.params), "tensors": len(a.params),
+            "foreach_ms": round(1000 * common.median(times["foreach"]), 2),
+            "blocked_ms": round(1000 * common.median(times["blocked"]), 2), "ratio": round(ratio, 3),
+            "same_gradients_and_state": same, "same_penalty": value_close}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image-size", type=int, default=416)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=3, help="untimed steps compared for equality first")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    with common.quiet():
+        import torch
+        torch.set_num_threads(args.threads)
+        result = run(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['tensors']} tensors, {result['parameters']} parameters: penalty + backward + update "
+              f"foreach {result['foreach_ms']} ms, blocked {result['blocked_ms']} ms, ratio {result['ratio']}; "
+              f"same gradients and state: {result['same_gradients_and_state']}, same penalty: {result['same_penalty']}")
+    if not (result["same_gradients_and_state"] and result["same_penalty"]):
+        sys.exit("blocked FPTT does not reproduce the foreach numbers")
+
+
+if __name__ == "__main__":
+    main()
