@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = common.make_detector("fptt", 1, args.image_size, args.width).model
     models = {"foreach": model, "blocked": copy.deepcopy(model)}
     states = {name: FPTT(m.parameters(), alpha=0.1, beta=0.5, update_alpha=0.5) for name, m in models.items()}
+    baseline = states["foreach"]  # its state as before: one tensor per parameter, not views of one buffer
+    baseline.running, baseline.trace = [t.clone() for t in baseline.running], [t.clone() for t in baseline.trace]
     penalty, update = _baseline()
     steps = {"foreach": (lambda f: penalty(f), update), "blocked": (lambda f: f.penalty(), lambda f: f.update())}
     generator = torch.Generator().manual_seed(1)

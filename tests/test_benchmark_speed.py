@@ -93,3 +93,11 @@ def test_fused_cells_keep_the_detector_numbers(benchmarks):
     assert torch.equal(losses[0], losses[1])
     for (name, a), b in zip(reference.named_parameters(), fused.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fptt_speed_tiny_json(benchmarks, capsys):
+    import fptt_speed
+    fptt_speed.main(["--image-size", "64", "--width", "0.125", "--repeats", "1", "--steps", "2", "--json"])
+    result = last_json(capsys)
+    assert result["same_gradients_and_state"] and result["same_penalty"]
+    assert result["tensors"] > 10 and result["foreach_ms"] > 0 and result["blocked_ms"] > 0 and result["ratio"] > 0

@@ -20,7 +20,7 @@ through memory.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 from torch import Tensor
