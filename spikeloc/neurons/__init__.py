@@ -2,7 +2,7 @@
 from .functional import adaptive_threshold, lif_step, ltc_step, readout_step, reset_membrane
 from .fused import fused_lif_step, fused_ltc_step
 from .modules import (ALIFNeuron, LeakyReadout, LIFNeuron, LTCDense, LTCNeuron, NeuronKind, SpikingConv2d,
-                      make_neuron)
+                      make_neuron, set_twin)
 from .state import detach_state, map_state, reset_state
 from .surrogate import ATan, MultiGaussian, Sigmoid, Surrogate, get_surrogate
 
@@ -10,5 +10,5 @@ __all__ = [
     "ALIFNeuron", "ATan", "LIFNeuron", "LTCDense", "LTCNeuron", "LeakyReadout", "MultiGaussian", "NeuronKind",
     "Sigmoid", "SpikingConv2d", "Surrogate", "adaptive_threshold", "detach_state", "fused_lif_step", "fused_ltc_step",
     "get_surrogate", "lif_step",
-    "ltc_step", "make_neuron", "map_state", "readout_step", "reset_membrane", "reset_state",
+    "ltc_step", "make_neuron", "map_state", "readout_step", "reset_membrane", "reset_state", "set_twin",
 ]

@@ -36,6 +36,22 @@ def _membrane(state: dict | None, like: Tensor, init_state: InitState) -> Tensor
     return torch.zeros_like(like)
 
 
+def twin_output(current: Tensor) -> tuple[Tensor, dict]:
+    """A spiking neuron run as its ANN twin (``twin = True``): ``leaky_relu(i, 0.1)``, stateless, the same
+    maths as :class:`ANNNeuron` (README, "Learning: SNN vs ANN twin")."""
+    return torch.nn.functional.leaky_relu(current, 0.1), {}
+
+
+def set_twin(module: nn.Module, on: bool) -> int:
+    """Run every spiking neuron of ``module`` as its ANN twin (``on``) or spiking again (``not on``):
+    one network trains first as the twin, then as the SNN from the twin's weights (the tau-convs,
+    unused by the twin, stay fresh). Returns how many neurons were switched."""
+    neurons = [m for m in module.modules() if isinstance(m, TWIN_SWITCHABLE)]
+    for neuron in neurons:
+        neuron.twin = on
+    return len(neurons)
+
+
 def _spiking_repr(module: nn.Module) -> str:
     fused = f", fused{' (compiled)' if module.compile else ''}" if module.fused else ""
     return f"threshold={module.threshold}, reset={module.reset}, surrogate={module.surrogate}{fused}"
@@ -63,6 +79,8 @@ class LTCNeuron(nn.Module):
     ``tau_bias`` initialises the bias of ``BN'``, so the initial mean ``tau`` is ``sigmoid(tau_bias)``.
     """
 
+    twin = False  # see set_twin
+
     def __init__(self, channels: int, tau_kernel: int = 3, threshold: float = 1.0,
                  surrogate: str | dict | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
                  tau_bias: float = 0.0, init_state: InitState = "zeros", fused: bool = False,
@@ -80,6 +98,8 @@ class LTCNeuron(nn.Module):
         return torch.sigmoid(self.tau_bn(self.tau_conv(current + u)))
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        if self.twin:
+            return twin_output(current)
         u = _membrane(state, current, self.init_state)
         step = partial(fused_ltc_step, compile=self.compile) if self.fused else F.ltc_step
         spike, u = step(current, u, self.tau(current, u), self.threshold, self.surrogate, self.reset)
@@ -98,6 +118,8 @@ class LTCReadoutNeuron(nn.Module):
     (``threshold``, ``surrogate``, ``reset``) are accepted and ignored.
     """
 
+    twin = False  # see set_twin
+
     def __init__(self, channels: int, tau_kernel: int = 3, tau_bias: float = 0.0, init_state: InitState = "zeros",
                  **spiking: object) -> None:
         super().__init__()
@@ -110,6 +132,8 @@ class LTCReadoutNeuron(nn.Module):
     tau = LTCNeuron.tau
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        if self.twin:
+            return twin_output(current)
         u = _membrane(state, current, self.init_state)
         u = F.readout_step(current, u, self.tau(current, u))
         return u, {"u": u}
@@ -157,6 +181,8 @@ class ANNNeuron(nn.Module):
 class LIFNeuron(nn.Module):
     """Leaky integrate-and-fire with a fixed leak ``decay``; any input shape; state ``{"u"}``."""
 
+    twin = False  # see set_twin
+
     def __init__(self, channels: int | None = None, decay: float = 0.5, threshold: float = 1.0,
                  surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
                  init_state: InitState = "zeros", fused: bool = False, compile: bool = False) -> None:
@@ -166,6 +192,8 @@ class LIFNeuron(nn.Module):
         self.decay, self.threshold, self.surrogate, self.reset = decay, threshold, get_surrogate(surrogate), reset
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        if self.twin:
+            return twin_output(current)
         u = _membrane(state, current, self.init_state)
         spike, u = _lif_update(self, current, u, self.threshold)
         return spike, {"u": u}
@@ -180,6 +208,8 @@ class ALIFNeuron(nn.Module):
     State ``{"u", "b", "s"}`` (membrane, adaptation, last spikes), all shaped like the input.
     """
 
+    twin = False  # see set_twin
+
     def __init__(self, channels: int | None = None, decay: float = 0.5, rho: float = 0.9, threshold: float = 1.0,
                  scale: float = 1.8, surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
                  init_state: InitState = "zeros", fused: bool = False, compile: bool = False) -> None:
@@ -190,6 +220,8 @@ class ALIFNeuron(nn.Module):
         self.surrogate, self.reset = get_surrogate(surrogate), reset
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        if self.twin:
+            return twin_output(current)
         u = _membrane(state, current, self.init_state)
         b, s = (_zeros(state, key, current) for key in ("b", "s"))
         theta, b = F.adaptive_threshold(b, s, self.rho, self.threshold, self.scale)
@@ -200,6 +232,7 @@ class ALIFNeuron(nn.Module):
         return f"{_spiking_repr(self)}, decay={self.decay}, rho={self.rho}, scale={self.scale}"
 
 
+TWIN_SWITCHABLE = (LTCNeuron, LTCReadoutNeuron, LIFNeuron, ALIFNeuron)
 NEURONS: dict[str, type[nn.Module]] = {"ltc": LTCNeuron, "lif": LIFNeuron, "alif": ALIFNeuron,
                                        "ltc_readout": LTCReadoutNeuron, "ann": ANNNeuron}
 

@@ -36,7 +36,7 @@ class SpikingClassifier(OnlineModule):
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
     def inputs(self, batch: tuple[Tensor, Tensor]) -> tuple[Callable[[int], Tensor], int]:
-        return present(batch[0], self.num_steps)
+        return present(batch[0], self.time_steps)
 
     def forward_step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
         features, state = self.net(x_t, state)

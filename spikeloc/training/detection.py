@@ -112,7 +112,7 @@ class SpikingDetector(OnlineModule):
 
     # ---- the loop's hooks ----------------------------------------------------------------
     def inputs(self, batch: Batch) -> tuple[Callable[[int], Tensor], int]:
-        return present(batch["images"], self.num_steps)
+        return present(batch["images"], self.time_steps)
 
     def forward_step(self, x_t: Tensor, state: Any) -> tuple[list[Tensor], Any]:
         """``x_t`` ``[B, 3, S, S]`` -> raw outputs per scale ``[B, A, S/s, S/s, 5 + K]`` and state."""

@@ -49,7 +49,8 @@ class FiringMonitor(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        network = pl_module.spiking_network() if hasattr(pl_module, "spiking_network") else None
+        twin = getattr(pl_module, "twin_active", False)  # the ANN twin phase: nothing spikes
+        network = pl_module.spiking_network() if hasattr(pl_module, "spiking_network") and not twin else None
         if network is not None and batch_idx % self.every_n_batches == 0:
             self._stats = FiringStats(network)
 

@@ -11,16 +11,18 @@ how a batch presents its input over time (``inputs``).
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from spikeloc.metrics.firing import FiringStats
-from spikeloc.neurons import detach_state
+from spikeloc.neurons import detach_state, set_twin
 from .fptt import FPTT
 from .guard import NonFiniteGuard
 
@@ -91,6 +93,9 @@ class OnlineModule(pl.LightningModule):
         backbone_lr: learning rate of the backbone group (None: the optimizer's).
         max_nonfinite_steps: a step with a non-finite loss, gradient or weight is skipped (see
             :mod:`spikeloc.training.guard`); this many in a row stop training (0: never stop).
+        twin_epochs: train the first N epochs as the network's ANN twin (every spiking neuron
+            ``leaky_relu``, one time step, FPTT with K = 1), then as the SNN from those weights: ANN->SNN
+            initialisation in one run (README "Learning: SNN vs ANN twin").
     """
 
     def __init__(self, num_steps: int = 8, algorithm: Literal["fptt", "bptt"] = "fptt",
@@ -98,7 +103,7 @@ class OnlineModule(pl.LightningModule):
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
-                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10) -> None:
+                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_epochs: int = 0) -> None:
         super().__init__()
         if algorithm not in ("fptt", "bptt"):
             raise ValueError(f"algorithm must be 'fptt' or 'bptt', got {algorithm!r}")
@@ -123,6 +128,9 @@ class OnlineModule(pl.LightningModule):
         self.guard: NonFiniteGuard | None = None
         self._pending_fptt_state: dict | None = None
         self.firing_stats: FiringStats | None = None
+        if twin_epochs < 0:
+            raise ValueError(f"twin_epochs must be >= 0, got {twin_epochs}")
+        self.twin_epochs, self.twin_active = twin_epochs, False
 
     # ---- what subclasses provide -------------------------------------------------------
     def inputs(self, batch: Any) -> tuple[Callable[[int], Tensor], int]:
@@ -169,11 +177,31 @@ class OnlineModule(pl.LightningModule):
                 self.fptt.load_state_dict(self._pending_fptt_state)
                 self._pending_fptt_state = None
 
+    @property
+    def time_steps(self) -> int:
+        """T of a static input now: 1 while training as the ANN twin, else ``num_steps``."""
+        return 1 if self.twin_active else self.num_steps
+
+    def set_twin_phase(self, on: bool) -> None:
+        """Run every spiking neuron as its ANN twin (``on``) or spiking (see ``twin_epochs``)."""
+        if on != self.twin_active:
+            count = set_twin(self, on)
+            self.twin_active = on
+            rank_zero_info(f"epoch {self.current_epoch}: {count} neurons now run "
+                           f"{'as their ANN twin (T = 1)' if on else 'spiking'}")
+
     def on_train_epoch_start(self) -> None:
+        self.set_twin_phase(self.current_epoch < self.twin_epochs)
         if self.freeze_backbone_epochs > 0:
             trainable = self.current_epoch >= self.freeze_backbone_epochs
             for parameter in self.backbone_parameters():
                 parameter.requires_grad_(trainable)
+
+    def on_fit_end(self) -> None:
+        if self.twin_active:
+            warnings.warn(f"training ended in the ANN twin phase (max_epochs <= twin_epochs={self.twin_epochs}): "
+                          "the checkpoints hold the twin's weights and fresh tau-convs", stacklevel=2)
+            self.set_twin_phase(False)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs after AMP unscaling, so clipping sees true gradients under 16-mixed too.
@@ -184,7 +212,7 @@ class OnlineModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         input_at, num_steps = self.inputs(batch)
         weights = step_weights(num_steps, self.loss_weighting, self.loss_start_step)
-        parts = self.fptt_config.parts or num_steps if self.algorithm == "fptt" else 1
+        parts = self.fptt_config.parts or num_steps if self.algorithm == "fptt" and not self.twin_active else 1
         optimizer = self.optimizers()
         state, task_total, penalty_total, named = None, 0.0, 0.0, {}
         guard = self._guard(optimizer)
@@ -257,7 +285,7 @@ class OnlineModule(pl.LightningModule):
     # ---- evaluation epochs: subclasses extend these two, the hooks below call them ---------
     def start_evaluation(self) -> None:
         """Attach :class:`FiringStats` to :meth:`spiking_network` for one evaluation epoch."""
-        network = self.spiking_network()
+        network = None if self.twin_active else self.spiking_network()
         self.firing_stats = FiringStats(network) if network is not None else None
 
     def end_evaluation(self, stage: str) -> None:
