@@ -11,6 +11,7 @@ how a batch presents its input over time (``inputs``).
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
 
@@ -91,6 +92,9 @@ class OnlineModule(pl.LightningModule):
         backbone_lr: learning rate of the backbone group (None: the optimizer's).
         max_nonfinite_steps: a step with a non-finite loss, gradient or weight is skipped (see
             :mod:`spikeloc.training.guard`); this many in a row stop training (0: never stop).
+        compile_step: run the per-step model call (:meth:`call_step`) through ``torch.compile``;
+            a dict is passed to ``torch.compile`` (``mode``, ``backend``, ``dynamic`` ...). Parameter
+            names and checkpoints are unchanged; a failing compiler warns once and runs eager.
     """
 
     def __init__(self, num_steps: int = 8, algorithm: Literal["fptt", "bptt"] = "fptt",
@@ -98,7 +102,8 @@ class OnlineModule(pl.LightningModule):
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
-                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10) -> None:
+                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10,
+                 compile_step: bool | dict[str, Any] = False) -> None:
         super().__init__()
         if algorithm not in ("fptt", "bptt"):
             raise ValueError(f"algorithm must be 'fptt' or 'bptt', got {algorithm!r}")
@@ -123,6 +128,8 @@ class OnlineModule(pl.LightningModule):
         self.guard: NonFiniteGuard | None = None
         self._pending_fptt_state: dict | None = None
         self.firing_stats: FiringStats | None = None
+        self.compile_step = compile_step
+        self._compiled_call: Callable[..., Any] | None = None  # built at the first call (not a submodule)
 
     # ---- what subclasses provide -------------------------------------------------------
     def inputs(self, batch: Any) -> tuple[Callable[[int], Tensor], int]:
@@ -145,6 +152,26 @@ class OnlineModule(pl.LightningModule):
     def backbone_parameters(self) -> list[nn.Parameter]:
         """What ``freeze_backbone_epochs`` / ``backbone_lr`` act on (empty: no such part)."""
         return []
+
+    def call_step(self, module: nn.Module, *args: Any) -> Any:
+        """``module(*args)``: one time step, compiled when ``compile_step`` (README "Speed").
+
+        The compiled function calls the module itself, so nothing is re-registered and the state dict
+        keeps its keys. Evaluation epochs that count firing statistics run eager (their hooks are not
+        traced). If compiling fails, one warning names the error and every later call runs eager.
+        """
+        if not self.compile_step or self.firing_stats is not None:
+            return module(*args)
+        try:
+            if self._compiled_call is None:
+                options = self.compile_step if isinstance(self.compile_step, dict) else {}
+                self._compiled_call = torch.compile(_call_module, **options)
+            return self._compiled_call(module, *args)
+        except Exception as error:  # compiler or backend failure: eager from now on
+            warnings.warn(f"compile_step: torch.compile failed ({type(error).__name__}: {error}); "
+                          "running the model step eager", RuntimeWarning, stacklevel=2)
+            self.compile_step, self._compiled_call = False, None
+            return module(*args)
 
     # ---- optimisation ------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -305,6 +332,11 @@ class OnlineModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Called before the model reaches its device: keep it until on_fit_start builds FPTT.
         self._pending_fptt_state = checkpoint.get("fptt")
+
+
+def _call_module(module: nn.Module, *args: Any) -> Any:
+    """What :meth:`OnlineModule.call_step` compiles: the module's own ``__call__``."""
+    return module(*args)
 
 
 def _class_path(obj: Any) -> str:
