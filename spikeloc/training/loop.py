@@ -157,8 +157,10 @@ class OnlineModule(pl.LightningModule):
         """``module(*args)``: one time step, compiled when ``compile_step`` (README "Speed").
 
         The compiled function calls the module itself, so nothing is re-registered and the state dict
-        keeps its keys. Evaluation epochs that count firing statistics run eager (their hooks are not
-        traced). If compiling fails, one warning names the error and every later call runs eager.
+        keeps its keys. Graphs: one per kind of state (None at the first step, then the nested
+        state) and grad mode; a batch of a new size compiles them once more with a dynamic batch.
+        Evaluation epochs that count firing statistics run eager (their hooks are not traced).
+        If compiling fails, one warning names the error and every later call runs eager.
         """
         if not self.compile_step or self.firing_stats is not None:
             return module(*args)

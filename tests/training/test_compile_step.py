@@ -134,3 +134,15 @@ def test_firing_statistics_run_eager(monkeypatch):
     finally:
         module.firing_stats.remove()
     assert module.compile_step is True
+
+
+@pytest.mark.slow
+def test_new_batch_size_compiles_once_more(fresh_dynamo):
+    """A batch of a new size (e.g. an epoch's last) compiles the two training graphs once more, with a
+    dynamic batch size (torch's automatic dynamic shapes); further sizes reuse them."""
+    eager, compiled = _detector(False), _detector({"backend": "aot_eager"})
+    compiled.load_state_dict(eager.state_dict())
+    for batch_size, graphs in ((2, 2), (3, 4), (4, 4), (5, 4)):
+        batch = _batch(batch_size=batch_size)
+        _assert_close(_fptt_batch(eager, batch), _fptt_batch(compiled, batch), 1e-6)
+        assert counters["stats"]["unique_graphs"] == graphs
