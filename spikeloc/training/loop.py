@@ -170,7 +170,8 @@ class OnlineModule(pl.LightningModule):
                 self._compiled_call = torch.compile(_call_module, **options)
             return self._compiled_call(module, *args)
         except Exception as error:  # compiler or backend failure: eager from now on
-            warnings.warn(f"compile_step: torch.compile failed ({type(error).__name__}: {error}); "
+            message = (str(error).strip().splitlines() or [""])[0][:300]  # inductor's can run to pages
+            warnings.warn(f"compile_step: torch.compile failed ({type(error).__name__}: {message}); "
                           "running the model step eager", RuntimeWarning, stacklevel=2)
             self.compile_step, self._compiled_call = False, None
             return module(*args)
