@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # glibc: few arenas, and a fixed mmap threshold (no dynamic growth), so big freed tensors go
 # straight back to the kernel and RSS follows live memory instead of allocator history.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-OPTIONS = ("default", "fused", "compile", "channels_last", "bf16")
+OPTIONS = ("default", "fused", "compile", "compile_step", "channels_last", "bf16")
 
 
 def reexec_with_worker_env() -> None:
@@ -178,6 +178,8 @@ def apply_option(module: Any, option: str) -> tuple[str, list[Any]]:
     import lightning.pytorch as pl
     if option in ("fused", "compile"):
         fuse_cells(module, compile=option == "compile")
+    if option == "compile_step":  # the whole model step through torch.compile (OnlineModule.call_step)
+        module.compile_step = True
     if option == "channels_last":
         module.to(memory_format=torch.channels_last)
 

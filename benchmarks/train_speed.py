@@ -10,6 +10,8 @@ peak is the memory training adds over the footprint at the first batch (see ``me
 
 Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``):
 ``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
+``compile_step`` (the whole model time step, forward and backward, compiled: ``compile_step: true``;
+its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``other``),
 ``channels_last`` (model and input in NHWC) and ``bf16`` (``precision="bf16-mixed"``); then
 ``default again``, whose "speedup" shows how much a shared machine drifted during the options.
 The cell part times one ``LTCNeuron`` step, forward + backward, reference vs fused (vs compiled).
@@ -21,7 +23,9 @@ Usage::
 
 With ``--json`` the last stdout line is one object with keys ``device``, ``threads``, ``torch``,
 ``runs`` (one row per case: size, image_size, width, batch_size, algorithm, T, option, batch_s,
-throughput, peak_mib), ``options`` (per size: option -> batch_s, speedup over default),
+throughput, peak_mib, first_batch_s: the first, untimed batch, compilation included; with
+``compile_step`` also step_compiled: false when the compiler failed and the step ran eager),
+``options`` (per size: option -> batch_s, speedup over default),
 ``breakdown`` (per size: option -> share per category), ``conv_share`` (convolution share of the
 default FPTT step's CPU time, first size), ``fptt_share``, ``cell`` (rows: shape, scope ``neuron``
 or ``step``, variant, ms, speedup), ``compile`` (``ok`` or the compiler error) and, unless
@@ -53,6 +57,7 @@ def timer_callback(skip: set[int]) -> Any:
     class Timer(pl.Callback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.first = 0.0  # seconds of the first batch (compilation included)
             self._start = 0.0
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, index: int) -> None:
@@ -63,8 +68,11 @@ def timer_callback(skip: set[int]) -> Any:
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, index: int) -> None:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
+            seconds = time.perf_counter() - self._start
+            if index == 0:
+                self.first = seconds
             if index not in skip:
-                self.times.append(time.perf_counter() - self._start)
+                self.times.append(seconds)
 
     return Timer()
 
@@ -88,9 +96,12 @@ def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bo
     row = {"size": size, "image_size": image_size, "width": width, "batch_size": args.batch_size,
            "algorithm": algorithm, "T": num_steps, "option": option, "batch_s": round(seconds, 4),
            "throughput": round(args.batch_size * num_steps / seconds, 2),
-           "peak_mib": round((probe.result or 0) / common.MIB, 1)}
+           "peak_mib": round((probe.result or 0) / common.MIB, 1), "first_batch_s": round(timer.first, 2)}
+    if option == "compile_step":  # a failing compiler falls back to eager (its warning is silenced here)
+        row["step_compiled"] = bool(module.compile_step)
     print(f"  {size} {algorithm} T={num_steps} {option}: {seconds:.3f} s/batch, "
-          f"{row['throughput']:.1f} samples*steps/s, peak {row['peak_mib']} MiB", file=sys.stderr, flush=True)
+          f"{row['throughput']:.1f} samples*steps/s, peak {row['peak_mib']} MiB, first batch {timer.first:.1f} s",
+          file=sys.stderr, flush=True)
     return {**row, "totals": profiler.totals}
 
 

@@ -115,8 +115,9 @@ class SpikingDetector(OnlineModule):
         return present(batch["images"], self.time_steps)
 
     def forward_step(self, x_t: Tensor, state: Any) -> tuple[list[Tensor], Any]:
-        """``x_t`` ``[B, 3, S, S]`` -> raw outputs per scale ``[B, A, S/s, S/s, 5 + K]`` and state."""
-        return self.model(x_t, state)
+        """``x_t`` ``[B, 3, S, S]`` -> raw outputs per scale ``[B, A, S/s, S/s, 5 + K]`` and state
+        (compiled with ``compile_step``, see :meth:`OnlineModule.call_step`)."""
+        return self.call_step(self.model, x_t, state)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """The loop's batch, with the targets assigned to anchors once for all its time steps."""

@@ -96,6 +96,9 @@ class OnlineModule(pl.LightningModule):
         twin_epochs: train the first N epochs as the network's ANN twin (every spiking neuron
             ``leaky_relu``, one time step, FPTT with K = 1), then as the SNN from those weights: ANN->SNN
             initialisation in one run (README "Learning: SNN vs ANN twin").
+        compile_step: run the per-step model call (:meth:`call_step`) through ``torch.compile``;
+            a dict is passed to ``torch.compile`` (``mode``, ``backend``, ``dynamic`` ...). Parameter
+            names and checkpoints are unchanged; a failing compiler warns once and runs eager.
     """
 
     def __init__(self, num_steps: int = 8, algorithm: Literal["fptt", "bptt"] = "fptt",
@@ -103,7 +106,8 @@ class OnlineModule(pl.LightningModule):
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
-                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_epochs: int = 0) -> None:
+                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_epochs: int = 0,
+                 compile_step: bool | dict[str, Any] = False) -> None:
         super().__init__()
         if algorithm not in ("fptt", "bptt"):
             raise ValueError(f"algorithm must be 'fptt' or 'bptt', got {algorithm!r}")
@@ -131,6 +135,8 @@ class OnlineModule(pl.LightningModule):
         if twin_epochs < 0:
             raise ValueError(f"twin_epochs must be >= 0, got {twin_epochs}")
         self.twin_epochs, self.twin_active = twin_epochs, False
+        self.compile_step = compile_step
+        self._compiled_call: Callable[..., Any] | None = None  # built at the first call (not a submodule)
 
     # ---- what subclasses provide -------------------------------------------------------
     def inputs(self, batch: Any) -> tuple[Callable[[int], Tensor], int]:
@@ -153,6 +159,29 @@ class OnlineModule(pl.LightningModule):
     def backbone_parameters(self) -> list[nn.Parameter]:
         """What ``freeze_backbone_epochs`` / ``backbone_lr`` act on (empty: no such part)."""
         return []
+
+    def call_step(self, module: nn.Module, *args: Any) -> Any:
+        """``module(*args)``: one time step, compiled when ``compile_step`` (README "Speed").
+
+        The compiled function calls the module itself, so nothing is re-registered and the state dict
+        keeps its keys. Graphs: one per kind of state (None at the first step, then the nested
+        state) and grad mode; a batch of a new size compiles them once more with a dynamic batch.
+        Evaluation epochs that count firing statistics run eager (their hooks are not traced).
+        If compiling fails, one warning names the error and every later call runs eager.
+        """
+        if not self.compile_step or self.firing_stats is not None:
+            return module(*args)
+        try:
+            if self._compiled_call is None:
+                options = self.compile_step if isinstance(self.compile_step, dict) else {}
+                self._compiled_call = torch.compile(_call_module, **options)
+            return self._compiled_call(module, *args)
+        except Exception as error:  # compiler or backend failure: eager from now on
+            message = (str(error).strip().splitlines() or [""])[0][:300]  # inductor's can run to pages
+            warnings.warn(f"compile_step: torch.compile failed ({type(error).__name__}: {message}); "
+                          "running the model step eager", RuntimeWarning, stacklevel=2)
+            self.compile_step, self._compiled_call = False, None
+            return module(*args)
 
     # ---- optimisation ------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -333,6 +362,11 @@ class OnlineModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Called before the model reaches its device: keep it until on_fit_start builds FPTT.
         self._pending_fptt_state = checkpoint.get("fptt")
+
+
+def _call_module(module: nn.Module, *args: Any) -> Any:
+    """What :meth:`OnlineModule.call_step` compiles: the module's own ``__call__``."""
+    return module(*args)
 
 
 def _class_path(obj: Any) -> str:
