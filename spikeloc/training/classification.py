@@ -39,7 +39,7 @@ class SpikingClassifier(OnlineModule):
         return present(batch[0], self.time_steps)
 
     def forward_step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        features, state = self.net(x_t, state)
+        features, state = self.call_step(self.net, x_t, state)  # compiled with ``compile_step``
         return self.net.forward_head(features), state
 
     def step_loss(self, logits: Tensor, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
