@@ -1,6 +1,6 @@
 """FPTT's per-update cost on the SPYv4 detector's parameters: penalty forward + backward + update
 (README "Speed"), blocked (:data:`spikeloc.training.fptt.CPU_BLOCK`) against the plain ``_foreach``
-form over the whole tensor list (the previous implementation, kept here as the baseline).
+form over the whole tensor list (``FPTT.block = None``: what other devices run, and the CPU did before).
 
 Both run in turn within every repeat on their own copy of the parameters and FPTT state, from the
 same start; the script checks that they give the same gradients, running average and trace (bitwise)
@@ -22,38 +22,6 @@ from typing import Any
 import common
 
 
-def _baseline() -> tuple[Any, Any]:
-    """The previous penalty (autograd function) and update: one ``_foreach`` pass per kernel over all tensors."""
-    import torch
-
-    class Penalty(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, fptt: Any, *params: Any) -> Any:
-            ctx.fptt = fptt
-            ctx.save_for_backward(*params)
-            squares = torch.stack(torch._foreach_norm(torch._foreach_sub(params, fptt.running))).square().sum()
-            dots = torch.stack([torch.dot(w.reshape(-1), lam.reshape(-1)) for w, lam in zip(params, fptt.trace)])
-            return 0.5 * fptt.alpha * squares - dots.sum()
-
-        @staticmethod
-        def backward(ctx: Any, grad: Any) -> tuple:
-            grads = torch._foreach_sub(ctx.saved_tensors, ctx.fptt.running)
-            torch._foreach_mul_(grads, ctx.fptt.alpha)
-            torch._foreach_sub_(grads, ctx.fptt.trace)
-            torch._foreach_mul_(grads, grad)
-            return (None, *grads)
-
-    @torch.no_grad()
-    def update(fptt: Any) -> None:
-        params = [p.detach() for p in fptt.params]
-        torch._foreach_add_(fptt.trace, torch._foreach_sub(params, fptt.running), alpha=-fptt.update_alpha)
-        torch._foreach_mul_(fptt.running, 1.0 - fptt.beta)
-        torch._foreach_add_(fptt.running, params, alpha=fptt.beta)
-        torch._foreach_add_(fptt.running, fptt.trace, alpha=-fptt.beta / fptt.update_alpha)
-
-    return (lambda fptt: Penalty.apply(fptt, *fptt.params)), update
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from spikeloc.training.fptt import FPTT
@@ -63,8 +31,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     states = {name: FPTT(m.parameters(), alpha=0.1, beta=0.5, update_alpha=0.5) for name, m in models.items()}
     baseline = states["foreach"]  # its state as before: one tensor per parameter, not views of one buffer
     baseline.running, baseline.trace = [t.clone() for t in baseline.running], [t.clone() for t in baseline.trace]
-    penalty, update = _baseline()
-    steps = {"foreach": (lambda f: penalty(f), update), "blocked": (lambda f: f.penalty(), lambda f: f.update())}
+    baseline.block = None
     generator = torch.Generator().manual_seed(1)
     noise = [torch.randn(p.shape, generator=generator) * 1e-3 for p in model.parameters() if p.requires_grad]
 
@@ -73,13 +40,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for p in fptt.params:
             p.grad = None
         start = time.perf_counter()
-        value = steps[name][0](fptt)
+        value = fptt.penalty()
         value.backward()
         seconds = time.perf_counter() - start
         with torch.no_grad():  # a stand-in for optimizer.step() (untimed): the weights move
             torch._foreach_add_(fptt.params, noise)
         start = time.perf_counter()
-        steps[name][1](fptt)
+        fptt.update()
         return seconds + time.perf_counter() - start, value.detach()
 
     for _ in range(args.steps):  # same numbers from the same start
