@@ -39,7 +39,7 @@ def _membrane(state: dict | None, like: Tensor, init_state: InitState) -> Tensor
 def twin_output(current: Tensor) -> tuple[Tensor, dict]:
     """A spiking neuron run as its ANN twin (``twin = True``): ``leaky_relu(i, 0.1)``, stateless, the same
     maths as :class:`ANNNeuron` (README, "Learning: SNN vs ANN twin")."""
-    return torch.nn.functional.leaky_relu(current, 0.1), {}
+    return ANNNeuron.ACTIVATIONS["leaky_relu"](current), {}
 
 
 def set_twin(module: nn.Module, on: bool) -> int:

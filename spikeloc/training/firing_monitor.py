@@ -3,7 +3,7 @@
 A spiking network that starves (layers firing well under 1 %, whole channels never firing) or
 saturates (every neuron firing at every step) learns little, and evaluation-time statistics show
 it only after the run. :class:`FiringMonitor` attaches :class:`~spikeloc.metrics.FiringStats`
-to the module's ``spiking_network()`` for one training batch every ``every_n_batches``, logs
+to the module's ``firing_network()`` for one training batch every ``every_n_batches``, logs
 ``firing/<layer>`` and ``firing/mean`` and warns (once per layer and kind) about layers outside
 ``[silent_below, saturated_above]``. Between those batches no hook is attached (no cost).
 """
@@ -49,8 +49,7 @@ class FiringMonitor(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        twin = getattr(pl_module, "twin_active", False)  # the ANN twin phase: nothing spikes
-        network = pl_module.spiking_network() if hasattr(pl_module, "spiking_network") and not twin else None
+        network = pl_module.firing_network() if hasattr(pl_module, "firing_network") else None
         if network is not None and batch_idx % self.every_n_batches == 0:
             self._stats = FiringStats(network)
 

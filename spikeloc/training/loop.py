@@ -156,6 +156,10 @@ class OnlineModule(pl.LightningModule):
         """The module called once per step whose firing rates and SynOps evaluation reports."""
         return None
 
+    def firing_network(self) -> nn.Module | None:
+        """What firing is measured on now: :meth:`spiking_network`, or nothing in the ANN twin phase."""
+        return None if self.twin_active else self.spiking_network()
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         """What ``freeze_backbone_epochs`` / ``backbone_lr`` act on (empty: no such part)."""
         return []
@@ -314,7 +318,7 @@ class OnlineModule(pl.LightningModule):
     # ---- evaluation epochs: subclasses extend these two, the hooks below call them ---------
     def start_evaluation(self) -> None:
         """Attach :class:`FiringStats` to :meth:`spiking_network` for one evaluation epoch."""
-        network = None if self.twin_active else self.spiking_network()
+        network = self.firing_network()
         self.firing_stats = FiringStats(network) if network is not None else None
 
     def end_evaluation(self, stage: str) -> None:
