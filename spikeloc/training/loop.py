@@ -96,6 +96,10 @@ class OnlineModule(pl.LightningModule):
         twin_epochs: train the first N epochs as the network's ANN twin (every spiking neuron
             ``leaky_relu``, one time step, FPTT with K = 1), then as the SNN from those weights: ANN->SNN
             initialisation in one run (README "Learning: SNN vs ANN twin").
+        twin_scheduler: the learning-rate schedule of the twin epochs. Given, the spiking phase then
+            starts like a run of its own initialised from the twin (``init_from``): fresh optimizer
+            and FPTT state, the learning rate back at its initial value and ``scheduler`` from its
+            first step. None: one optimizer state and one ``scheduler`` run through both phases.
         compile_step: run the per-step model call (:meth:`call_step`) through ``torch.compile``;
             a dict is passed to ``torch.compile`` (``mode``, ``backend``, ``dynamic`` ...). Parameter
             names and checkpoints are unchanged; a failing compiler warns once and runs eager.
@@ -107,7 +111,7 @@ class OnlineModule(pl.LightningModule):
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
                  backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_epochs: int = 0,
-                 compile_step: bool | dict[str, Any] = False) -> None:
+                 twin_scheduler: LRSchedulerCallable | None = None, compile_step: bool | dict[str, Any] = False) -> None:
         super().__init__()
         if algorithm not in ("fptt", "bptt"):
             raise ValueError(f"algorithm must be 'fptt' or 'bptt', got {algorithm!r}")
@@ -117,7 +121,7 @@ class OnlineModule(pl.LightningModule):
         # Every init argument of the task module (subclass frames included) goes into the checkpoint, so
         # ``load_from_checkpoint`` needs no config. The optimizer/scheduler callables are left to the
         # training config; FPTT is stored as plain values (checkpoints load with ``weights_only=True``).
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "twin_scheduler"])
         self.hparams["fptt"] = asdict(self.fptt_config)
         for key in set(self.hparams) - _init_parameters(type(self)):  # CLI links this class does not take
             if not key.startswith("_"):
@@ -135,6 +139,8 @@ class OnlineModule(pl.LightningModule):
         if twin_epochs < 0:
             raise ValueError(f"twin_epochs must be >= 0, got {twin_epochs}")
         self.twin_epochs, self.twin_active = twin_epochs, False
+        self.twin_scheduler_factory = twin_scheduler
+        self.spiking_phase_started = False  # the spiking phase has begun with its own optimizer state and schedule
         self.compile_step = compile_step
         self._compiled_call: Callable[..., Any] | None = None  # built at the first call (not a submodule)
 
@@ -197,18 +203,42 @@ class OnlineModule(pl.LightningModule):
             groups = [{"params": backbone, "lr": self.backbone_lr},
                       {"params": [p for p in self.parameters() if id(p) not in inner]}]
         optimizer = self.optimizer_factory(groups)
-        if self.scheduler_factory is None:
+        scheduler = self.twin_scheduler_factory if self._separate_twin_schedule() else self.scheduler_factory
+        if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler(optimizer)}
+
+    def _separate_twin_schedule(self) -> bool:
+        """Whether the optimizer and schedule now are the twin phase's own (``twin_scheduler``)."""
+        return self.twin_scheduler_factory is not None and self.twin_epochs > 0 and not self.spiking_phase_started
+
+    def _start_spiking_phase(self) -> None:
+        """Begin the spiking phase as a run of its own from the twin's weights (``twin_scheduler``)."""
+        optimizer = self.trainer.optimizers[0]
+        optimizer.state.clear()
+        for group in optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", group["lr"])  # the twin's schedule moved it
+        configs = self.trainer.lr_scheduler_configs
+        if self.scheduler_factory is None:
+            configs.clear()
+        else:
+            configs[0].scheduler = self.scheduler_factory(optimizer)
+        if self.fptt is not None:
+            self.fptt = self._new_fptt()
+        self.guard = None
+        self.spiking_phase_started = True
 
     def on_fit_start(self) -> None:
         self.guard = None
         if self.algorithm == "fptt":
-            self.fptt = FPTT(self.parameters(), self.fptt_config.alpha, self.fptt_config.beta,
-                             self.fptt_config.update_alpha)
+            self.fptt = self._new_fptt()
             if self._pending_fptt_state is not None:
                 self.fptt.load_state_dict(self._pending_fptt_state)
                 self._pending_fptt_state = None
+
+    def _new_fptt(self) -> FPTT:
+        """FPTT state that starts at the current weights."""
+        return FPTT(self.parameters(), self.fptt_config.alpha, self.fptt_config.beta, self.fptt_config.update_alpha)
 
     @property
     def time_steps(self) -> int:
@@ -225,6 +255,8 @@ class OnlineModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.set_twin_phase(self.current_epoch < self.twin_epochs)
+        if not self.twin_active and self._separate_twin_schedule():
+            self._start_spiking_phase()
         if self.freeze_backbone_epochs > 0:
             trainable = self.current_epoch >= self.freeze_backbone_epochs
             for parameter in self.backbone_parameters():
@@ -360,12 +392,15 @@ class OnlineModule(pl.LightningModule):
         if self.fptt is not None:
             checkpoint["fptt"] = self.fptt.state_dict()
         checkpoint["fptt_config"] = asdict(self.fptt_config)
+        checkpoint["spiking_phase_started"] = self.spiking_phase_started
         data = self.trainer.datamodule if self._trainer is not None else None
         checkpoint["class_paths"] = {"model": _class_path(self), "data": _class_path(data) if data else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Called before the model reaches its device: keep it until on_fit_start builds FPTT.
         self._pending_fptt_state = checkpoint.get("fptt")
+        # Before configure_optimizers on resume: it picks the schedule the checkpoint's state belongs to.
+        self.spiking_phase_started = checkpoint.get("spiking_phase_started", False)
 
 
 def _call_module(module: nn.Module, *args: Any) -> Any:

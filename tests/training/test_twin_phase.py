@@ -2,11 +2,12 @@
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from spikeloc.neurons import set_twin
 from spikeloc.training import FPTTConfig
 from .test_detection_module import shapes, tiny_detector
-from .tiny import trainer
+from .tiny import QuadrantData, tiny_classifier, trainer
 
 
 def test_a_network_in_twin_mode_is_its_ann_twin():
@@ -62,3 +63,46 @@ def test_ending_inside_the_twin_phase_warns_and_leaves_the_snn(tmp_path):
     assert not module.twin_active
     with pytest.raises(ValueError, match="twin_epochs"):
         tiny_detector(twin_epochs=-1)
+
+
+def _twin_then_snn(tmp_path, epochs, ckpt_path=None, callbacks=()):
+    """A classifier: 1 twin epoch with its own schedule (lr halves every batch), then spiking (lr x 0.9)."""
+    torch.manual_seed(0)
+    module = tiny_classifier(num_steps=2, fptt=FPTTConfig(parts=2, consolidate=False), twin_epochs=1,
+                             twin_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
+                             scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9),
+                             scheduler_interval="step")
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    fit = trainer(tmp_path, max_epochs=epochs, limit_val_batches=0, enable_checkpointing=True,
+                  callbacks=[checkpoints, *callbacks])
+    fit.fit(module, datamodule=QuadrantData(), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    return module, fit
+
+
+def test_twin_scheduler_starts_the_spiking_phase_as_a_run_of_its_own(tmp_path):
+    seen = []
+
+    class AtBatchStart(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            optimizer = trainer.optimizers[0]
+            steps = [int(s["step"]) for s in optimizer.state.values()]
+            fresh_fptt = all(torch.equal(r, p) for r, p in zip(pl_module.fptt.running, pl_module.parameters()))
+            seen.append((optimizer.param_groups[0]["lr"], max(steps, default=0), fresh_fptt))
+
+    module, fit = _twin_then_snn(tmp_path, epochs=2, callbacks=[AtBatchStart()])
+    lrs, adam_steps, fresh = zip(*seen)
+    assert lrs == pytest.approx([0.01 * 0.5**b for b in range(8)] + [0.01 * 0.9**b for b in range(8)])
+    assert adam_steps[8] == 0 and adam_steps[7] == 7  # the optimizer state starts again at the switch
+    assert fresh[8] and not fresh[7]  # so does FPTT's running average (at the twin's weights)
+    assert max(int(s["step"]) for s in fit.optimizers[0].state.values()) == 8 * 2  # K = 2 spiking updates
+
+
+def test_resume_across_the_switch_equals_the_uninterrupted_run(tmp_path):
+    straight, _ = _twin_then_snn(tmp_path / "a", epochs=3)
+    lr = straight.optimizers().param_groups[0]["lr"]
+    for epoch in (0, 1):  # a checkpoint of the twin phase, and one of the spiking phase
+        checkpoint = tmp_path / "a" / "ckpt" / f"epoch={epoch}.ckpt"
+        resumed, _ = _twin_then_snn(tmp_path / f"r{epoch}", epochs=3, ckpt_path=str(checkpoint))
+        assert resumed.optimizers().param_groups[0]["lr"] == lr
+        for p, q in zip(straight.parameters(), resumed.parameters()):
+            assert torch.equal(p, q)
