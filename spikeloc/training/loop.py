@@ -11,6 +11,7 @@ how a batch presents its input over time (``inputs``).
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
@@ -18,7 +19,7 @@ from typing import Any, Callable, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from spikeloc.metrics.firing import FiringStats
@@ -257,10 +258,30 @@ class OnlineModule(pl.LightningModule):
         self.set_twin_phase(self.current_epoch < self.twin_epochs)
         if not self.twin_active and self._separate_twin_schedule():
             self._start_spiking_phase()
+            self._check_schedule_length("scheduler", self.trainer.max_epochs - self.twin_epochs)
+        elif self.current_epoch == 0:
+            twin = self._separate_twin_schedule()
+            self._check_schedule_length("twin_scheduler" if twin else "scheduler",
+                                        self.twin_epochs if twin else self.trainer.max_epochs)
         if self.freeze_backbone_epochs > 0:
             trainable = self.current_epoch >= self.freeze_backbone_epochs
             for parameter in self.backbone_parameters():
                 parameter.requires_grad_(trainable)
+
+    def _check_schedule_length(self, key: str, epochs: int | None) -> None:
+        """Warn when a cosine schedule does not span the ``epochs`` of its phase: it would stop short
+        of its end, or rise again past ``T_max``."""
+        scheduler = self.lr_schedulers()
+        if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or self.trainer.max_steps != -1:
+            return
+        batches = self.trainer.num_training_batches
+        steps = (epochs or 0) * batches if self.scheduler_interval == "step" else epochs or 0
+        if steps > 0 and math.isfinite(steps) and scheduler.T_max != steps:
+            span = f"{epochs} epoch{'s' * (epochs != 1)}"
+            span += f" x {batches} batches" if self.scheduler_interval == "step" else ""
+            rank_zero_warn(f"model.init_args.{key}: CosineAnnealingLR T_max={scheduler.T_max}, but its phase has "
+                           f"{steps} scheduler steps ({span}); set T_max: {steps} so the learning rate decays "
+                           "over the phase (past T_max a cosine rises again)")
 
     def on_fit_end(self) -> None:
         if self.twin_active:

@@ -1,4 +1,6 @@
 """ANN->SNN in one run: ``twin_epochs`` trains the network as its ANN twin first, then as the SNN."""
+import warnings
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -106,3 +108,18 @@ def test_resume_across_the_switch_equals_the_uninterrupted_run(tmp_path):
         assert resumed.optimizers().param_groups[0]["lr"] == lr
         for p, q in zip(straight.parameters(), resumed.parameters()):
             assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("twin_t_max, t_max, expected", [
+    (8, 8, []), (5, 8, ["model.init_args.twin_scheduler: CosineAnnealingLR T_max=5, but its phase has 8 scheduler "
+                        "steps (1 epoch x 8 batches); set T_max: 8"]),
+    (8, 16, ["model.init_args.scheduler: CosineAnnealingLR T_max=16, but its phase has 8 scheduler steps"])])
+def test_a_cosine_that_does_not_span_its_phase_is_named(tmp_path, twin_t_max, t_max, expected):
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+    module = tiny_classifier(num_steps=2, twin_epochs=1, twin_scheduler=lambda opt: cosine(opt, twin_t_max),
+                             scheduler=lambda opt: cosine(opt, t_max), scheduler_interval="step")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(module, datamodule=QuadrantData())
+    found = [str(w.message) for w in caught if "CosineAnnealingLR" in str(w.message)]
+    assert len(found) == len(expected) and all(f.startswith(e) for f, e in zip(found, expected))
