@@ -29,7 +29,8 @@ def test_train_eval_predict_on_a_voc_folder(tmp_path):
            "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
            "--model.init_args.anchors", "null",
            "--model.init_args.backbone_kwargs", '{"width": 0.125}',  # eager neurons: no compile time
-           "--model.init_args.neck_kwargs", '{"output_neuron": "ltc_readout"}']
+           "--model.init_args.neck_kwargs", '{"output_neuron": "ltc_readout"}',
+           "--model.init_args.twin_epochs", "0"]  # spiking from the first batch
     run_tool("train.py", *run, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
              "--trainer.default_root_dir", str(tmp_path / "runs"), "--checkpoint.dirpath", str(tmp_path / "ckpt"))
