@@ -112,7 +112,8 @@ class OnlineModule(pl.LightningModule):
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
                  backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_epochs: int = 0,
-                 twin_scheduler: LRSchedulerCallable | None = None, compile_step: bool | dict[str, Any] = False) -> None:
+                 twin_scheduler: LRSchedulerCallable | None = None,
+                 compile_step: bool | dict[str, Any] = False) -> None:
         super().__init__()
         if algorithm not in ("fptt", "bptt"):
             raise ValueError(f"algorithm must be 'fptt' or 'bptt', got {algorithm!r}")
@@ -268,14 +269,14 @@ class OnlineModule(pl.LightningModule):
             for parameter in self.backbone_parameters():
                 parameter.requires_grad_(trainable)
 
-    def _check_schedule_length(self, key: str, epochs: int | None) -> None:
+    def _check_schedule_length(self, key: str, epochs: int) -> None:
         """Warn when a cosine schedule does not span the ``epochs`` of its phase: it would stop short
         of its end, or rise again past ``T_max``."""
         scheduler = self.lr_schedulers()
         if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or self.trainer.max_steps != -1:
             return
         batches = self.trainer.num_training_batches
-        steps = (epochs or 0) * batches if self.scheduler_interval == "step" else epochs or 0
+        steps = epochs * batches if self.scheduler_interval == "step" else epochs
         if steps > 0 and math.isfinite(steps) and scheduler.T_max != steps:
             span = f"{epochs} epoch{'s' * (epochs != 1)}"
             span += f" x {batches} batches" if self.scheduler_interval == "step" else ""
