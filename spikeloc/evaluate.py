@@ -62,8 +62,9 @@ def build_run(ckpt: str | Path, config: str | None = None, overrides: Sequence[s
     """Datamodule, model and trainer as the checkpoint describes them, then ``config`` and the CLI
     ``overrides`` on top (another data root, thresholds, trainer flags). Nothing is trained or loaded:
     pass ``ckpt_path`` to the trainer. The trainer logs nothing, no config is saved and the backbone's
-    ``pretrained`` file is not read (the checkpoint holds every weight). Weights that do not fit the
-    rebuilt model (another architecture, a wrong override) fail here with a short summary."""
+    ``pretrained`` file is not read (the checkpoint holds every weight) and ``compile_step`` is off
+    unless ``config`` or ``overrides`` set it. Weights that do not fit the rebuilt model (another
+    architecture, a wrong override) fail here with a short summary."""
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"--ckpt {ckpt}: no such file")
     checkpoint = load_checkpoint(ckpt)
@@ -71,8 +72,9 @@ def build_run(ckpt: str | Path, config: str | None = None, overrides: Sequence[s
     if config is None and "--data" not in args:
         raise ValueError(f"{ckpt} holds no datamodule arguments (its datamodule does not call "
                          "save_hyperparameters): pass --config with a data section")
-    args += (["--config", str(config)] if config else []) + ["--trainer.logger=false",
-                                                           "--model.init_args.pretrained=null", *overrides]
+    # Compiling the step (minutes on a CPU) does not pay for an evaluation: off unless asked for again.
+    args += ["--model.init_args.compile_step=false"] + (["--config", str(config)] if config else [])
+    args += ["--trainer.logger=false", "--model.init_args.pretrained=null", *overrides]
     with warnings.catch_warnings():  # the tool's own argv is not the CLI's: the arguments are passed explicitly
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = SpikelocCLI(args, save_config_callback=None)

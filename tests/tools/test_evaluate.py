@@ -51,12 +51,16 @@ def test_run_from_a_plain_trainer_checkpoint(tmp_path):
     data, module = shapes(num_val=4), tiny_detector(conf_threshold=0.02)
     fit = trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
     fit.fit(module, datamodule=data)
+    module.hparams["compile_step"] = True  # as if trained with the compiled step
     fit.save_checkpoint(tmp_path / "plain.ckpt")
     model = json.loads(checkpoint_args(tmp_path / "plain.ckpt")[1])
     assert "num_classes" not in model["init_args"]  # linked from the datamodule
     run = build_run(tmp_path / "plain.ckpt", overrides=["--model.init_args.iou_threshold", "0.3"])
     assert (run.model.postprocess.conf_threshold, run.model.postprocess.iou_threshold) == (0.02, 0.3)
     assert run.model.model.anchors == module.model.anchors and run.datamodule.image_size == 64
+    assert run.model.compile_step is False  # evaluation does not compile unless asked
+    asked = build_run(tmp_path / "plain.ckpt", overrides=["--model.init_args.compile_step", "true"])
+    assert asked.model.compile_step is True
 
 
 def test_missing_datamodule_arguments_are_named(tmp_path):
