@@ -227,7 +227,7 @@ class OnlineModule(pl.LightningModule):
             configs[0].scheduler = self.scheduler_factory(optimizer)
         if self.fptt is not None:
             self.fptt = self._new_fptt()
-        self.guard = None
+        self.guard = None  # it watches the old FPTT buffers: rebuilt at the next step
         self.spiking_phase_started = True
 
     def on_fit_start(self) -> None:
