@@ -26,6 +26,7 @@ from spikeloc.metrics.firing import FiringStats
 from spikeloc.neurons import detach_state, set_twin
 from .fptt import FPTT
 from .guard import NonFiniteGuard
+from .schedules import PhaseCosineLR
 
 Weighting = Literal["uniform", "linear", "last"]
 FIRING_KEYS = ("mean_firing_rate", "synops", "macs", "ann_macs", "energy_snn_mj", "energy_ann_mj")
@@ -259,30 +260,40 @@ class OnlineModule(pl.LightningModule):
         self.set_twin_phase(self.current_epoch < self.twin_epochs)
         if not self.twin_active and self._separate_twin_schedule():
             self._start_spiking_phase()
-            self._check_schedule_length("scheduler", self.trainer.max_epochs - self.twin_epochs)
+            self._fit_schedule("scheduler", self.trainer.max_epochs - self.twin_epochs)
         elif self.current_epoch == 0:
             twin = self._separate_twin_schedule()
-            self._check_schedule_length("twin_scheduler" if twin else "scheduler",
-                                        self.twin_epochs if twin else self.trainer.max_epochs)
+            self._fit_schedule("twin_scheduler" if twin else "scheduler",
+                               self.twin_epochs if twin else self.trainer.max_epochs)
         if self.freeze_backbone_epochs > 0:
             trainable = self.current_epoch >= self.freeze_backbone_epochs
             for parameter in self.backbone_parameters():
                 parameter.requires_grad_(trainable)
 
-    def _check_schedule_length(self, key: str, epochs: int) -> None:
-        """Warn when a cosine schedule does not span the ``epochs`` of its phase: it would stop short
-        of its end, or rise again past ``T_max``."""
+    def _fit_schedule(self, key: str, epochs: int) -> None:
+        """Size a :class:`PhaseCosineLR` to the ``epochs`` of its phase; warn when a plain cosine does not
+        span them (it would stop short of its end, or rise again past ``T_max``)."""
         scheduler = self.lr_schedulers()
-        if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or self.trainer.max_steps != -1:
+        if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             return
         batches = self.trainer.num_training_batches
         steps = epochs * batches if self.scheduler_interval == "step" else epochs
-        if steps > 0 and math.isfinite(steps) and scheduler.T_max != steps:
-            span = f"{epochs} epoch{'s' * (epochs != 1)}"
-            span += f" x {batches} batches" if self.scheduler_interval == "step" else ""
+        span = f"{epochs} epoch{'s' * (epochs != 1)}" + (f" x {batches} batches" if self.scheduler_interval == "step"
+                                                        else "")
+        if isinstance(scheduler, PhaseCosineLR):
+            if scheduler.sized:  # restored from a checkpoint of this phase
+                return
+            if self.trainer.max_steps != -1 or not (0 < steps < math.inf):
+                raise ValueError(f"model.init_args.{key}: PhaseCosineLR decays over its phase's epochs, but "
+                                 f"the phase has {span} (trainer.max_steps={self.trainer.max_steps}); set "
+                                 "trainer.max_epochs and give the training data a length, or use CosineAnnealingLR")
+            scheduler.fit_to(int(steps))
+            rank_zero_info(f"model.init_args.{key}: cosine decay over {int(steps)} scheduler steps ({span})")
+        elif self.trainer.max_steps == -1 and 0 < steps < math.inf and scheduler.T_max != steps:
             rank_zero_warn(f"model.init_args.{key}: CosineAnnealingLR T_max={scheduler.T_max}, but its phase has "
                            f"{steps} scheduler steps ({span}); set T_max: {steps} so the learning rate decays "
-                           "over the phase (past T_max a cosine rises again)")
+                           "over the phase (past T_max a cosine rises again), or use "
+                           "spikeloc.training.schedules.PhaseCosineLR, which sizes itself")
 
     def on_fit_end(self) -> None:
         if self.twin_active:

@@ -1,4 +1,5 @@
 """ANN->SNN in one run: ``twin_epochs`` trains the network as its ANN twin first, then as the SNN."""
+import math
 import warnings
 
 import lightning.pytorch as pl
@@ -8,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from spikeloc.neurons import set_twin
 from spikeloc.training import FPTTConfig
+from spikeloc.training.schedules import PhaseCosineLR
 from .test_detection_module import shapes, tiny_detector
 from .tiny import QuadrantData, tiny_classifier, trainer
 
@@ -67,13 +69,19 @@ def test_ending_inside_the_twin_phase_warns_and_leaves_the_snn(tmp_path):
         tiny_detector(twin_epochs=-1)
 
 
-def _twin_then_snn(tmp_path, epochs, ckpt_path=None, callbacks=()):
+def _halving(opt):
+    return torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+
+
+def _times_09(opt):
+    return torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9)
+
+
+def _twin_then_snn(tmp_path, epochs, ckpt_path=None, callbacks=(), twin_scheduler=_halving, scheduler=_times_09):
     """A classifier: 1 twin epoch with its own schedule (lr halves every batch), then spiking (lr x 0.9)."""
     torch.manual_seed(0)
     module = tiny_classifier(num_steps=2, fptt=FPTTConfig(parts=2, consolidate=False), twin_epochs=1,
-                             twin_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
-                             scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9),
-                             scheduler_interval="step")
+                             twin_scheduler=twin_scheduler, scheduler=scheduler, scheduler_interval="step")
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
     fit = trainer(tmp_path, max_epochs=epochs, limit_val_batches=0, enable_checkpointing=True,
                   callbacks=[checkpoints, *callbacks])
@@ -99,12 +107,13 @@ def test_twin_scheduler_starts_the_spiking_phase_as_a_run_of_its_own(tmp_path):
     assert max(int(s["step"]) for s in fit.optimizers[0].state.values()) == 8 * 2  # K = 2 spiking updates
 
 
-def test_resume_across_the_switch_equals_the_uninterrupted_run(tmp_path):
-    straight, _ = _twin_then_snn(tmp_path / "a", epochs=3)
+@pytest.mark.parametrize("schedules", [{}, {"twin_scheduler": PhaseCosineLR, "scheduler": PhaseCosineLR}])
+def test_resume_across_the_switch_equals_the_uninterrupted_run(tmp_path, schedules):
+    straight, _ = _twin_then_snn(tmp_path / "a", epochs=3, **schedules)
     lr = straight.optimizers().param_groups[0]["lr"]
     for epoch in (0, 1):  # a checkpoint of the twin phase, and one of the spiking phase
         checkpoint = tmp_path / "a" / "ckpt" / f"epoch={epoch}.ckpt"
-        resumed, _ = _twin_then_snn(tmp_path / f"r{epoch}", epochs=3, ckpt_path=str(checkpoint))
+        resumed, _ = _twin_then_snn(tmp_path / f"r{epoch}", epochs=3, ckpt_path=str(checkpoint), **schedules)
         assert resumed.optimizers().param_groups[0]["lr"] == lr
         for p, q in zip(straight.parameters(), resumed.parameters()):
             assert torch.equal(p, q)
@@ -123,3 +132,35 @@ def test_a_cosine_that_does_not_span_its_phase_is_named(tmp_path, twin_t_max, t_
         trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(module, datamodule=QuadrantData())
     found = [str(w.message) for w in caught if "CosineAnnealingLR" in str(w.message)]
     assert len(found) == len(expected) and all(f.startswith(e) for f, e in zip(found, expected))
+
+
+def _cosine(lr, steps):
+    return [lr * (1 + math.cos(math.pi * b / steps)) / 2 for b in range(steps)]
+
+
+def test_phase_cosine_sizes_itself_to_each_phase(tmp_path):
+    lrs = []
+
+    class AtBatchStart(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _twin_then_snn(tmp_path, epochs=3, callbacks=[AtBatchStart()], twin_scheduler=PhaseCosineLR,
+                       scheduler=PhaseCosineLR)
+    assert lrs == pytest.approx(_cosine(0.01, 8) + _cosine(0.01, 16))  # 1 twin epoch, then 2 spiking, of 8 batches
+    assert not [w for w in caught if "T_max" in str(w.message)]
+    lrs.clear()  # one cosine through both phases without twin_scheduler, sized to all 3 epochs
+    _twin_then_snn(tmp_path / "one", epochs=3, callbacks=[AtBatchStart()], twin_scheduler=None,
+                   scheduler=PhaseCosineLR)
+    assert lrs == pytest.approx(_cosine(0.01, 24))
+
+
+def test_phase_cosine_needs_a_known_length(tmp_path):
+    module = tiny_classifier(num_steps=2, scheduler=PhaseCosineLR, scheduler_interval="step")
+    with pytest.raises(ValueError, match="model.init_args.scheduler: PhaseCosineLR .*trainer.max_steps=4"):
+        trainer(tmp_path, max_epochs=-1, max_steps=4, limit_val_batches=0).fit(module, datamodule=QuadrantData())
+    scheduler = PhaseCosineLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+    with pytest.raises(RuntimeError, match="sized by the task module"):
+        scheduler.step()
