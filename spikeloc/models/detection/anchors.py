@@ -114,6 +114,12 @@ class ScaleTargets:
     classes: Tensor
 
 
+def _argmax_mask(x: Tensor) -> Tensor:
+    """Bool, shaped like ``x``: True at the argmax of the last dim (``one_hot`` without its range check,
+    which reads the indices back to the host on a CPU)."""
+    return torch.arange(x.shape[-1], device=x.device) == x.argmax(-1, keepdim=True)
+
+
 def match_anchors(gt: PaddedTargets, geometry: YOLOGeometry, assign: Assign = "threshold",
                   iou_threshold: float = 0.213) -> Tensor:
     """Bool ``[B, N, len(geometry.anchors)]``: which anchors predict each valid box (by wh-IoU).
@@ -129,10 +135,10 @@ def match_anchors(gt: PaddedTargets, geometry: YOLOGeometry, assign: Assign = "t
     wh = (gt.boxes[..., 2:] - gt.boxes[..., :2]).reshape(-1, 2)
     ious = wh_iou(wh, all_anchors).view(batch, count, len(all_anchors))
     if assign == "best":
-        return gt.valid[..., None] & torch.nn.functional.one_hot(ious.argmax(-1), ious.shape[-1]).bool()
+        return gt.valid[..., None] & _argmax_mask(ious)
     used = torch.zeros(len(all_anchors), dtype=torch.bool, device=ious.device)
     used[[i for mask in geometry.masks for i in mask]] = True
-    best = torch.nn.functional.one_hot(ious.masked_fill(~used, -1.0).argmax(-1), ious.shape[-1]).bool()
+    best = _argmax_mask(ious.masked_fill(~used, -1.0))
     return gt.valid[..., None] & (best | (ious > iou_threshold))
 
 
