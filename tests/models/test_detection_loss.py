@@ -6,6 +6,7 @@ import torch
 
 from spikeloc.models.detection import (SPYV4_ANCHORS, SPYV4_STRIDES, YOLOGeometry, YOLOLoss, build_targets,
                                        decode_boxes, encode_boxes, pad_targets)
+from tests.host_syncs import HostSyncs
 
 K = 4
 SIZE = 128
@@ -136,6 +137,16 @@ def test_ignore_region_is_not_background():
         _, parts = YOLOLoss(num_classes=K, match_iou=0.9, ignore_iou=ignore)(r, target)
         grads[ignore] = torch.autograd.grad(parts["obj"], r[0])[0][0, 1, 4, 3, 4]
     assert grads[0.7] == 0 and grads[1.0] > 0
+
+
+def test_loss_has_no_host_sync_on_the_cpu():
+    raw = [r.requires_grad_() for r in _raw()]
+    loss = YOLOLoss(num_classes=K)
+    loss(raw, TARGETS)
+    with HostSyncs() as found:
+        total, _ = loss(raw, TARGETS)
+        total.backward()
+    assert found == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host syncs")
