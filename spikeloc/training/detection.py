@@ -13,13 +13,14 @@ import warnings
 from typing import Any, Callable, Literal
 
 import timm
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from spikeloc.metrics import DetectionMAP
 from spikeloc.models.backbones.pretrained import load_pretrained
 from spikeloc.models.detection import (SpikingYOLO, YOLOLoss, YOLOPostprocess, detections_to_original,
                                        scaled_anchors)
+from .anchor_check import anchor_advice, training_box_sizes
 from .loop import OnlineModule, present
 
 Batch = dict[str, Any]  # {"images": [B, 3, S, S] or [B, T, 3, S, S], "targets": [B dicts]}
@@ -46,6 +47,8 @@ class SpikingDetector(OnlineModule):
             twin), unless ``backbone_kwargs`` / ``neck_kwargs`` name their own.
         init_from: a checkpoint of a whole detector (e.g. the trained ANN twin) loaded into backbone,
             neck and head before training; what it lacks (the tau-convs) stays fresh and is reported.
+        check_anchors: when training starts, measure how well the anchors fit the boxes of 256 training
+            samples and warn, with k-means anchors to use instead, when they fit poorly.
         loss_kwargs: extra :class:`YOLOLoss` arguments (``box_weight``, ``ignore_iou``, ``assign`` ...).
         conf_threshold / iou_threshold / max_detections / pre_nms_top_k / multi_label: post-processing
             for evaluation, see :class:`YOLOPostprocess`.
@@ -64,7 +67,7 @@ class SpikingDetector(OnlineModule):
                  neck_upsample: Literal["current", "spikes"] = "current",
                  init_state: Literal["zeros", "uniform"] = "zeros", input_dropout: float = 0.0,
                  weight_init: Literal["default", "xavier_normal"] = "default", neuron: str | None = None,
-                 init_from: str | None = None, **kwargs: Any) -> None:
+                 init_from: str | None = None, check_anchors: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         backbone_kwargs, neck_kwargs = dict(backbone_kwargs or {}), dict(neck_kwargs or {})
         if neuron is not None:
@@ -82,7 +85,7 @@ class SpikingDetector(OnlineModule):
         self.loss = YOLOLoss(self.model.geometry, num_classes, **(loss_kwargs or {}))
         self.postprocess = YOLOPostprocess(conf_threshold, iou_threshold, max_detections, self.model.geometry,
                                            pre_nms_top_k, multi_label)
-        self.num_classes, self.image_size = num_classes, image_size
+        self.num_classes, self.image_size, self.check_anchors = num_classes, image_size, check_anchors
         self._prepared: dict | None = None  # the batch's prepared targets by grid sizes, during training_step
         self.class_names = list(class_names) if class_names is not None else None
         self._check_class_names()
@@ -109,6 +112,16 @@ class SpikingDetector(OnlineModule):
         if size is not None and size != self.image_size:
             warnings.warn(f"data.init_args.image_size={size} differs from model.init_args.image_size="
                           f"{self.image_size} (used for the default anchors and head priors)", stacklevel=2)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        data = getattr(self.trainer, "datamodule", None)
+        if self.check_anchors and data is not None and hasattr(data, "train_dataloader"):
+            dataset = getattr(data.train_dataloader(), "dataset", None)
+            sizes = training_box_sizes(dataset) if dataset is not None else None
+            advice = anchor_advice(sizes, self.model.geometry) if sizes is not None else None
+            if advice:
+                rank_zero_warn(advice)
 
     # ---- the loop's hooks ----------------------------------------------------------------
     def inputs(self, batch: Batch) -> tuple[Callable[[int], Tensor], int]:

@@ -6,8 +6,8 @@ Separate objects that share the model's :class:`YOLOGeometry`, wired by the trai
     loss = YOLOLoss(model.geometry, num_classes)
     post = YOLOPostprocess(geometry=model.geometry)
 """
-from .anchors import (PaddedTargets, ScaleTargets, build_targets, decode, decode_boxes, decode_scale, encode_boxes,
-                      match_anchors, pad_targets, wh_iou)
+from .anchors import (PaddedTargets, ScaleTargets, best_anchor_iou, build_targets, decode, decode_boxes, decode_scale,
+                      encode_boxes, fit_anchors, match_anchors, pad_targets, wh_iou)
 from .detector import SpikingYOLO, count_parameters, make_geometry, seeded_rng, xavier_init
 from .geometry import (DEFAULT_SCALE_XY, LOG_WH_RANGE, SPYV4_ALL_ANCHORS, SPYV4_ANCHORS, SPYV4_MASKS, SPYV4_STRIDES,
                        YOLOGeometry, scaled_anchors)
@@ -19,7 +19,7 @@ from .postprocess import YOLOPostprocess, detections_to_original, to_original_bo
 __all__ = [
     "DEFAULT_SCALE_XY", "LOG_WH_RANGE", "PaddedTargets", "SPYV4_ALL_ANCHORS", "SPYV4_ANCHORS", "SPYV4_MASKS",
     "SPYV4_STRIDES", "ScaleTargets", "SpikingYOLO", "SpikingYOLONeck", "YOLOGeometry", "YOLOHead", "YOLOLoss",
-    "YOLOPostprocess", "build_targets", "ciou_loss", "count_parameters", "decode", "decode_boxes", "decode_scale",
-    "detections_to_original", "encode_boxes", "make_geometry", "match_anchors", "pad_targets", "scaled_anchors",
-    "seeded_rng", "to_original_boxes", "wh_iou", "xavier_init",
+    "YOLOPostprocess", "best_anchor_iou", "build_targets", "ciou_loss", "count_parameters", "decode",
+    "decode_boxes", "decode_scale", "detections_to_original", "encode_boxes", "fit_anchors", "make_geometry",
+    "match_anchors", "pad_targets", "scaled_anchors", "seeded_rng", "to_original_boxes", "wh_iou", "xavier_init",
 ]

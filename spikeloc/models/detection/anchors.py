@@ -79,6 +79,30 @@ def wh_iou(wh1: Tensor, wh2: Tensor) -> Tensor:
     return box_iou(torch.cat((zeros1, wh1), dim=-1), torch.cat((zeros2, wh2), dim=-1))
 
 
+def fit_anchors(wh: Tensor, count: int, iterations: int = 50) -> Tensor:
+    """``count`` anchor sizes ``[count, 2]`` (sorted by area) for boxes of sizes ``wh`` ``[N, 2]``: k-means
+    under the distance ``1 - wh-IoU`` (YOLOv2's dimension clusters) with medians as centres, started
+    from evenly spaced size quantiles, so the same boxes always give the same anchors."""
+    if len(wh) < count:
+        raise ValueError(f"fit_anchors: {len(wh)} boxes for {count} anchors")
+    wh = wh.float()
+    by_area = wh[(wh[:, 0] * wh[:, 1]).argsort()]
+    centres = by_area[((torch.arange(count) + 0.5) * len(wh) / count).long()].clone()
+    for _ in range(iterations):
+        nearest = wh_iou(wh, centres).argmax(1)
+        moved = torch.stack([wh[nearest == k].median(0).values if (nearest == k).any() else centres[k]
+                             for k in range(count)])
+        if torch.equal(moved, centres):
+            break
+        centres = moved
+    return centres[(centres[:, 0] * centres[:, 1]).argsort()]
+
+
+def best_anchor_iou(wh: Tensor, anchors: Tensor) -> Tensor:
+    """``[N]``: each box's wh-IoU with its best-fitting anchor."""
+    return wh_iou(wh.float(), anchors.float()).max(1).values
+
+
 @dataclass
 class PaddedTargets:
     """Ground truth of a batch padded to ``N = max boxes per image``.
