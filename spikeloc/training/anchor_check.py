@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import IterableDataset
 
 from spikeloc.models.detection import YOLOGeometry, best_anchor_iou, fit_anchors
 
@@ -53,3 +55,14 @@ def anchor_advice(wh: Tensor, geometry: YOLOGeometry, key: str = "model.init_arg
         start += size
     return (f"{key}: the anchors fit the training boxes poorly (mean best wh-IoU {fit:.2f} over {len(wh)} boxes; "
             f"0.5 or more is a good fit); k-means anchors fit {better:.2f}: anchors: {groups}")
+
+
+def datamodule_advice(datamodule: Any, geometry: YOLOGeometry) -> str | None:
+    """:func:`anchor_advice` for the training split of ``datamodule``; None when it has no indexable
+    training set of detection samples."""
+    loader = datamodule.train_dataloader() if hasattr(datamodule, "train_dataloader") else None
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(dataset, Sized) or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+        return None
+    sizes = training_box_sizes(dataset)
+    return anchor_advice(sizes, geometry) if sizes is not None else None

@@ -20,7 +20,7 @@ from spikeloc.metrics import DetectionMAP
 from spikeloc.models.backbones.pretrained import load_pretrained
 from spikeloc.models.detection import (SpikingYOLO, YOLOLoss, YOLOPostprocess, detections_to_original,
                                        scaled_anchors)
-from .anchor_check import anchor_advice, training_box_sizes
+from .anchor_check import datamodule_advice
 from .loop import OnlineModule, present
 
 Batch = dict[str, Any]  # {"images": [B, 3, S, S] or [B, T, 3, S, S], "targets": [B dicts]}
@@ -116,12 +116,9 @@ class SpikingDetector(OnlineModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         data = getattr(self.trainer, "datamodule", None)
-        if self.check_anchors and data is not None and hasattr(data, "train_dataloader"):
-            dataset = getattr(data.train_dataloader(), "dataset", None)
-            sizes = training_box_sizes(dataset) if dataset is not None else None
-            advice = anchor_advice(sizes, self.model.geometry) if sizes is not None else None
-            if advice:
-                rank_zero_warn(advice)
+        advice = datamodule_advice(data, self.model.geometry) if self.check_anchors and data is not None else None
+        if advice:
+            rank_zero_warn(advice)
 
     # ---- the loop's hooks ----------------------------------------------------------------
     def inputs(self, batch: Batch) -> tuple[Callable[[int], Tensor], int]:

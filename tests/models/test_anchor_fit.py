@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spikeloc.models.detection import YOLOGeometry, best_anchor_iou, fit_anchors
-from spikeloc.training.anchor_check import anchor_advice
+from spikeloc.training.anchor_check import anchor_advice, datamodule_advice
 
 SIZES = torch.tensor([[10.0, 20.0], [30.0, 30.0], [80.0, 50.0]])
 
@@ -43,3 +43,24 @@ def test_advice_names_the_key_and_gives_anchors_that_fit():
     right = YOLOGeometry.from_scales([[tuple(a) for a in scale] for scale in suggested], (16, 32))
     assert anchor_advice(wh, right) is None
     assert best_anchor_iou(wh, torch.tensor(right.anchors)).mean() > 0.8
+
+
+def test_no_advice_without_indexable_detection_samples():
+    geometry = YOLOGeometry.from_scales([[(200, 200)], [(400, 400)]], (16, 32))
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([])
+
+    class Data:
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(self.dataset)
+
+    assert datamodule_advice(object(), geometry) is None  # no training split
+    assert datamodule_advice(Data(Stream()), geometry) is None  # not indexable
+    assert datamodule_advice(Data([{"image": torch.zeros(3, 8, 8), "label": 1}] * 4), geometry) is None  # no boxes
+    boxes = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 20.0]]), "labels": torch.tensor([0])}
+    assert datamodule_advice(Data([{"image": torch.zeros(3, 8, 8), "target": boxes}] * 4), geometry) is not None
