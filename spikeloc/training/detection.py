@@ -40,7 +40,8 @@ class SpikingDetector(OnlineModule):
             ``None``: SPYv4's six scaled to ``image_size``.
         anchor_masks, scale_xy, log_wh_clamp, neck_upsample, init_state, input_dropout, weight_init:
             see :class:`SpikingYOLO` (the README's "VOC and the paper's protocol" gives the reference).
-        readout: ``last`` (the head's output of each step) or ``leaky`` (integrated over steps).
+        readout: ``last`` (the head's output of each step), ``leaky`` (integrated over steps) or ``mean``
+            (their running mean: with spiking neck outputs, the head of the spike counts).
         image_size: network input side (anchor scaling, head bias priors).
         neck_kwargs: ``neuron`` / ``neuron_kwargs`` / ``output_neuron`` of the neck cells.
         neuron: when given, the neuron of every cell of backbone and neck (``ann``: the non-spiking
@@ -58,7 +59,7 @@ class SpikingDetector(OnlineModule):
     def __init__(self, backbone: str = "spyv4_tiny", backbone_kwargs: dict[str, Any] | None = None,
                  pretrained: str | None = None, num_classes: int = 20, in_channels: int = 3,
                  class_names: list[str] | None = None, anchors: list[list[tuple[float, float]]] | None = None,
-                 readout: Literal["last", "leaky"] = "last", image_size: int = 416,
+                 readout: Literal["last", "leaky", "mean"] = "last", image_size: int = 416,
                  neck_kwargs: dict[str, Any] | None = None, loss_kwargs: dict[str, Any] | None = None,
                  conf_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int | None = 100,
                  pre_nms_top_k: int | None = 1000, multi_label: bool = True,

@@ -49,7 +49,7 @@ def _run(model, x, steps, state=None):
     return outs, state
 
 
-@pytest.mark.parametrize("readout", ["last", "leaky"])
+@pytest.mark.parametrize("readout", ["last", "leaky", "mean"])
 def test_detector_shapes_two_scales_three_steps(readout):
     torch.manual_seed(0)
     model = SpikingYOLO(TinyBackbone(), K, readout=readout)
@@ -95,6 +95,27 @@ def test_leaky_readout_integrates_last_readout():
     assert not torch.allclose(u[2][0], z[2][0])
 
 
+def test_mean_readout_averages_last_readout_and_resets_per_sample():
+    torch.manual_seed(0)
+    last = YOLOHead([8, 16], [3, 3], K, readout="last")
+    mean = YOLOHead([8, 16], [3, 3], K, readout="mean")
+    mean.load_state_dict(last.state_dict())  # no parameters of its own
+    features = [[torch.rand(2, 8, 4, 4), torch.rand(2, 16, 2, 2)] for _ in range(3)]  # new features every step
+    z = [last(f)[0] for f in features]
+    m, state = [], None
+    for f in features:
+        out, state = mean(f, state)
+        m.append(out)
+    for scale in range(2):
+        for t in range(3):  # the plain average of the steps so far
+            expected = sum(z[s][scale] for s in range(t + 1)) / (t + 1)
+            assert torch.allclose(m[t][scale], expected, atol=1e-6)
+    assert not torch.allclose(m[2][0], z[2][0])
+    fresh, _ = mean(features[0], None)
+    reset, _ = mean(features[0], reset_state(state, torch.tensor([True, False])))
+    assert torch.allclose(reset[0][0], fresh[0][0]) and not torch.allclose(reset[0][1], fresh[0][1])
+
+
 def test_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
     model = SpikingYOLO(TinyBackbone(), K, readout="leaky")
@@ -124,7 +145,7 @@ def test_neck_matches_yolov4_tiny_widths():
     bias = head.convs[0].bias.view(3, 25)  # objectness prior: ~8 objects over 26 x 26 cells
     assert torch.allclose(bias[:, 4], torch.full((3,), math.log(8 / 26**2)))
     with pytest.raises(ValueError):
-        YOLOHead([8], [3], K, readout="mean")
+        YOLOHead([8], [3], K, readout="sum")
 
 
 # ---- the reference's options -------------------------------------------------------------------

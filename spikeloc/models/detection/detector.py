@@ -29,8 +29,8 @@ class SpikingYOLO(nn.Module):
         anchor_masks: per scale the indices into a flat ``anchors`` list.
         scale_xy, log_wh_clamp: decoding constants (reference: 1.0 and None), see
             :class:`YOLOGeometry`; ``self.geometry`` is what the loss and post-processing read.
-        readout: ``"last"`` (the head's 1x1 output of the current step) or ``"leaky"``
-            (a leaky integrator over the steps).
+        readout: ``"last"`` (the head's 1x1 output of the current step), ``"leaky"`` (a leaky
+            integrator over the steps) or ``"mean"`` (the running mean over the steps: spike counts).
         neuron, neuron_kwargs: the neuron of the neck cells; output_neuron: of the neck cells that
             feed the head (see :class:`SpikingYOLONeck`).
         image_size: input side used for the default anchors and the head's bias priors.

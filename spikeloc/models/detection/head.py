@@ -3,18 +3,30 @@
 ``readout="last"``: the output of a step is that step's 1x1 conv (the caller reads the last step).
 ``readout="leaky"``: the 1x1 outputs are integrated over steps by a
 :class:`~spikeloc.neurons.LeakyReadout` (``u_t = (1 - tau) u_{t-1} + tau z_t``).
+``readout="mean"``: the running mean of the 1x1 outputs over the steps so far; the conv is affine,
+so with spiking neck outputs this is the head of their spike counts (rates).
 """
 from __future__ import annotations
 
 import math
 from typing import Literal, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ...neurons import LeakyReadout
 from ..backbones.base import sub_state
 
-Readout = Literal["last", "leaky"]
+Readout = Literal["last", "leaky", "mean"]
+
+
+def mean_readout(z: Tensor, state: dict | None) -> tuple[Tensor, dict]:
+    """Running mean of ``z`` ``[B, ...]`` over the steps so far; state ``{"sum", "count" [B, 1, ...]}``,
+    fresh (None, or zeroed per sample by ``reset_state``) at the first step."""
+    total = z if state is None else state["sum"] + z
+    count = torch.ones((z.shape[0],) + (1,) * (z.dim() - 1), dtype=z.dtype, device=z.device)
+    count = count if state is None else state["count"] + count
+    return total / count, {"sum": total, "count": count}
 
 
 class YOLOHead(nn.Module):
@@ -22,20 +34,20 @@ class YOLOHead(nn.Module):
         in_channels: channels of the neck outputs per scale.
         num_anchors: anchors per scale.
         num_classes: K.
-        readout: ``"last"`` or ``"leaky"``.
+        readout: ``"last"``, ``"leaky"`` or ``"mean"`` (see the module docstring).
         strides, image_size: when given, the objectness and class biases start at YOLOv5's priors
             (about 8 objects per image, class prob ~0.6/K) so the loss starts small.
 
     ``forward(features, state)``: ``features`` ``[B, C_i, H_i, W_i]`` per scale -> raw outputs
-    ``[B, A_i, H_i, W_i, 5 + K]`` per scale and state (per scale ``{"u"}`` for ``leaky``, ``None``
-    for ``last``).
+    ``[B, A_i, H_i, W_i, 5 + K]`` per scale and state (per scale ``{"u"}`` for ``leaky``, ``{"sum",
+    "count"}`` for ``mean``, ``None`` for ``last``).
     """
 
     def __init__(self, in_channels: Sequence[int], num_anchors: Sequence[int], num_classes: int,
                  readout: Readout = "last", strides: Sequence[int] | None = None, image_size: int = 416) -> None:
         super().__init__()
-        if readout not in ("last", "leaky"):
-            raise ValueError(f"readout must be 'last' or 'leaky', got {readout!r}")
+        if readout not in ("last", "leaky", "mean"):
+            raise ValueError(f"readout must be 'last', 'leaky' or 'mean', got {readout!r}")
         if len(in_channels) != len(num_anchors):
             raise ValueError("one anchor count per scale is needed")
         self.num_classes, self.num_anchors, self.readout = num_classes, list(num_anchors), readout
@@ -57,6 +69,8 @@ class YOLOHead(nn.Module):
             z = conv(feature)  # [B, A * (5 + K), H, W]
             if self.readouts is not None:
                 z, scale_state = self.readouts[i](z, sub_state(state, i))
+            elif self.readout == "mean":
+                z, scale_state = mean_readout(z, sub_state(state, i))
             else:
                 scale_state = None
             batch, _, height, width = z.shape
