@@ -1,16 +1,15 @@
 """Do a detector's anchors fit its training boxes? Checked once when training starts (README "Data")."""
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence, Sized
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from spikeloc.models.detection import YOLOGeometry, best_anchor_iou, fit_anchors
+from .callbacks import rng_states_kept
 
 POOR_FIT = 0.5  # mean best wh-IoU below which the anchors are called a poor fit
 WORTH_CHANGING = 0.1  # ... when k-means anchors fit at least this much better
@@ -24,14 +23,11 @@ def training_box_sizes(dataset: Sequence, samples: int = 256) -> Tensor | None:
     if count == 0:
         return None
     indices = sorted(set(torch.linspace(0, count - 1, min(samples, count)).long().tolist()))
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with rng_states_kept():
         first = dataset[indices[0]]
         if not (isinstance(first, dict) and isinstance(first.get("target"), dict) and "boxes" in first["target"]):
             return None
         boxes = [first["target"]["boxes"]] + [dataset[i]["target"]["boxes"] for i in indices[1:]]
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
     boxes = torch.cat([b.reshape(-1, 4).float() for b in boxes])
     return boxes[:, 2:] - boxes[:, :2]
 

@@ -11,9 +11,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -112,6 +114,16 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@contextlib.contextmanager
+def rng_states_kept() -> Iterator[None]:
+    """Run the block and put every global RNG back as it was (the block moves no random stream)."""
+    states = _rng_states()
+    try:
+        yield
+    finally:
+        _set_rng_states(states)
 
 
 class SignalCheckpoint(pl.Callback):
