@@ -8,6 +8,13 @@ from spikeloc.training.guard import NonFiniteError, NonFiniteGuard
 from .tiny import QuadrantData, tiny_classifier, trainer
 
 
+@pytest.fixture(params=[True, False], ids=["cpu_flag_read", "device_where"], autouse=True)
+def restore_path(request, monkeypatch):
+    """Every test runs both ways of restoring: the CPU's (read the flag, copy back after a bad step)
+    and the device path a GPU takes (``torch.where`` per tensor, nothing read back)."""
+    monkeypatch.setattr(NonFiniteGuard, "read_cpu_flag", request.param)
+
+
 def snapshot(params, optimizer, extra=()):
     state = [v.clone() for p in params for v in optimizer.state.get(p, {}).values() if torch.is_tensor(v)]
     return [p.detach().clone() for p in params], state, [t.clone() for t in extra]

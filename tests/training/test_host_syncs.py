@@ -1,11 +1,13 @@
 """No host sync inside the time loop, checked on the CPU (README "Speed"): every op that would stall
 a GPU's host is caught by dispatch (:mod:`tests.host_syncs`). After a warm-up batch, a training
 batch may read back one value: the non-finite guard's count (``NonFiniteGuard.check``), once per
-batch, after its K updates."""
+batch, after its K updates. On a CPU the guard also reads its flag after each update (nothing to
+stall there); the device path a GPU takes is checked with that read switched off."""
 import pytest
 import torch
 
 from spikeloc.training import FPTTConfig
+from spikeloc.training.guard import NonFiniteGuard
 from tests.host_syncs import HostSyncs
 from .test_detection_module import shapes, tiny_detector
 from .tiny import QuadrantData, tiny_classifier, trainer
@@ -35,8 +37,13 @@ def _outside_the_guard(found):
     return [s for syncs in found for s in syncs if not s.in_optimizer and not s.site.startswith(GUARD_CHECK)]
 
 
+@pytest.fixture
+def device_path(monkeypatch):
+    monkeypatch.setattr(NonFiniteGuard, "read_cpu_flag", False)
+
+
 @pytest.mark.parametrize("algorithm", ["fptt", "bptt"])
-def test_a_detector_batch_reads_back_only_the_guard(tmp_path, algorithm):
+def test_a_detector_batch_reads_back_only_the_guard(tmp_path, algorithm, device_path):
     torch.manual_seed(0)
     module = tiny_detector(algorithm=algorithm, fptt=FPTTConfig(parts=2, consolidate=False))
     found = _syncs_per_batch(tmp_path, module, shapes(num_train=12))
@@ -44,13 +51,22 @@ def test_a_detector_batch_reads_back_only_the_guard(tmp_path, algorithm):
     assert all(sum(s.site.startswith(GUARD_CHECK) for s in syncs) == 1 for syncs in found)  # one per batch
 
 
-def test_a_classifier_batch_reads_back_only_the_guard(tmp_path):
+def test_on_the_cpu_the_guard_reads_its_flag_after_each_update(tmp_path):
+    torch.manual_seed(0)
+    module = tiny_detector(fptt=FPTTConfig(parts=2, consolidate=False))
+    found = _syncs_per_batch(tmp_path, module, shapes(num_train=12))
+    assert _outside_the_guard(found) == []
+    reads = [sorted(s.site.split()[1] for s in syncs if not s.in_optimizer) for syncs in found]
+    assert reads == [["check", "commit", "commit"]] * 2  # K = 2 updates, then the count
+
+
+def test_a_classifier_batch_reads_back_only_the_guard(tmp_path, device_path):
     torch.manual_seed(0)
     module = tiny_classifier(num_steps=4, fptt=FPTTConfig(parts=4, consolidate=False))
     assert _outside_the_guard(_syncs_per_batch(tmp_path, module, QuadrantData())) == []
 
 
-def test_a_sync_in_the_time_loop_is_caught(tmp_path):
+def test_a_sync_in_the_time_loop_is_caught(tmp_path, device_path):
     module = tiny_detector(fptt=FPTTConfig(parts=2, consolidate=False))
     step_loss = module.step_loss
 
