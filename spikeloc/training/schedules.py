@@ -1,22 +1,41 @@
 """Learning-rate schedules that size themselves to the training they schedule."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 
 class PhaseCosineLR(CosineAnnealingLR):
-    """Cosine decay from the initial learning rate to ``eta_min`` over exactly its phase.
+    """Cosine decay from the initial learning rate to ``eta_min`` over exactly its phase, after an
+    optional linear warm-up over the phase's first ``warmup`` fraction.
 
     The task module sets ``T_max`` to the phase's scheduler steps when the phase begins (the whole run,
     or the twin or spiking phase with ``twin_scheduler``; README "Learning: SNN vs ANN twin"), so one
     config fits any dataset size, ``max_epochs``, ``twin_epochs`` or ``limit_train_batches``. The sized
-    ``T_max`` is part of the scheduler's state, so a resumed run keeps it.
+    ``T_max`` is part of the scheduler's state, so a resumed run keeps it. Step ``t`` of ``T`` with ``W``
+    warm-up steps has ``lr = base * (t + 1) / W`` for ``t < W``, then
+    ``eta_min + (base - eta_min) * (1 + cos(pi * (t - W) / (T - W))) / 2``.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, eta_min: float = 0.0, warmup: float = 0.0,
+                 last_epoch: int = -1) -> None:
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"PhaseCosineLR warmup={warmup}: expected a fraction of the phase in [0, 1)")
+        self.warmup, self.sized = warmup, False
         super().__init__(optimizer, T_max=1, eta_min=eta_min, last_epoch=last_epoch)
-        self.sized = False
+
+    def warmup_steps(self) -> int:
+        return math.ceil(self.warmup * self.T_max) if self.sized else 0
+
+    def get_lr(self) -> list[float]:
+        t, warm = self.last_epoch, self.warmup_steps()
+        if t < warm:
+            return [base * (t + 1) / warm for base in self.base_lrs]
+        phase = min(t - warm, self.T_max - warm) / max(self.T_max - warm, 1)
+        return [self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * phase)) / 2
+                for base in self.base_lrs]
 
     def step(self, epoch: int | None = None) -> None:
         if self.last_epoch >= 0 and not self.sized:
@@ -29,3 +48,6 @@ class PhaseCosineLR(CosineAnnealingLR):
         if self.last_epoch != 0:
             raise RuntimeError(f"PhaseCosineLR is sized before its first step, not after {self.last_epoch}")
         self.T_max, self.sized = steps, True
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -164,3 +164,21 @@ def test_phase_cosine_needs_a_known_length(tmp_path):
     scheduler = PhaseCosineLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
     with pytest.raises(RuntimeError, match="sized by the task module"):
         scheduler.step()
+
+
+def test_phase_cosine_warms_up_over_a_fraction_of_its_phase():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    scheduler = PhaseCosineLR(optimizer, eta_min=0.02, warmup=0.25)
+    scheduler.fit_to(10)  # ceil(2.5) = 3 warm-up steps, then a cosine over the other 7
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    cosine = [0.02 + 0.18 * (1 + math.cos(math.pi * b / 7)) / 2 for b in range(7)]
+    assert lrs == pytest.approx([0.2 / 3, 0.4 / 3, 0.2] + cosine)
+    restored = PhaseCosineLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2))
+    restored.load_state_dict(scheduler.state_dict())
+    assert (restored.warmup, restored.T_max, restored.get_lr()) == (0.25, 10, scheduler.get_lr())
+    with pytest.raises(ValueError, match="warmup=1.0: expected a fraction"):
+        PhaseCosineLR(optimizer, warmup=1.0)
