@@ -11,6 +11,7 @@ glyph. Images are grey, stored as three equal channels (the batch contract's RGB
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,12 @@ def _clutter(rng: np.random.Generator, image: PIL.Image.Image, count: int) -> No
             draw.ellipse([x - d, y - d, x + d, y + d], fill=fill)
 
 
+@functools.lru_cache(maxsize=None)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` pixels, decoded once per size (and per loader worker)."""
+    return ImageFont.load_default(size=size)
+
+
 def render_glyph(rng: np.random.Generator, label: int, height: float) -> np.ndarray:
     """Bool mask of one digit about ``height`` pixels tall: random stroke width, aspect and rotation,
     cropped to its exact extent."""
@@ -82,7 +89,7 @@ def render_glyph(rng: np.random.Generator, label: int, height: float) -> np.ndar
     stroke = int(rng.integers(0, max(1, font_size // 14) + 1))
     canvas = PIL.Image.new("L", (2 * font_size, 2 * font_size), 0)
     PIL.ImageDraw.Draw(canvas).text((font_size // 2, font_size // 4), CLASS_NAMES[label], fill=255,
-                                    font=ImageFont.load_default(size=font_size), stroke_width=stroke, stroke_fill=255)
+                                    font=_font(font_size), stroke_width=stroke, stroke_fill=255)
     aspect = rng.uniform(0.8, 1.25)
     canvas = canvas.resize((max(1, int(round(canvas.width * aspect))), canvas.height), PIL.Image.BILINEAR)
     canvas = canvas.rotate(rng.uniform(-20, 20), resample=PIL.Image.BILINEAR, expand=True)
@@ -179,4 +186,5 @@ class GlyphsDetectionDataModule(ShapesDetectionDataModule):
                          batch_size, num_workers, seed, augment)
 
     def train_transform(self) -> Transform:
-        return train_transform(self.image_size, crop=False, flip=False) if self.augment else self.eval_transform()
+        return (train_transform(self.image_size, crop=False, flip=False, grayscale=True) if self.augment
+                else self.eval_transform())

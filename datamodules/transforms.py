@@ -235,7 +235,7 @@ def target_fields(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: bool = True,
-                    letterbox: bool = True) -> v2.Compose:
+                    letterbox: bool = True, grayscale: bool = False) -> v2.Compose:
     """Training augmentation: colour jitter, zoom-out / IoU crop, horizontal flip, sanitise, letterbox
     (or a plain resize with ``letterbox=False``).
 
@@ -244,10 +244,13 @@ def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: boo
         crop: random zoom-out (p=0.3, up to 2x) then an SSD-style ``RandomIoUCrop`` (p=0.5).
         jitter: colour jitter (p=0.8).
         flip: random horizontal flip (p=0.5).
+        grayscale: the images are gray (three equal channels): jitter brightness and contrast only, as
+            saturation and hue leave them unchanged (the hue alone costs 2.6 ms per 128x128 image).
     """
     steps: list[v2.Transform] = []
     if jitter:
-        steps.append(v2.RandomApply([v2.ColorJitter(0.3, 0.3, 0.3, 0.03)], p=0.8))
+        colour = v2.ColorJitter(0.3, 0.3) if grayscale else v2.ColorJitter(0.3, 0.3, 0.3, 0.03)
+        steps.append(v2.RandomApply([colour], p=0.8))
     if crop:
         fill = {tv_tensors.Image: PAD_VALUE, tv_tensors.Mask: 0}
         steps += [v2.RandomZoomOut(fill=fill, side_range=(1.0, 2.0), p=0.3),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torchvision import tv_tensors
 
 from datamodules.detection import collate_detection, make_record, make_sample
 from datamodules.transforms import PAD_VALUE, LetterboxInfo, eval_transform, train_transform
@@ -200,3 +201,14 @@ def test_reference_augmentation_keeps_boxes_valid_and_aligned() -> None:
         assert target["difficult"].tolist() == [bool(label % 2) for label in target["labels"].tolist()]
         kept += len(target["labels"])
     assert kept > 20
+
+
+def test_grayscale_jitter_keeps_gray_images_gray_and_changes_their_levels() -> None:
+    gray = tv_tensors.Image(torch.linspace(0, 255, 32 * 32).reshape(1, 32, 32).expand(3, 32, 32).to(torch.uint8))
+    for grayscale in (False, True):
+        jitter = train_transform(32, crop=False, flip=False, grayscale=grayscale).transforms[0].transforms[0]
+        assert (jitter.saturation is None and jitter.hue is None) == grayscale  # identities on gray images
+    torch.manual_seed(0)
+    out = [jitter(gray) for _ in range(8)]  # the grayscale one
+    assert all(torch.equal(o[0], o[1]) and torch.equal(o[1], o[2]) for o in out)
+    assert len({round(float(o.float().mean()), 3) for o in out}) > 4  # brightness and contrast still vary
