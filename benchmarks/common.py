@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # glibc: few arenas, and a fixed mmap threshold (no dynamic growth), so big freed tensors go
 # straight back to the kernel and RSS follows live memory instead of allocator history.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-OPTIONS = ("default", "fused", "compile", "compile_step", "channels_last", "bf16")
+OPTIONS = ("default", "fused", "compile", "compile_step", "channels_last", "bf16", "fused_adam", "device_guard")
 
 
 def reexec_with_worker_env() -> None:
@@ -176,10 +176,14 @@ def apply_option(module: Any, option: str) -> tuple[str, list[Any]]:
     """Prepare ``module`` for ``option``; returns the Trainer precision and extra callbacks."""
     import torch
     import lightning.pytorch as pl
+    from spikeloc.training.guard import NonFiniteGuard
+    NonFiniteGuard.read_cpu_flag = option != "device_guard"  # the restore path a GPU takes, on any device
     if option in ("fused", "compile"):
         fuse_cells(module, compile=option == "compile")
     if option == "compile_step":  # the whole model step through torch.compile (OnlineModule.call_step)
         module.compile_step = True
+    if option == "fused_adam":  # Adam's update as one kernel over all parameters (CPU and CUDA)
+        module.optimizer_factory = lambda params: torch.optim.Adam(params, lr=1e-3, fused=True)
     if option == "channels_last":
         module.to(memory_format=torch.channels_last)
 

@@ -12,7 +12,10 @@ Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``
 ``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
 ``compile_step`` (the whole model time step, forward and backward, compiled: ``compile_step: true``;
 its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``other``),
-``channels_last`` (model and input in NHWC) and ``bf16`` (``precision="bf16-mixed"``); then
+``channels_last`` (model and input in NHWC), ``bf16`` (``precision="bf16-mixed"``), ``fused_adam``
+(``torch.optim.Adam(..., fused=True)``: one kernel for all parameters instead of ~10 ops each) and
+``device_guard`` (the non-finite guard restoring with ``torch.where`` per tensor, as on a GPU, instead
+of reading its flag on the CPU); then
 ``default again``, whose "speedup" shows how much a shared machine drifted during the options.
 The cell part times one ``LTCNeuron`` step, forward + backward, reference vs fused (vs compiled).
 

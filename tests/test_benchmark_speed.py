@@ -101,3 +101,17 @@ def test_fptt_speed_tiny_json(benchmarks, capsys):
     result = last_json(capsys)
     assert result["same_gradients_and_state"] and result["same_penalty"]
     assert result["tensors"] > 10 and result["foreach_ms"] > 0 and result["blocked_ms"] > 0 and result["ratio"] > 0
+
+
+def test_the_optimizer_and_guard_options(benchmarks, monkeypatch):
+    import torch
+    import common
+    from spikeloc.training.guard import NonFiniteGuard
+    monkeypatch.setattr(NonFiniteGuard, "read_cpu_flag", True)  # restored after the test
+    module = common.make_detector("fptt", 2, 64, 0.125)
+    assert common.apply_option(module, "fused_adam") == ("32-true", [])
+    assert module.optimizer_factory([torch.zeros(1, requires_grad=True)]).defaults["fused"]
+    common.apply_option(module, "device_guard")
+    assert NonFiniteGuard.read_cpu_flag is False  # the torch.where restore a GPU takes
+    common.apply_option(module, "default")
+    assert NonFiniteGuard.read_cpu_flag is True
