@@ -9,7 +9,8 @@ read back per step; the count of consecutive bad steps is read once per batch
 (:meth:`NonFiniteGuard.check`), which raises :class:`NonFiniteError` after ``limit`` in a row.
 A flag on the CPU is read at once instead (nothing runs ahead of the host there, so reading stalls
 nothing), and the old values are copied back only after a bad update: one ``torch.where`` and one
-copy per tensor (two per weight, four with Adam) cost 6 % of a small detector's batch on a CPU.
+copy per tensor (two per weight, four with Adam) took 4 % of a small detector's CPU time (README
+"Speed and many GPUs").
 The price is one copy of those tensors per update (memory: once more the weights, buffers,
 optimizer and FPTT state).
 

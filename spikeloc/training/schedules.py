@@ -26,11 +26,11 @@ class PhaseCosineLR(CosineAnnealingLR):
         self.warmup, self.sized = warmup, False
         super().__init__(optimizer, T_max=1, eta_min=eta_min, last_epoch=last_epoch)
 
-    def warmup_steps(self) -> int:
+    def _warmup_steps(self) -> int:
         return math.ceil(self.warmup * self.T_max) if self.sized else 0
 
     def get_lr(self) -> list[float]:
-        t, warm = self.last_epoch, self.warmup_steps()
+        t, warm = self.last_epoch, self._warmup_steps()
         if t < warm:
             return [base * (t + 1) / warm for base in self.base_lrs]
         phase = min(t - warm, self.T_max - warm) / max(self.T_max - warm, 1)
