@@ -174,17 +174,19 @@ class GlyphsDetectionDataModule(ShapesDetectionDataModule):
         clutter: at most this many stroke-like distractors per image.
         noise: std of the Gaussian pixel noise (uint8 units).
         batch_size, num_workers, seed, augment: see :class:`DetectionDataModule`; augmentation is
-            brightness/contrast jitter only (a flip would turn digits into other shapes).
+            brightness/contrast jitter (no flip: it would turn digits into other shapes).
+        crop: see :class:`ShapesDetectionDataModule`.
     """
 
     dataset_class = GlyphsDataset
 
     def __init__(self, num_train: int = 4096, num_val: int = 512, image_size: int = 128, max_objects: int = 4,
                  min_size: float = 0.15, max_size: float = 0.35, clutter: int = 6, noise: float = 8.0,
-                 batch_size: int = 32, num_workers: int = 0, seed: int = 0, augment: bool = True) -> None:
+                 batch_size: int = 32, num_workers: int = 0, seed: int = 0, augment: bool = True,
+                 crop: bool = False) -> None:
         super().__init__(num_train, num_val, image_size, max_objects, min_size, max_size, clutter, noise,
-                         batch_size, num_workers, seed, augment)
+                         batch_size, num_workers, seed, augment, crop)
 
     def train_transform(self) -> Transform:
-        return (train_transform(self.image_size, crop=False, flip=False, grayscale=True) if self.augment
+        return (train_transform(self.image_size, crop=self.crop, flip=False, grayscale=True) if self.augment
                 else self.eval_transform())

@@ -206,14 +206,19 @@ class ShapesDetectionDataModule(DetectionDataModule):
         clutter: at most this many distractors per image.
         noise: std of the Gaussian pixel noise (uint8 units).
         batch_size, num_workers, seed, augment: see :class:`DetectionDataModule`; augmentation is
-            colour jitter and horizontal flip (no crop: shapes already vary in size and place).
+            colour jitter and horizontal flip.
+        crop: add the random zoom-out and IoU crop of :func:`~datamodules.transforms.train_transform`
+            (off by default: the scenes already vary in size and place; with a few hundred training
+            images it is what keeps the detector from memorising them, README "Learning").
     """
 
     def __init__(self, num_train: int = 4096, num_val: int = 512, image_size: int = 128, max_objects: int = 4,
                  min_size: float = 0.125, max_size: float = 0.45, clutter: int = 3, noise: float = 6.0,
-                 batch_size: int = 32, num_workers: int = 0, seed: int = 0, augment: bool = True) -> None:
+                 batch_size: int = 32, num_workers: int = 0, seed: int = 0, augment: bool = True,
+                 crop: bool = False) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers,
                          seed=seed, augment=augment)
+        self.crop = crop
         if not 0 < min_size <= max_size < 1:
             raise ValueError(f"need 0 < min_size <= max_size < 1, got min_size={min_size}, max_size={max_size}")
         if max_objects < 1:
@@ -229,7 +234,7 @@ class ShapesDetectionDataModule(DetectionDataModule):
         return list(self.dataset_class.names)
 
     def train_transform(self) -> Transform:
-        return train_transform(self.image_size, crop=False) if self.augment else eval_transform(self.image_size)
+        return train_transform(self.image_size, crop=self.crop) if self.augment else eval_transform(self.image_size)
 
     def make_dataset(self, split: str, transform: Transform) -> Dataset:
         length = self.num_train if split == "train" else self.num_val

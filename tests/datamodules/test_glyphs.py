@@ -54,3 +54,18 @@ def test_datamodule_batches_follow_the_contract() -> None:
         assert target["labels"].max() < 10 and target["boxes"].shape[1] == 4
     with pytest.raises(ValueError, match="min_size"):
         GlyphsDetectionDataModule(min_size=0.5, max_size=0.2)
+
+
+def test_crop_option_moves_and_rescales_boxes_inside_the_image_and_off_keeps_them() -> None:
+    for crop in (False, True):
+        data = GlyphsDetectionDataModule(num_train=16, num_val=4, crop=crop)
+        data.setup("fit")
+        torch.manual_seed(0)
+        moved = 0
+        for i in range(len(data.train_set)):
+            boxes = data.train_set[i]["target"]["boxes"]
+            scene = torch.from_numpy(data.train_set.render(i).boxes)
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 128).all() and len(boxes) >= 1
+            moved += boxes.shape != scene.shape or not torch.allclose(boxes, scene)
+        assert (moved >= 4) if crop else (moved == 0)  # zoom-out p=0.3 and IoU crop p=0.5 per image
+
