@@ -34,14 +34,16 @@ default FPTT step's CPU time, first size), ``fptt_share``, ``cell`` (rows: shape
 or ``step``, variant, ms, speedup), ``compile`` (``ok`` or the compiler error) and, unless
 ``--loader-batches 0``, ``loader_samples_per_s`` (the quick-start datamodule's training loader at the
 first size, its own batch size and workers), ``loader_vs_train`` (that over the fastest training case
-of the first size, in samples per second: above 1, data loading is not the bottleneck) and ``loader``
-(the settings).
+of the first size, in samples per second: above 1, data loading is not the bottleneck),
+``loader_main_ms`` (what receiving one batch costs the training process when the workers are ahead:
+it adds to every step) and ``loader`` (the settings).
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import statistics
 import sys
 import time
 from typing import Any
@@ -156,13 +158,20 @@ def run_loader(size: str, runs: list[dict[str, Any]], args: argparse.Namespace) 
     for _ in range(args.loader_batches):
         samples += len(next(iterator)["targets"])
     seconds = time.perf_counter() - start
+    receive = []
+    for _ in range(args.loader_batches):
+        time.sleep(0.25)  # the workers get ahead: what is left is the main process's own cost per batch
+        start = time.perf_counter()
+        next(iterator)
+        receive.append(time.perf_counter() - start)
     del iterator  # stops the workers
-    loader = samples / seconds
+    loader, main_ms = samples / seconds, 1e3 * statistics.median(receive)
     train = max(r["batch_size"] / r["batch_s"] for r in runs if r["size"] == size)
     print(f"  loader {size} ({init_args.get('batch_size')} per batch, {init_args.get('num_workers', 0)} "
-          f"worker(s)): {loader:.1f} samples/s, {loader / train:.1f} x the fastest training case",
-          file=sys.stderr, flush=True)
+          f"worker(s)): {loader:.1f} samples/s, {loader / train:.1f} x the fastest training case, "
+          f"{main_ms:.1f} ms of the main process per batch", file=sys.stderr, flush=True)
     return {"loader_samples_per_s": round(loader, 2), "loader_vs_train": round(loader / train, 3),
+            "loader_main_ms": round(main_ms, 2),
             "loader": {"size": size, "image_size": SIZES[size][0], "batch_size": init_args.get("batch_size"),
                        "num_workers": init_args.get("num_workers", 0), "batches": args.loader_batches,
                        "train_samples_per_s": round(train, 3)}}
@@ -251,7 +260,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         loader = result["loader"]
         print(f"data loader ({loader['size']}, {loader['batch_size']} per batch, {loader['num_workers']} worker(s)): "
               f"{result['loader_samples_per_s']:.1f} samples/s = {result['loader_vs_train']:.1f} x training "
-              f"({loader['train_samples_per_s']:.2f} samples/s, the fastest case)")
+              f"({loader['train_samples_per_s']:.2f} samples/s, the fastest case); "
+              f"{result['loader_main_ms']:.1f} ms of the training process per batch")
 
 
 def plot(result: dict[str, Any], path: str) -> None:

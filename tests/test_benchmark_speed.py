@@ -29,10 +29,10 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
                       "--json", "--plot", str(plot)])
     result = last_json(capsys)
     assert {"device", "threads", "torch", "runs", "options", "breakdown", "conv_share", "fptt_share", "cell",
-            "compile", "loader_samples_per_s", "loader_vs_train", "loader"} <= set(result)
+            "compile", "loader_samples_per_s", "loader_vs_train", "loader_main_ms", "loader"} <= set(result)
     loader = result["loader"]
     assert (loader["size"], loader["image_size"], loader["batch_size"], loader["num_workers"]) == ("tiny", 64, 16, 1)
-    assert result["loader_samples_per_s"] > 0
+    assert result["loader_samples_per_s"] > 0 and result["loader_main_ms"] > 0
     fastest = max(r["batch_size"] / r["batch_s"] for r in result["runs"])
     assert result["loader_vs_train"] == pytest.approx(result["loader_samples_per_s"] / fastest, rel=0.01)
     runs = result["runs"]
