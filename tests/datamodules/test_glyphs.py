@@ -68,4 +68,3 @@ def test_crop_option_moves_and_rescales_boxes_inside_the_image_and_off_keeps_the
             assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 128).all() and len(boxes) >= 1
             moved += boxes.shape != scene.shape or not torch.allclose(boxes, scene)
         assert (moved >= 4) if crop else (moved == 0)  # zoom-out p=0.3 and IoU crop p=0.5 per image
-
