@@ -61,12 +61,38 @@ def plan_blocks(numels: list[int], flat: list[bool], block: int) -> list[list[Pi
     return blocks + [current] if current else blocks
 
 
+def _dense(t: Tensor) -> bool:
+    """Whether ``t`` fills exactly ``t.numel()`` consecutive elements (contiguous, channels-last, transposed)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
+        if size != 1 and stride != expected:
+            return t.numel() == 0
+        expected *= size
+    return True
+
+
+def _memory_flat(t: Tensor) -> Tensor:
+    """A flat view of ``t``'s elements in memory order (``t`` dense), or a copy in index order."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset()) if _dense(t) else t.reshape(-1)
+
+
+def _layout(like: Tensor) -> tuple[int, ...]:
+    """The strides FPTT's state gives a tensor like ``like``: its own when dense, else contiguous ones."""
+    return like.stride() if _dense(like) else torch.empty(like.shape, device="meta").stride()
+
+
+def _laid_like(flat: Tensor, like: Tensor) -> Tensor:
+    """``flat`` (a 1-D range) as a tensor shaped like ``like``, in the layout :func:`_layout` gives it."""
+    return flat.as_strided(like.shape, _layout(like), flat.storage_offset())
+
+
 def _flat_views(params: list[Tensor], values: list[Tensor] | None) -> list[Tensor]:
-    """Contiguous tensors shaped like ``params``, consecutive in one buffer, holding ``values`` (or 0)."""
+    """Tensors laid out like ``params`` (channels-last stays channels-last), consecutive in one buffer,
+    holding ``values`` (or 0)."""
     buffer = params[0].new_zeros(sum(p.numel() for p in params), dtype=params[0].dtype)
     views, start = [], 0
     for index, p in enumerate(params):
-        views.append(buffer.narrow(0, start, p.numel()).view(p.shape))
+        views.append(_laid_like(buffer.narrow(0, start, p.numel()), p))
         if values is not None:
             views[-1].copy_(values[index])
         start += p.numel()
@@ -82,25 +108,24 @@ class _Blocks:
         offsets = [0]
         for p in params:
             offsets.append(offsets[-1] + p.numel())
-        plans = plan_blocks([p.numel() for p in params], [p.is_contiguous() for p in params], block)
+        plans = plan_blocks([p.numel() for p in params], [_dense(p) for p in params], block)
         size = max(sum(n for _, _, n in plan) for plan in plans)  # above block: a tensor that cannot be cut
         self.scratch_w, self.scratch_d = running.new_empty(size), running.new_empty(size)
         self.blocks = []
         for plan in plans:
             first, start, _ = plan[0]
             low, n = offsets[first] + start, sum(count for _, _, count in plan)
-            direct = len(plan) == 1 and params[first].is_contiguous()  # W and the gradient are views
-            shapes = [(index, params[index].shape) for index, _, _ in plan]
-            pieces = [] if direct else [self.scratch_d.narrow(0, offsets[i] - low, params[i].numel()).view(shape)
-                                        for i, shape in shapes]
+            direct = len(plan) == 1 and _dense(params[first])  # W and the gradient are views
+            pieces = [] if direct else [_laid_like(self.scratch_d.narrow(0, offsets[i] - low, params[i].numel()),
+                                                   params[i]) for i, _, _ in plan]
             self.blocks.append((plan, running.narrow(0, low, n), trace.narrow(0, low, n), direct, pieces))
 
     def weights(self, plan: list[Piece], direct: bool, n: int) -> Tensor:
         """The block's ``W`` as one flat tensor."""
         if direct:
             index, start, _ = plan[0]
-            return self.params[index].view(-1).narrow(0, start, n)
-        return torch.cat([self.params[index].reshape(-1) for index, _, _ in plan], out=self.scratch_w.narrow(0, 0, n))
+            return _memory_flat(self.params[index]).narrow(0, start, n)
+        return torch.cat([_memory_flat(self.params[index]) for index, _, _ in plan], out=self.scratch_w.narrow(0, 0, n))
 
     def __iter__(self):
         """``(w, w_bar, lam, w - w_bar)`` per block, all flat (the difference in the scratch)."""
@@ -142,7 +167,7 @@ class _Penalty(torch.autograd.Function):
                 n = w_bar.numel()
                 w = blocks.weights(plan, direct, n)
                 index, start, _ = plan[0]
-                out = grads[index].view(-1).narrow(0, start, n) if direct else blocks.scratch_d.narrow(0, 0, n)
+                out = _memory_flat(grads[index]).narrow(0, start, n) if direct else blocks.scratch_d.narrow(0, 0, n)
                 torch.sub(w, w_bar, out=out)
                 out.mul_(fptt.alpha)
                 out.sub_(lam)
@@ -159,7 +184,7 @@ def _flat_base(views: list[Tensor], params: list[Tensor]) -> Tensor | None:
         return None
     start = views[0].data_ptr()
     for view, p in zip(views, params):
-        if view.shape != p.shape or view.dtype != p.dtype or not view.is_contiguous() or \
+        if view.shape != p.shape or view.dtype != p.dtype or view.stride() != _layout(p) or \
                 (view.numel() and view.data_ptr() != start):  # an empty tensor may point anywhere
             return None
         start += view.numel() * view.element_size()

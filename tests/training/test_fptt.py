@@ -104,11 +104,15 @@ def test_rejects_bad_hyperparameters():
 
 
 def _mixed_params():
-    """float64 parameters of several sizes, one of them not contiguous (cut only when contiguous)."""
+    """float64 parameters of several sizes and layouts: contiguous, transposed, channels-last (the last two
+    dense: cut in memory order) and one with gaps (gathered whole)."""
     generator = torch.Generator().manual_seed(3)
     shapes = [(5, 3), (40,), (1,), (0,), (6, 7, 2), (3, 11)]
     params = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64, generator=generator)) for s in shapes]
-    params.append(torch.nn.Parameter(torch.randn(4, 9, dtype=torch.float64, generator=generator).t()))  # strided
+    params.append(torch.nn.Parameter(torch.randn(4, 9, dtype=torch.float64, generator=generator).t()))
+    conv = torch.randn(4, 3, 3, 2, dtype=torch.float64, generator=generator)
+    params.append(torch.nn.Parameter(conv.contiguous(memory_format=torch.channels_last)))
+    params.append(torch.nn.Parameter(torch.randn(4, 18, dtype=torch.float64, generator=generator)[:, ::2]))
     return params
 
 
@@ -165,6 +169,37 @@ def test_blocks_give_the_same_numbers_as_one_block():
         runs.append(grads + fptt.running + fptt.trace)
     assert len(fptt.blocks().blocks) > 10
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_channels_last_weights_keep_their_layout_and_are_cut_in_place():
+    """Channels-last weights (``channels_last: true``): the state takes their layout, and a large one is cut
+    into blocks that are views of it (no gather), with the same numbers as the per-tensor formulas."""
+    from spikeloc.training.fptt import _dense
+    shapes = [(32, 16, 3, 3), (8,), (16, 8, 1, 1)]
+    runs = []
+    for block in (None, 1000):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s).contiguous(memory_format=torch.channels_last) if len(s) == 4
+                                     else torch.randn(s)) for s in shapes]
+        fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
+        fptt.block = block
+        for step in range(3):
+            for p in params:
+                p.grad = None
+            fptt.penalty().backward()
+            runs.append([p.grad.clone() for p in params])
+            with torch.no_grad():
+                for p in params:
+                    p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(step)))
+            fptt.update()
+        runs[-1] += fptt.running + fptt.trace
+        assert [t.stride() for t in fptt.running] == [p.stride() for p in params]
+        assert [p.grad.stride() for p in params] == [p.stride() for p in params]
+    assert not params[0].is_contiguous() and _dense(params[0]) and not _dense(params[0][:, ::2])
+    plans = [plan for plan, *_ in fptt.blocks().blocks]
+    assert sum(len(plan) == 1 and plan[0][0] == 0 for plan in plans) == 5  # 4608 elements: 5 blocks, in place
+    for per_tensor, blocked in zip(runs[:3], runs[3:]):
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(per_tensor, blocked))
 
 
 def test_plan_blocks_covers_every_element_once():
