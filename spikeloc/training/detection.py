@@ -101,6 +101,7 @@ class SpikingDetector(OnlineModule):
                              f"num_classes={self.num_classes}")
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.class_names is None:
             names = getattr(data, "class_names", None)

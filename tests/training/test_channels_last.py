@@ -1,0 +1,44 @@
+"""``channels_last``: 4-D weights, inputs and state in NHWC, the same training as the default layout
+(reference: the same run with ``channels_last`` off), also when resuming a checkpoint of a run without it."""
+import torch
+
+from .tiny import QuadrantData, tiny_classifier, trainer
+
+
+def _fit(tmp_path, channels_last, max_epochs=1, ckpt_path=None, save=None):
+    torch.manual_seed(0)
+    module = tiny_classifier(channels_last=channels_last,
+                             optimizer=lambda params: torch.optim.Adam(params, lr=0.01, fused=True))
+    run = trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=0)
+    run.fit(module, datamodule=QuadrantData(), ckpt_path=ckpt_path)
+    if save:
+        run.save_checkpoint(save)
+    return module, run
+
+
+def _assert_same_weights(a, b):
+    for (name, x), y in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), name
+
+
+def test_channels_last_trains_like_the_default_layout(tmp_path):
+    default, _ = _fit(tmp_path, False)
+    module, run = _fit(tmp_path, True)
+    convs = [p for p in module.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert any(not p.is_contiguous() for p in convs)
+    optimizer = run.optimizers[0]
+    assert all(v.stride() == p.stride() for p in convs for v in optimizer.state[p].values() if v.dim() == 4)
+    assert [t.stride() for t in module.fptt.running] == [p.stride() for p in module.parameters()]
+    _assert_same_weights(default, module)
+    assert any(not torch.equal(p, q) for p, q in zip(default.parameters(), tiny_classifier().parameters()))
+
+
+def test_resuming_a_default_layout_checkpoint_with_channels_last(tmp_path):
+    """A contiguous checkpoint's Adam state is put in the channels-last layout before the first step:
+    ``Adam(fused=True)`` reads state and weights in memory order, so mixed layouts would corrupt it."""
+    checkpoint = str(tmp_path / "default.ckpt")
+    _fit(tmp_path, False, save=checkpoint)
+    default, _ = _fit(tmp_path, False, max_epochs=2, ckpt_path=checkpoint)
+    module, _ = _fit(tmp_path, True, max_epochs=2, ckpt_path=checkpoint)
+    _assert_same_weights(default, module)
