@@ -1,12 +1,15 @@
 """Where the time of one training batch goes: ``torch.profiler`` events attributed to parts of the step.
 
 Scopes (``record_function`` ranges) are put around the neurons, the model, the loss (target
-assignment included), the optimizer (clipping included) and FPTT's penalty and update; the
-whole batch runs inside ``spikeloc::batch``. Every profiler event's *self* CPU time then goes to:
+assignment included), the optimizer (clipping included), FPTT's penalty and update and the
+non-finite guard; the whole batch runs inside ``spikeloc::batch``. Every profiler event's *self*
+CPU time then goes to:
 
-1. ``conv`` / ``batchnorm`` when it or an ancestor is a convolution / batch-norm op or its
-   backward (``aten::mkldnn_convolution``, ``aten::convolution_backward``,
-   ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...);
+1. ``compiled`` when it is a kernel ``torch.compile`` generated (``graph_0_cpp_fused_...``, named
+   when ``torch._inductor.config.cpp.enable_kernel_profile`` is on): batch norm and neuron maths
+   fused together, which no name can split; ``conv`` / ``batchnorm`` when it or an ancestor is a
+   convolution / batch-norm op or its backward (``aten::mkldnn_convolution``,
+   ``aten::convolution_backward``, ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...);
 2. else the innermost scope around it; a backward node (``evaluate_function: XBackward0``) goes
    to the scope of the forward op that created it (matched by autograd sequence number);
 3. else ``other`` (Lightning, state detaching, logging, Python between ops).
@@ -17,16 +20,18 @@ import functools
 import re
 from typing import Any, Callable
 
-CATEGORIES = ("conv", "batchnorm", "neuron", "model_other", "loss", "optimizer", "fptt", "other")
+CATEGORIES = ("conv", "batchnorm", "neuron", "compiled", "model_other", "loss", "optimizer", "fptt", "guard", "other")
 SCOPES = {"spikeloc::neuron": "neuron", "spikeloc::model": "model_other", "spikeloc::loss": "loss",
-          "spikeloc::optimizer": "optimizer", "spikeloc::fptt": "fptt"}
+          "spikeloc::optimizer": "optimizer", "spikeloc::fptt": "fptt", "spikeloc::guard": "guard"}
 _CONV = re.compile(r"convolution|conv\d|conv_|mkldnn_conv")
 _BACKWARD = "autograd::engine::evaluate_function"
 
 
 def by_name(name: str) -> str | None:
-    """``conv`` / ``batchnorm`` / ``optimizer`` for ops recognised by name alone, else None."""
+    """``compiled`` / ``conv`` / ``batchnorm`` / ``optimizer`` for ops recognised by name alone, else None."""
     lower = name.lower()
+    if "cpp_fused" in lower:  # before the others: its name lists the ops fused into it, convolutions' too
+        return "compiled"
     if _CONV.search(lower):
         return "conv"
     if "batch_norm" in lower or "batchnorm" in lower:
@@ -48,7 +53,7 @@ def scoped(name: str, fn: Callable) -> Callable:
 
 
 def install_scopes(module: Any, trainer: Any) -> None:
-    """Wrap the neurons, model, loss, FPTT and optimizer step of a fitted ``OnlineModule`` in scopes."""
+    """Wrap the neurons, model, loss, FPTT, guard and optimizer step of a fitted ``OnlineModule`` in scopes."""
     from spikeloc.neurons.modules import NEURONS, LTCDense
     kinds = tuple(NEURONS.values()) + (LTCDense,)
     for sub in module.modules():
@@ -62,6 +67,15 @@ def install_scopes(module: Any, trainer: Any) -> None:
         module.fptt.penalty = scoped("spikeloc::fptt", module.fptt.penalty)
         module.fptt.update = scoped("spikeloc::fptt", module.fptt.update)
     trainer.strategy.optimizer_step = scoped("spikeloc::optimizer", trainer.strategy.optimizer_step)
+    make_guard = module._guard
+
+    def scoped_guard(optimizer: Any) -> Any:
+        guard = make_guard(optimizer)
+        if not hasattr(guard.begin, "__wrapped__"):
+            guard.begin, guard.commit = (scoped("spikeloc::guard", f) for f in (guard.begin, guard.commit))
+        return guard
+
+    module._guard = scoped_guard
 
 
 def _category(event: Any, backward_scope: dict[int, str]) -> str:

@@ -172,29 +172,26 @@ def fuse_cells(model: Any, compile: bool = False) -> int:
     return len(neurons)
 
 
-def apply_option(module: Any, option: str) -> tuple[str, list[Any]]:
-    """Prepare ``module`` for ``option``; returns the Trainer precision and extra callbacks."""
+def apply_option(module: Any, option: str) -> str:
+    """Prepare ``module`` for ``option``, or for several joined by ``+`` (``compile_step+fused_adam``);
+    returns the Trainer precision."""
     import torch
-    import lightning.pytorch as pl
     from spikeloc.training.guard import NonFiniteGuard
-    NonFiniteGuard.read_cpu_flag = option != "device_guard"  # the restore path a GPU takes, on any device
-    if option in ("fused", "compile"):
-        fuse_cells(module, compile=option == "compile")
-    if option == "compile_step":  # the whole model step through torch.compile (OnlineModule.call_step)
+    parts = option.split("+")
+    unknown = [part for part in parts if part not in OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} in {option!r}; expected one of {OPTIONS}, or several "
+                         "joined by '+'")
+    NonFiniteGuard.read_cpu_flag = "device_guard" not in parts  # the restore path a GPU takes, on any device
+    if "fused" in parts or "compile" in parts:
+        fuse_cells(module, compile="compile" in parts)
+    if "compile_step" in parts:  # the whole model step through torch.compile (OnlineModule.call_step)
         module.compile_step = True
-    if option == "fused_adam":  # Adam's update as one kernel over all parameters (CPU and CUDA)
+    if "fused_adam" in parts:  # Adam's update as one kernel over all parameters (CPU and CUDA)
         module.optimizer_factory = lambda params: torch.optim.Adam(params, lr=1e-3, fused=True)
-    if option == "channels_last":
-        module.to(memory_format=torch.channels_last)
-
-        class ChannelsLast(pl.Callback):
-            def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-                batch["images"] = batch["images"].contiguous(memory_format=torch.channels_last)
-
-        return "32-true", [ChannelsLast()]
-    if option not in OPTIONS:
-        raise ValueError(f"unknown option {option!r}; expected one of {OPTIONS}")
-    return ("bf16-mixed" if option == "bf16" else "32-true"), []
+    if "channels_last" in parts:  # weights, inputs and state in NHWC (the task module's option)
+        module.channels_last = True
+    return "bf16-mixed" if "bf16" in parts else "32-true"
 
 
 def median(values: list[float]) -> float:

@@ -3,19 +3,20 @@
 Each case trains a fresh ``SpikingDetector`` (``spyv4_tiny``) through a Lightning ``Trainer`` on
 random images with random boxes: ``--warmup`` untimed batches, ``--batches`` timed batches
 (median seconds per batch), then one profiled batch (FPTT at ``--options-steps`` only) whose
-CPU time is split by :mod:`breakdown` into conv, batchnorm, neuron (+ surrogate), other model
-ops, loss (+ target assignment), optimizer (+ clipping), FPTT (penalty + update) and other.
+CPU time is split by :mod:`breakdown` into conv, batchnorm, neuron (+ surrogate), compiled
+kernels, other model ops, loss (+ target assignment), optimizer (+ clipping), FPTT (penalty +
+update), the non-finite guard and other.
 Throughput is ``batch_size * T / seconds per batch`` (samples x time steps per second); the
 peak is the memory training adds over the footprint at the first batch (see ``memory.py``).
 
 Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``):
 ``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
 ``compile_step`` (the whole model time step, forward and backward, compiled: ``compile_step: true``;
-its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``other``),
-``channels_last`` (model and input in NHWC), ``bf16`` (``precision="bf16-mixed"``), ``fused_adam``
+its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``compiled``),
+``channels_last`` (weights, input and state in NHWC: ``channels_last: true``), ``bf16`` (``precision="bf16-mixed"``), ``fused_adam``
 (``torch.optim.Adam(..., fused=True)``: one kernel for all parameters instead of ~10 ops each) and
 ``device_guard`` (the non-finite guard restoring with ``torch.where`` per tensor, as on a GPU, instead
-of reading its flag on the CPU); then
+of reading its flag on the CPU); several joined by ``+`` run together (``compile_step+fused_adam``); then
 ``default again``, whose "speedup" shows how much a shared machine drifted during the options.
 The cell part times one ``LTCNeuron`` step, forward + backward, reference vs fused (vs compiled).
 
@@ -89,13 +90,13 @@ def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bo
     torch.manual_seed(0)
     image_size, width = SIZES[size]
     module = common.make_detector(algorithm, num_steps, image_size, width)
-    precision, callbacks = common.apply_option(module, option)
+    precision = common.apply_option(module, option)
     batches = args.warmup + args.batches + int(profile)
     timer = timer_callback(set(range(args.warmup)) | {batches - 1} if profile else set(range(args.warmup)))
     meter = common.Meter(args.device)
     probe = common.memory_probe(meter, last_batch=args.warmup + args.batches - 1)
     profiler = profiler_callback(batches - 1 if profile else -1)
-    trainer = common.make_trainer(args.device, batches, [*callbacks, timer, probe, profiler], precision)
+    trainer = common.make_trainer(args.device, batches, [timer, probe, profiler], precision)
     trainer.fit(module, train_dataloaders=common.detection_loader(batches, args.batch_size, image_size))
     seconds = common.median(timer.times)
     row = {"size": size, "image_size": image_size, "width": width, "batch_size": args.batch_size,
@@ -228,7 +229,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     for the whole ``LTCNeuron`` (``scope: neuron``) and for the element-wise step alone (``scope: step``)."""
     rows = []
     for shape in args.cell_shapes:
-        for scope, fns in _cell_cases(shape, "compile" in args.options).items():
+        for scope, fns in _cell_cases(shape, any("compile" in o.split("+") for o in args.options)).items():
             for variant, (seconds, speedup) in _interleaved(fns, args.cell_repeats).items():
                 rows.append({"shape": list(shape), "scope": scope, "variant": variant,
                              "ms": round(1000 * seconds, 3), "speedup": round(speedup, 3)})
@@ -242,15 +243,16 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     """Readable tables: runs, options, breakdown, cell."""
     print(f"device {result['device']}, {result['threads']} thread(s), torch {result['torch']}, "
           f"batch {args.batch_size}, median of {args.batches} timed batches")
-    print(f"{'size':>6} {'algo':>5} {'T':>3} {'option':>14} {'s/batch':>8} {'samp*T/s':>9} {'peak MiB':>9}")
+    width = max(len(r["option"]) for r in result["runs"])
+    print(f"{'size':>6} {'algo':>5} {'T':>3} {'option':>{width}} {'s/batch':>8} {'samp*T/s':>9} {'peak MiB':>9}")
     for r in result["runs"]:
-        print(f"{r['size']:>6} {r['algorithm']:>5} {r['T']:>3} {r['option']:>14} {r['batch_s']:>8.3f} "
+        print(f"{r['size']:>6} {r['algorithm']:>5} {r['T']:>3} {r['option']:>{width}} {r['batch_s']:>8.3f} "
               f"{r['throughput']:>9.1f} {r['peak_mib']:>9.1f}")
     for size, table in result["breakdown"].items():
         print(f"breakdown of the FPTT step, {size}, T={args.options_steps} (share of profiled CPU time):")
-        print(f"{'option':>14} " + " ".join(f"{c:>11}" for c in CATEGORIES) + f" {'speedup':>8}")
+        print(f"{'option':>{width}} " + " ".join(f"{c:>11}" for c in CATEGORIES) + f" {'speedup':>8}")
         for option, row in table.items():
-            print(f"{option:>14} " + " ".join(f"{row[c]:>11.3f}" for c in CATEGORIES)
+            print(f"{option:>{width}} " + " ".join(f"{row[c]:>11.3f}" for c in CATEGORIES)
                   + f" {result['options'][size][option]['speedup']:>8.2f}")
     print("one LTC-SN step, forward + backward (speedup: median of paired ratios to the reference):")
     for r in result["cell"]:
@@ -292,13 +294,22 @@ def plot(result: dict[str, Any], path: str) -> None:
     plt.close(figure)
 
 
+def option_name(text: str) -> str:
+    """An option of ``common.OPTIONS``, or several joined by ``+`` (``compile_step+fused_adam``)."""
+    unknown = [part for part in text.split("+") if part not in common.OPTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown option {unknown[0]!r}; choose from {', '.join(common.OPTIONS)}")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["small"],
                         help="small: 128x128, width 0.25; full: 416x416, width 1 (the paper's); tiny: tests")
     parser.add_argument("--algorithms", nargs="+", choices=["fptt", "bptt"], default=["fptt", "bptt"])
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16], help="values of T")
-    parser.add_argument("--options", nargs="+", choices=list(common.OPTIONS), default=list(common.OPTIONS))
+    parser.add_argument("--options", nargs="+", type=option_name, default=list(common.OPTIONS),
+                        help=f"from {', '.join(common.OPTIONS)}; several joined by '+' run together")
     parser.add_argument("--options-steps", type=int, default=8, help="T of the options and the breakdown")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--batches", type=int, default=3, help="timed batches per case (median)")
@@ -321,8 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with common.quiet():
         import torch
+        import torch._inductor.config
         from spikeloc.neurons.fused import compile_status
         torch.set_num_threads(args.threads)
+        torch._inductor.config.cpp.enable_kernel_profile = True  # compiled kernels by name in the breakdown
         result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
         result["cell"] = run_cell(args)
         result.update(run_training(args))

@@ -24,7 +24,7 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
     train_speed, _ = benchmarks
     plot = tmp_path / "speed.png"
     train_speed.main(["--sizes", "tiny", "--algorithms", "fptt", "bptt", "--steps", "2", "--options-steps", "2",
-                      "--options", "default", "fused", "--batches", "1", "--warmup", "0", "--batch-size", "1",
+                      "--options", "default", "fused+channels_last", "--batches", "1", "--warmup", "0", "--batch-size", "1",
                       "--cell-shapes", "1,4,8,8", "--cell-repeats", "1", "--loader-batches", "2", "--loader-warmup", "1",
                       "--json", "--plot", str(plot)])
     result = last_json(capsys)
@@ -37,14 +37,15 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
     assert result["loader_vs_train"] == pytest.approx(result["loader_samples_per_s"] / fastest, rel=0.01)
     runs = result["runs"]
     assert [(r["algorithm"], r["option"]) for r in runs] == [("fptt", "default"), ("bptt", "default"),
-                                                             ("fptt", "fused"), ("fptt", "default again")]
+                                                             ("fptt", "fused+channels_last"), ("fptt", "default again")]
     for row in runs:
         assert row["batch_s"] > 0 and row["throughput"] == pytest.approx(1 * 2 / row["batch_s"], rel=0.01)
     breakdown = result["breakdown"]["tiny"]
-    assert set(breakdown) == {"default", "fused", "default again"}
+    assert set(breakdown) == {"default", "fused+channels_last", "default again"}
     for shares in breakdown.values():
         assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
         assert shares["conv"] > 0 and shares["neuron"] > 0 and shares["loss"] > 0 and shares["fptt"] > 0
+        assert shares["guard"] > 0 and shares["compiled"] == 0
     assert result["conv_share"] == breakdown["default"]["conv"]
     assert result["options"]["tiny"]["default"]["speedup"] == 1.0
     assert [(r["scope"], r["variant"]) for r in result["cell"]] == [
@@ -103,13 +104,33 @@ def test_fptt_speed_tiny_json(benchmarks, capsys):
     assert result["tensors"] > 10 and result["foreach_ms"] > 0 and result["blocked_ms"] > 0 and result["ratio"] > 0
 
 
+def test_breakdown_names_compiled_kernels_before_the_ops_they_fuse(benchmarks):
+    from breakdown import by_name
+    assert by_name("graph_1_cpp_fused__native_batch_norm_legit_functional_add_convolution_backward_7") == "compiled"
+    assert by_name("aten::convolution_backward") == "conv"
+    assert by_name("aten::native_batch_norm_backward") == "batchnorm"
+    assert by_name("aten::sigmoid") is None
+
+
+def test_options_combine_and_unknown_ones_are_named(benchmarks):
+    import common
+    train_speed, _ = benchmarks
+    module = common.make_detector("fptt", 2, 64, 0.125)
+    assert common.apply_option(module, "compile_step+channels_last+bf16") == "bf16-mixed"
+    assert module.compile_step and module.channels_last
+    with pytest.raises(ValueError, match="'fast' in 'fused\\+fast'"):
+        common.apply_option(module, "fused+fast")
+    with pytest.raises(SystemExit):
+        train_speed.parse_args(["--options", "default", "fused+fast"])
+
+
 def test_the_optimizer_and_guard_options(benchmarks, monkeypatch):
     import torch
     import common
     from spikeloc.training.guard import NonFiniteGuard
     monkeypatch.setattr(NonFiniteGuard, "read_cpu_flag", True)  # restored after the test
     module = common.make_detector("fptt", 2, 64, 0.125)
-    assert common.apply_option(module, "fused_adam") == ("32-true", [])
+    assert common.apply_option(module, "fused_adam") == "32-true"
     assert module.optimizer_factory([torch.zeros(1, requires_grad=True)]).defaults["fused"]
     common.apply_option(module, "device_guard")
     assert NonFiniteGuard.read_cpu_flag is False  # the torch.where restore a GPU takes
