@@ -5,11 +5,12 @@ import torch
 from .tiny import QuadrantData, tiny_classifier, trainer
 
 
-def _fit(tmp_path, channels_last, max_epochs=1, ckpt_path=None, save=None):
+def _fit(tmp_path, channels_last, max_epochs=1, ckpt_path=None, save=None, val_batches=0):
     torch.manual_seed(0)
     module = tiny_classifier(channels_last=channels_last,
                              optimizer=lambda params: torch.optim.Adam(params, lr=0.01, fused=True))
-    run = trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=0)
+    run = trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=3,
+                  limit_val_batches=val_batches)
     run.fit(module, datamodule=QuadrantData(), ckpt_path=ckpt_path)
     if save:
         run.save_checkpoint(save)
@@ -22,8 +23,10 @@ def _assert_same_weights(a, b):
 
 
 def test_channels_last_trains_like_the_default_layout(tmp_path):
-    default, _ = _fit(tmp_path, False)
-    module, run = _fit(tmp_path, True)
+    default, reference = _fit(tmp_path, False, val_batches=1)
+    module, run = _fit(tmp_path, True, val_batches=1)
+    metrics, expected = run.callback_metrics, reference.callback_metrics  # evaluation runs NHWC too
+    assert torch.allclose(metrics["val/loss"], expected["val/loss"], rtol=1e-4) and metrics["val/acc"] == expected["val/acc"]
     convs = [p for p in module.parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     assert any(not p.is_contiguous() for p in convs)
