@@ -11,7 +11,8 @@ CPU time then goes to:
    convolution / batch-norm op or its backward (``aten::mkldnn_convolution``,
    ``aten::convolution_backward``, ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...);
 2. else the innermost scope around it; a backward node (``evaluate_function: XBackward0``) goes
-   to the scope of the forward op that created it (matched by autograd sequence number);
+   to the scope of the forward op that created it: the last op to start with its autograd sequence
+   number (an op that creates no node records the number the next node will get);
 3. else ``other`` (Lightning, state detaching, logging, Python between ops).
 """
 from __future__ import annotations
@@ -62,6 +63,7 @@ def install_scopes(module: Any, trainer: Any) -> None:
     network = module.spiking_network()
     if network is not None:
         network.forward = scoped("spikeloc::model", network.forward)
+    module.call_step = scoped("spikeloc::model", module.call_step)  # with compile_step, the scopes inside are not traced
     module.step_loss = scoped("spikeloc::loss", module.step_loss)
     if module.fptt is not None:
         module.fptt.penalty = scoped("spikeloc::fptt", module.fptt.penalty)
@@ -78,7 +80,7 @@ def install_scopes(module: Any, trainer: Any) -> None:
     module._guard = scoped_guard
 
 
-def _category(event: Any, backward_scope: dict[int, str]) -> str:
+def _category(event: Any, backward_scope: dict[int, str | None]) -> str:
     node = event
     while node is not None:
         found = by_name(node.name) or SCOPES.get(node.name)
@@ -91,10 +93,12 @@ def _category(event: Any, backward_scope: dict[int, str]) -> str:
 
 
 def _forward_scope(event: Any) -> str | None:
-    node = event.cpu_parent
+    """The innermost scope around a forward op; ``"backward"`` for an op run by a backward node (the
+    profiler gives those the node's sequence number too)."""
+    node = event
     while node is not None:
         if node.name.startswith(_BACKWARD):
-            return None
+            return "backward"
         if node.name in SCOPES:
             return SCOPES[node.name]
         node = node.cpu_parent
@@ -103,12 +107,11 @@ def _forward_scope(event: Any) -> str | None:
 
 def attribute(events: list[Any]) -> dict[str, float]:
     """Self CPU microseconds per category over ``events`` (``prof.events()``)."""
-    backward_scope: dict[int, str] = {}
-    for event in events:
-        if event.sequence_nr >= 0 and not event.name.startswith(_BACKWARD):
-            scope = _forward_scope(event)
-            if scope is not None:
-                backward_scope.setdefault(event.sequence_nr, scope)
+    backward_scope: dict[int, str | None] = {}
+    for event in sorted(events, key=lambda e: e.time_range.start):
+        scope = _forward_scope(event) if event.sequence_nr >= 0 else "backward"
+        if scope != "backward":
+            backward_scope[event.sequence_nr] = scope
     totals = dict.fromkeys(CATEGORIES, 0.0)
     for event in events:
         totals[_category(event, backward_scope)] += event.self_cpu_time_total

@@ -112,6 +112,24 @@ def test_breakdown_names_compiled_kernels_before_the_ops_they_fuse(benchmarks):
     assert by_name("aten::sigmoid") is None
 
 
+def test_a_backward_node_goes_to_the_scope_of_the_op_that_created_it(benchmarks):
+    """An op that creates no autograd node records the number the next node will get: the guard's
+    finiteness check before the neuron's sigmoid must not take the sigmoid's backward."""
+    import torch
+    from breakdown import attribute
+    x = torch.randn(1 << 21, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        with torch.profiler.record_function("spikeloc::guard"):
+            torch.isfinite(x.detach()[:4]).all()  # same sequence number as the sigmoid below, no node
+        with torch.profiler.record_function("spikeloc::neuron"):
+            y = x.sigmoid()
+        y.sum().backward()  # SigmoidBackward0: ~2M elements
+    events = list(profile.events())
+    totals = attribute(events)
+    backward = sum(e.self_cpu_time_total for e in events if "SigmoidBackward" in e.name or e.name == "aten::sigmoid_backward")
+    assert backward > 0 and totals["neuron"] >= backward > totals["guard"]  # the old rule gave it to the guard
+
+
 def test_options_combine_and_unknown_ones_are_named(benchmarks):
     import common
     train_speed, _ = benchmarks
