@@ -153,6 +153,7 @@ class OnlineModule(pl.LightningModule):
         self.spiking_phase_started = False  # the spiking phase has begun with its own optimizer state and schedule
         self.compile_step = compile_step
         self._compiled_call: Callable[..., Any] | None = None  # built at the first call (not a submodule)
+        self.state_grad = True  # whether the state a step returns is differentiated later (see call_step)
         self.channels_last = channels_last
 
     def setup(self, stage: str) -> None:
@@ -207,6 +208,9 @@ class OnlineModule(pl.LightningModule):
         The compiled function calls the module itself, so nothing is re-registered and the state dict
         keeps its keys. Graphs: one per kind of state (None at the first step, then the nested
         state) and grad mode; a batch of a new size compiles them once more with a dynamic batch.
+        At the last step of a span (``state_grad`` False; every step under FPTT with K = T) the
+        compiled step returns its state detached, as the loop would cut it next: no zero gradients
+        are materialised for it and added in backward (one more graph where spans are longer).
         Evaluation epochs that count firing statistics run eager (their hooks are not traced).
         If compiling fails, one warning names the error and every later call runs eager.
         """
@@ -216,7 +220,7 @@ class OnlineModule(pl.LightningModule):
             if self._compiled_call is None:
                 options = self.compile_step if isinstance(self.compile_step, dict) else {}
                 self._compiled_call = torch.compile(_call_module, **options)
-            return self._compiled_call(module, *args)
+            return self._compiled_call(module, *args, cut_state=not self.state_grad)
         except Exception as error:  # compiler or backend failure: eager from now on
             message = (str(error).strip().splitlines() or [""])[0][:300]  # inductor's can run to pages
             warnings.warn(f"compile_step: torch.compile failed ({type(error).__name__}: {message}); "
@@ -390,12 +394,14 @@ class OnlineModule(pl.LightningModule):
         loss, parts = torch.zeros((), device=self.device), {}
         with torch.set_grad_enabled(bool(weighted)):  # no loss in this span: no graph needed
             for t in span:
+                self.state_grad = t != span[-1]  # the loop cuts the state after a span's last step
                 output, state = self.forward_step(input_at(t), state)
                 if weights[t] > 0:
                     step = self.step_loss(output, batch)
                     loss = loss + weights[t] * step["loss"]
                     parts = {name: parts.get(name, 0.0) + value.detach() for name, value in step.items()
                              if name != "loss"}
+        self.state_grad = True
         return loss / max(len(weighted), 1), state, parts
 
     def run_sequence(self, batch: Any) -> list[Any]:
@@ -464,9 +470,11 @@ class OnlineModule(pl.LightningModule):
         self.spiking_phase_started = checkpoint.get("spiking_phase_started", False)
 
 
-def _call_module(module: nn.Module, *args: Any) -> Any:
-    """What :meth:`OnlineModule.call_step` compiles: the module's own ``__call__``."""
-    return module(*args)
+def _call_module(module: nn.Module, *args: Any, cut_state: bool = False) -> Any:
+    """What :meth:`OnlineModule.call_step` compiles: the module's own ``__call__`` -> ``(output, state)``,
+    the state detached when ``cut_state``."""
+    output, state = module(*args)
+    return output, detach_state(state) if cut_state else state
 
 
 def _class_path(obj: Any) -> str:

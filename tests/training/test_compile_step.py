@@ -37,6 +37,7 @@ def _fptt_batch(module, batch):
     state, results = None, []
     for t in range(num_steps):
         state = detach_state(state)
+        module.state_grad = False  # as in the span below: its state is cut after the step
         output, _ = module.forward_step(input_at(t), detach_state(state))  # the step's outputs
         loss, state, _ = module._span_loss(batch, input_at, range(t, t + 1), weights, state)
         module.zero_grad(set_to_none=True)
@@ -93,6 +94,21 @@ def test_compile_step_matches_eager_and_compiles_few_graphs(fresh_dynamo):
     assert counters["stats"]["unique_graphs"] == 4
     compiled.run_sequence(batch)
     assert counters["stats"]["unique_graphs"] == 4
+
+
+def test_the_compiled_step_returns_the_state_the_loop_cuts_detached(fresh_dynamo):
+    """Under FPTT with K = T the state is cut after every step: the compiled step returns it detached
+    (no zero gradients for it in backward); inside a longer span it keeps its graph."""
+    from spikeloc.neurons.state import map_state
+    module = _detector({"backend": "aot_eager"})
+    module.train()
+    images = _batch()["images"]
+    for state_grad in (False, True):
+        module.state_grad = state_grad
+        _, state = module.forward_step(images, None)
+        leaves = []
+        map_state(leaves.append, state)
+        assert leaves and all(leaf.requires_grad == state_grad for leaf in leaves)
 
 
 @pytest.mark.slow
