@@ -7,7 +7,9 @@ CPU time is split by :mod:`breakdown` into conv, batchnorm, neuron (+ surrogate)
 kernels, other model ops, loss (+ target assignment), optimizer (+ clipping), FPTT (penalty +
 update), the non-finite guard and other.
 Throughput is ``batch_size * T / seconds per batch`` (samples x time steps per second); the
-peak is the memory training adds over the footprint at the first batch (see ``memory.py``).
+peak is the memory training adds over the footprint at the first batch, approximate: the process
+keeps the default allocator, whose freed memory stays mapped (``memory.py`` measures exactly, under
+an allocator setting that returns every big tensor to the kernel, which slows element-wise work).
 
 Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``):
 ``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
@@ -351,5 +353,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    common.reexec_with_worker_env()  # RSS then follows live tensors (see common.WORKER_ENV)
-    main()
+    main()  # the default allocator: common.WORKER_ENV (memory.py) makes every big tensor fresh pages, slower
