@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,12 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # straight back to the kernel and RSS follows live memory instead of allocator history.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 OPTIONS = ("default", "fused", "compile", "compile_step", "channels_last", "bf16", "fused_adam", "device_guard")
-
-
-def reexec_with_worker_env() -> None:
-    """Restart this interpreter once under :data:`WORKER_ENV` (RSS then tracks live tensors)."""
-    if any(os.environ.get(key) != value for key, value in WORKER_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **WORKER_ENV})
 
 
 def _status_kib(field: str) -> int:
@@ -172,16 +164,22 @@ def fuse_cells(model: Any, compile: bool = False) -> int:
     return len(neurons)
 
 
+def option_parts(option: str) -> list[str]:
+    """The options of ``OPTIONS`` that ``option`` joins with ``+``; a ``ValueError`` names an unknown one."""
+    parts = option.split("+")
+    unknown = [part for part in parts if part not in OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} in {option!r}; expected one of {', '.join(OPTIONS)}, "
+                         "or several joined by '+'")
+    return parts
+
+
 def apply_option(module: Any, option: str) -> str:
     """Prepare ``module`` for ``option``, or for several joined by ``+`` (``compile_step+fused_adam``);
     returns the Trainer precision."""
     import torch
     from spikeloc.training.guard import NonFiniteGuard
-    parts = option.split("+")
-    unknown = [part for part in parts if part not in OPTIONS]
-    if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} in {option!r}; expected one of {OPTIONS}, or several "
-                         "joined by '+'")
+    parts = option_parts(option)
     NonFiniteGuard.read_cpu_flag = "device_guard" not in parts  # the restore path a GPU takes, on any device
     if "fused" in parts or "compile" in parts:
         fuse_cells(module, compile="compile" in parts)

@@ -15,8 +15,9 @@ Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``
 ``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
 ``compile_step`` (the whole model time step, forward and backward, compiled: ``compile_step: true``;
 its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``compiled``),
-``channels_last`` (weights, input and state in NHWC: ``channels_last: true``), ``bf16`` (``precision="bf16-mixed"``), ``fused_adam``
-(``torch.optim.Adam(..., fused=True)``: one kernel for all parameters instead of ~10 ops each) and
+``channels_last`` (weights, input and state in NHWC: ``channels_last: true``), ``bf16``
+(``precision="bf16-mixed"``), ``fused_adam`` (``torch.optim.Adam(..., fused=True)``: one kernel for
+all parameters instead of ~10 ops each) and
 ``device_guard`` (the non-finite guard restoring with ``torch.where`` per tensor, as on a GPU, instead
 of reading its flag on the CPU); several joined by ``+`` run together (``compile_step+fused_adam``); then
 ``default again``, whose "speedup" shows how much a shared machine drifted during the options.
@@ -298,9 +299,10 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 def option_name(text: str) -> str:
     """An option of ``common.OPTIONS``, or several joined by ``+`` (``compile_step+fused_adam``)."""
-    unknown = [part for part in text.split("+") if part not in common.OPTIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown option {unknown[0]!r}; choose from {', '.join(common.OPTIONS)}")
+    try:
+        common.option_parts(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 
@@ -353,4 +355,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()  # the default allocator: common.WORKER_ENV (memory.py) makes every big tensor fresh pages, slower
+    main()  # under the default allocator: memory.py's WORKER_ENV gives every big tensor fresh pages (slower)
