@@ -7,9 +7,10 @@ CPU time is split by :mod:`breakdown` into conv, batchnorm, neuron (+ surrogate)
 kernels, other model ops, loss (+ target assignment), optimizer (+ clipping), FPTT (penalty +
 update), the non-finite guard and other.
 Throughput is ``batch_size * T / seconds per batch`` (samples x time steps per second); the
-peak is the memory training adds over the footprint at the first batch, approximate: the process
-keeps the default allocator, whose freed memory stays mapped (``memory.py`` measures exactly, under
-an allocator setting that returns every big tensor to the kernel, which slows element-wise work).
+peak is the memory training adds over the footprint at the first batch, approximate: as in
+``tools/train.py``, glibc keeps freed tensors for the next step (:mod:`spikeloc.allocator`;
+``--glibc-default`` leaves it as it is), so freed memory stays mapped (``memory.py`` measures exactly,
+under an allocator setting that returns every big tensor to the kernel, which slows element-wise work).
 
 Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``):
 ``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
@@ -29,8 +30,10 @@ Usage::
         [--options default fused compile channels_last bf16] [--batches 3] [--json] [--plot FILE.png]
 
 With ``--json`` the last stdout line is one object with keys ``device``, ``threads``, ``torch``,
+``held_freed_memory`` (whether the allocator setting took effect),
 ``runs`` (one row per case: size, image_size, width, batch_size, algorithm, T, option, batch_s,
-throughput, peak_mib, first_batch_s: the first, untimed batch, compilation included; with
+throughput, peak_mib, first_batch_s: the first, untimed batch, compilation included; page_faults:
+median minor page faults per timed batch, each a fresh page of memory mapped in; with
 ``compile_step`` also step_compiled: false when the compiler failed and the step ran eager),
 ``options`` (per size: option -> batch_s, speedup over default),
 ``breakdown`` (per size: option -> share per category), ``conv_share`` (convolution share of the
@@ -47,6 +50,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import resource
 import statistics
 import sys
 import time
@@ -59,20 +63,21 @@ SIZES = {"small": (128, 0.25), "full": (416, 1.0), "tiny": (64, 0.125)}
 
 
 def timer_callback(skip: set[int]) -> Any:
-    """Seconds of every batch whose index is not in ``skip`` (``.times``)."""
+    """Seconds and page faults of every batch whose index is not in ``skip`` (``.times``, ``.faults``)."""
     import lightning.pytorch as pl
     import torch
 
     class Timer(pl.Callback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.faults: list[int] = []  # minor page faults: memory the kernel had to map in
             self.first = 0.0  # seconds of the first batch (compilation included)
             self._start = 0.0
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, index: int) -> None:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self._start = time.perf_counter()
+            self._start, self._faults = time.perf_counter(), _page_faults()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, index: int) -> None:
             if torch.cuda.is_available():
@@ -82,8 +87,13 @@ def timer_callback(skip: set[int]) -> Any:
                 self.first = seconds
             if index not in skip:
                 self.times.append(seconds)
+                self.faults.append(_page_faults() - self._faults)
 
     return Timer()
+
+
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bool,
@@ -105,11 +115,13 @@ def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bo
     row = {"size": size, "image_size": image_size, "width": width, "batch_size": args.batch_size,
            "algorithm": algorithm, "T": num_steps, "option": option, "batch_s": round(seconds, 4),
            "throughput": round(args.batch_size * num_steps / seconds, 2),
-           "peak_mib": round((probe.result or 0) / common.MIB, 1), "first_batch_s": round(timer.first, 2)}
+           "peak_mib": round((probe.result or 0) / common.MIB, 1), "first_batch_s": round(timer.first, 2),
+           "page_faults": int(common.median(timer.faults))}
     if option == "compile_step":  # a failing compiler falls back to eager (its warning is silenced here)
         row["step_compiled"] = bool(module.compile_step)
     print(f"  {size} {algorithm} T={num_steps} {option}: {seconds:.3f} s/batch, "
-          f"{row['throughput']:.1f} samples*steps/s, peak {row['peak_mib']} MiB, first batch {timer.first:.1f} s",
+          f"{row['throughput']:.1f} samples*steps/s, peak {row['peak_mib']} MiB, "
+          f"{row['page_faults']} page faults, first batch {timer.first:.1f} s",
           file=sys.stderr, flush=True)
     return {**row, "totals": profiler.totals}
 
@@ -245,12 +257,13 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
 def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     """Readable tables: runs, options, breakdown, cell."""
     print(f"device {result['device']}, {result['threads']} thread(s), torch {result['torch']}, "
-          f"batch {args.batch_size}, median of {args.batches} timed batches")
+          f"batch {args.batch_size}, median of {args.batches} timed batches, glibc held to freed memory: "
+          f"{result['held_freed_memory']}")
     width = max(len(r["option"]) for r in result["runs"])
-    print(f"{'size':>6} {'algo':>5} {'T':>3} {'option':>{width}} {'s/batch':>8} {'samp*T/s':>9} {'peak MiB':>9}")
+    print(f"{'size':>6} {'algo':>5} {'T':>3} {'option':>{width}} {'s/batch':>8} {'samp*T/s':>9} {'peak MiB':>9} {'faults':>7}")
     for r in result["runs"]:
         print(f"{r['size']:>6} {r['algorithm']:>5} {r['T']:>3} {r['option']:>{width}} {r['batch_s']:>8.3f} "
-              f"{r['throughput']:>9.1f} {r['peak_mib']:>9.1f}")
+              f"{r['throughput']:>9.1f} {r['peak_mib']:>9.1f} {r['page_faults']:>7}")
     for size, table in result["breakdown"].items():
         print(f"breakdown of the FPTT step, {size}, T={args.options_steps} (share of profiled CPU time):")
         print(f"{'option':>{width}} " + " ".join(f"{c:>11}" for c in CATEGORIES) + f" {'speedup':>8}")
@@ -326,6 +339,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loader-batches", type=int, default=8, help="timed loader batches (0: skip)")
     parser.add_argument("--loader-warmup", type=int, default=2, help="untimed loader batches first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="leave glibc's allocator as it is (default: held to freed memory, as tools/train.py)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     parser.add_argument("--plot", metavar="PATH", help="save a PNG (throughput over T, breakdown per option)")
@@ -337,10 +352,12 @@ def main(argv: list[str] | None = None) -> None:
     with common.quiet():
         import torch
         import torch._inductor.config
+        from spikeloc.allocator import hold_freed_memory
         from spikeloc.neurons.fused import compile_status
         torch.set_num_threads(args.threads)
         torch._inductor.config.cpp.enable_kernel_profile = True  # compiled kernels by name in the breakdown
-        result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
+        result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+                                  "held_freed_memory": not args.glibc_default and hold_freed_memory()}
         result["cell"] = run_cell(args)
         result.update(run_training(args))
         if args.loader_batches:
@@ -355,4 +372,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()  # under the default allocator: memory.py's WORKER_ENV gives every big tensor fresh pages (slower)
+    main()  # not under memory.py's WORKER_ENV, which gives every big tensor fresh pages (slower)

@@ -16,6 +16,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from spikeloc.allocator import hold_freed_memory
 from spikeloc.checkpoints import CheckpointError, resolve_last
 from spikeloc.config_checks import ConfigError, check_config_files, check_run_config
 from spikeloc.training.callbacks import SafeCheckpoint, SignalCheckpoint
@@ -29,9 +30,11 @@ class SpikelocCLI(LightningCLI):
     """``model`` and ``data`` are chosen by ``class_path``; the datamodule's ``num_classes``,
     ``in_channels``, ``image_size`` and ``class_names`` flow into the model (where it takes them);
     ``checkpoint`` configures :class:`SafeCheckpoint` (Lightning's ModelCheckpoint that never writes
-    non-finite weights); SIGTERM/SIGINT save a resumable checkpoint."""
+    non-finite weights); SIGTERM/SIGINT save a resumable checkpoint; glibc keeps freed tensors for the
+    next time step (:func:`~spikeloc.allocator.hold_freed_memory`)."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        hold_freed_memory()
         self.raw_args = args
         super().__init__(OnlineModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          run=False, args=args, save_config_kwargs={"overwrite": True},

@@ -29,7 +29,8 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
                       "--json", "--plot", str(plot)])
     result = last_json(capsys)
     assert {"device", "threads", "torch", "runs", "options", "breakdown", "conv_share", "fptt_share", "cell",
-            "compile", "loader_samples_per_s", "loader_vs_train", "loader_main_ms", "loader"} <= set(result)
+            "compile", "loader_samples_per_s", "loader_vs_train", "loader_main_ms", "loader",
+            "held_freed_memory"} <= set(result)
     loader = result["loader"]
     assert (loader["size"], loader["image_size"], loader["batch_size"], loader["num_workers"]) == ("tiny", 64, 16, 1)
     assert result["loader_samples_per_s"] > 0 and result["loader_main_ms"] > 0
@@ -40,6 +41,7 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
                                                              ("fptt", "fused+channels_last"), ("fptt", "default again")]
     for row in runs:
         assert row["batch_s"] > 0 and row["throughput"] == pytest.approx(1 * 2 / row["batch_s"], rel=0.01)
+        assert isinstance(row["page_faults"], int) and row["page_faults"] >= 0
     breakdown = result["breakdown"]["tiny"]
     assert set(breakdown) == {"default", "fused+channels_last", "default again"}
     for shares in breakdown.values():
