@@ -260,7 +260,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
           f"batch {args.batch_size}, median of {args.batches} timed batches, glibc held to freed memory: "
           f"{result['held_freed_memory']}")
     width = max(len(r["option"]) for r in result["runs"])
-    print(f"{'size':>6} {'algo':>5} {'T':>3} {'option':>{width}} {'s/batch':>8} {'samp*T/s':>9} {'peak MiB':>9} {'faults':>7}")
+    print(f"{'size':>6} {'algo':>5} {'T':>3} {'option':>{width}} {'s/batch':>8} {'samp*T/s':>9} {'peak MiB':>9} "
+          f"{'faults':>7}")
     for r in result["runs"]:
         print(f"{r['size']:>6} {r['algorithm']:>5} {r['T']:>3} {r['option']:>{width}} {r['batch_s']:>8.3f} "
               f"{r['throughput']:>9.1f} {r['peak_mib']:>9.1f} {r['page_faults']:>7}")
