@@ -53,17 +53,19 @@ def _spike_reset_grad(u1: Tensor, threshold: Threshold, grad_spike: Tensor, grad
                       derivative: Callable[[Tensor], Tensor], reset: str) -> tuple[Tensor, Tensor | None]:
     """Gradients ``(dL/du1, dL/dtheta)`` of :func:`_spike_reset`, the spike's through ``derivative``.
 
-    Written with fused and in-place kernels on fresh tensors only (never on the incoming grads).
+    Written with fused and in-place kernels on fresh tensors only (never on the incoming grads);
+    ``torch.where`` rather than ``masked_fill``, which returns a contiguous tensor and so would turn a
+    channels-last gradient, and every convolution's gradient after it, into NCHW.
     """
     v = u1 - threshold
     fired = v > 0
     if reset == "hard":  # u = (1 - s) * u1: d/du1 = (1 - s) - u1 * s', d/ds = -u1
         grad_v = torch.addcmul(grad_spike, grad_u, u1, value=-1).mul_(derivative(v))
         grad_theta = -grad_v if isinstance(threshold, Tensor) else None
-        return grad_u.masked_fill(fired, 0).add_(grad_v), grad_theta
+        return torch.where(fired, 0, grad_u).add_(grad_v), grad_theta
     # soft: u = u1 - s * theta: d/du1 = 1, d/ds = -theta, d/dtheta = -s
     grad_v = (grad_spike - grad_u * threshold).mul_(derivative(v))
-    grad_theta = grad_u.masked_fill(~fired, 0).add_(grad_v).neg_() if isinstance(threshold, Tensor) else None
+    grad_theta = torch.where(fired, grad_u, 0).add_(grad_v).neg_() if isinstance(threshold, Tensor) else None
     return grad_u + grad_v, grad_theta
 
 

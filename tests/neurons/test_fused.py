@@ -111,6 +111,20 @@ def test_fused_gradcheck_float64(reset, step):
     assert torch.autograd.gradcheck(lambda *args: step(*args, Flat(), reset), tuple(leaves), eps=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("step", [fused_ltc_step, fused_lif_step], ids=["ltc", "lif"])
+def test_fused_gradients_keep_the_channels_last_layout(reset, step):
+    # a contiguous gradient here would make every convolution's backward after it convert layouts
+    leaves, _ = inputs(torch.float32, shape=(2, 8, 5, 4))
+    leaves = [t.detach().to(memory_format=torch.channels_last).requires_grad_() for t in leaves]
+    leaves.append(torch.full((8, 1, 1), 0.9, requires_grad=True))  # a per-channel threshold
+    spike, u_next = step(*leaves, SURROGATES[0], reset)
+    weights = [torch.randn(spike.shape).to(memory_format=torch.channels_last) for _ in "ab"]
+    grads = torch.autograd.grad((spike * weights[0]).sum() + (u_next * weights[1]).sum(), leaves)
+    for tensor in (spike, u_next, *grads[:3]):
+        assert tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+
+
 def test_fused_rejects_unknown_reset():
     with pytest.raises(ValueError, match="reset must be 'hard' or 'soft'"):
         fused_ltc_step(torch.zeros(2), torch.zeros(2), torch.zeros(2), 1.0, "multi_gaussian", "zero")
