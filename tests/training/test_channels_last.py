@@ -1,7 +1,12 @@
 """``channels_last``: 4-D weights, inputs and state in NHWC, the same training as the default layout
 (reference: the same run with ``channels_last`` off), also when resuming a checkpoint of a run without it."""
+import lightning.pytorch as pl
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from .test_detection_module import shapes, tiny_detector
 from .tiny import QuadrantData, tiny_classifier, trainer
 
 
@@ -45,3 +50,43 @@ def test_resuming_a_default_layout_checkpoint_with_channels_last(tmp_path):
     default, _ = _fit(tmp_path, False, max_epochs=2, ckpt_path=checkpoint)
     module, _ = _fit(tmp_path, True, max_epochs=2, ckpt_path=checkpoint)
     _assert_same_weights(default, module)
+
+
+def _spatial(t) -> bool:
+    """A 4-D tensor whose NCHW and NHWC layouts differ (more than one channel and one pixel)."""
+    return isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1
+
+
+class LayoutBreaks(TorchDispatchMode, pl.Callback):
+    """Counts the ops of each training batch that take a channels-last 4-D tensor and return one that is not."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        channels_last = [t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                         for t in tree_leaves((args, kwargs)) if _spatial(t)]
+        if any(channels_last) and any(not t.is_contiguous(memory_format=torch.channels_last)
+                                      for t in tree_leaves(out) if _spatial(t)):
+            self.ops.add(str(func))
+        return out
+
+    def on_train_batch_start(self, *args):
+        self.__enter__()
+
+    def on_train_batch_end(self, *args):
+        self.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_channels_last_detector_batch_stays_channels_last(tmp_path, fused):
+    # an op that hands back NCHW makes every batch norm and convolution behind it convert layouts
+    module = tiny_detector(channels_last=True, backbone_kwargs={"width": 0.125, "fused": fused})
+    breaks = LayoutBreaks()
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[breaks]).fit(
+        module, datamodule=shapes())
+    # the CSP blocks' channel split is a strided view, and its backward pads the gradient with zeros
+    assert breaks.ops <= {"aten.slice.Tensor", "aten.slice_backward.default"}
+    assert "aten.slice.Tensor" in breaks.ops  # the probe saw the batch
