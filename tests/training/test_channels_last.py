@@ -58,7 +58,7 @@ def _spatial(t) -> bool:
 
 
 class LayoutBreaks(TorchDispatchMode, pl.Callback):
-    """Counts the ops of each training batch that take a channels-last 4-D tensor and return one that is not."""
+    """Names the ops of each training batch that take a channels-last 4-D tensor and return one that is not."""
 
     def __init__(self):
         super().__init__()
