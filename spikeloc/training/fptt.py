@@ -16,7 +16,10 @@ alpha 0.1 in the penalty and 0.5 in these updates (its classification scripts us
 All tensors move together through ``torch._foreach_*`` kernels and nothing is read back
 to the host, so the per-step overhead stays a handful of fused launches; on the CPU the kernels of
 each formula run block by block (:data:`CPU_BLOCK`), which gives the same numbers with fewer trips
-through memory.
+through memory. There an update is also a transaction (:meth:`FPTT.stage`, :meth:`FPTT.accept`): the
+new ``lam`` and ``W_bar`` go to a second pair of buffers, which become the state only when the step is
+kept, and the same pass over the blocks computes the next step's penalty value (``W`` does not move in
+between), so the penalty's forward reads nothing and the non-finite guard copies no FPTT state.
 """
 from __future__ import annotations
 
@@ -141,6 +144,8 @@ class _Penalty(torch.autograd.Function):
     def forward(ctx, fptt: "FPTT", *params: Tensor) -> Tensor:
         ctx.fptt = fptt
         ctx.save_for_backward(*params)
+        if fptt._next_penalty is not None and fptt._next_penalty[1] == fptt._penalty_key():
+            return fptt._next_penalty[0].clone()  # computed by the accepted update (stage), nothing moved since
         blocks = fptt.blocks()
         if blocks is None:
             squares = torch._foreach_norm(torch._foreach_sub(params, fptt.running))
@@ -221,7 +226,10 @@ class FPTT:
             else:
                 self.running = [p.clone() for p in weights]
                 self.trace = [torch.zeros_like(p) for p in weights]
-        self._blocks: tuple[tuple, _Blocks | None] | None = None
+        self._blocks: dict[tuple, _Blocks | None] = {}  # plans of the state and of its spare
+        self._spare: tuple[list[Tensor], list[Tensor]] | None = None  # CPU: buffers the next update writes
+        self._staged: tuple[Tensor, tuple[list[Tensor], list[Tensor]]] | None = None
+        self._next_penalty: tuple[Tensor, tuple] | None = None  # (value, _penalty_key() it holds for)
 
     def _flat_device(self) -> bool:
         """Whether the blocked CPU path applies: parameters on the CPU, one dtype."""
@@ -231,26 +239,50 @@ class FPTT:
     def blocks(self) -> _Blocks | None:
         """The CPU plan (see :data:`CPU_BLOCK`), made again when a tensor moves; ``None`` where the
         formulas run over the whole tensor lists (another device, or a state that is not flat)."""
-        tensors = self.params + self.running + self.trace
-        key = (self.block, *(t.data_ptr() for t in tensors))
-        if self._blocks is None or self._blocks[0] != key:
-            self._blocks = key, None
-            if self.block and self._flat_device():
-                running, trace = (_flat_base(t, self.params) for t in (self.running, self.trace))
-                if running is not None and trace is not None:
-                    self._blocks = key, _Blocks([p.detach() for p in self.params], running, trace, self.block)
-        return self._blocks[1]
+        return self._plan(self.running, self.trace)
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_blocks": None}  # views and scratch are made again on use
+    def _plan(self, running: list[Tensor], trace: list[Tensor]) -> _Blocks | None:
+        key = (self.block, *(t.data_ptr() for t in self.params + running + trace))
+        if key not in self._blocks:
+            if len(self._blocks) >= 2:  # the state and its spare: any other key is stale
+                self._blocks.clear()
+            self._blocks[key] = None
+            if self.block and self._flat_device():
+                flat = [_flat_base(t, self.params) for t in (running, trace)]
+                if flat[0] is not None and flat[1] is not None:
+                    self._blocks[key] = _Blocks([p.detach() for p in self.params], *flat, self.block)
+        return self._blocks[key]
+
+    def __getstate__(self) -> dict:  # views, scratch and spare buffers are made again on use
+        return {**self.__dict__, "_blocks": {}, "_spare": None, "_staged": None, "_next_penalty": None}
+
+    def _penalty_key(self) -> tuple:
+        """What the penalty value depends on: the weights' and the state's storage and in-place versions."""
+        tensors = self.params + self.running[:1] + self.trace[:1]  # views of one buffer share a version
+        return tuple((t.data_ptr(), t._version) for t in tensors)
 
     def penalty(self) -> Tensor:
         """``R(W)`` as a scalar tensor to add to the step loss (differentiable in ``W``)."""
         return _Penalty.apply(self, *self.params)
 
-    @torch.no_grad()
     def update(self) -> None:
         """Advance ``lam`` and ``W_bar``; call right after ``optimizer.step()``."""
+        self.stage()
+        self.accept(True)
+
+    def in_place_state(self) -> list[Tensor]:
+        """The state tensors :meth:`stage` changes in place (none where it writes the spare buffers):
+        what a guard that undoes bad updates must copy."""
+        return [] if self.blocks() is not None else self.running + self.trace
+
+    @torch.no_grad()
+    def stage(self) -> Tensor | None:
+        """Compute the update; call right after ``optimizer.step()``, then :meth:`accept`.
+
+        On the CPU's blocked path the new ``lam`` and ``W_bar`` go to the spare buffers, with the next
+        penalty value (finite only when all of the new state is) computed in the same pass; that
+        value is returned. Elsewhere the state is updated in place and ``None`` is returned.
+        """
         blocks = self.blocks()
         if blocks is None:
             params = [p.detach() for p in self.params]
@@ -258,12 +290,31 @@ class FPTT:
             torch._foreach_mul_(self.running, 1.0 - self.beta)
             torch._foreach_add_(self.running, params, alpha=self.beta)
             torch._foreach_add_(self.running, self.trace, alpha=-self.beta / self.update_alpha)
+            return None
+        if self._spare is None:
+            weights = [p.detach() for p in self.params]
+            self._spare = _flat_views(weights, None), _flat_views(weights, None)
+        spare = self._plan(*self._spare)
+        squares, dots = [], []
+        for (w, w_bar, lam, difference), (_, new_bar, new_lam, _, _) in zip(blocks, spare.blocks):
+            torch.add(lam, difference, alpha=-self.update_alpha, out=new_lam)
+            torch.mul(w_bar, 1.0 - self.beta, out=new_bar)
+            new_bar.add_(w, alpha=self.beta)
+            new_bar.add_(new_lam, alpha=-self.beta / self.update_alpha)
+            squares.append(torch.linalg.vector_norm(torch.sub(w, new_bar, out=difference)))
+            dots.append(torch.dot(w, new_lam))
+        value = 0.5 * self.alpha * torch.stack(squares).square().sum() - torch.stack(dots).sum()
+        self._staged = value, self._spare
+        return value
+
+    def accept(self, keep: bool | Tensor) -> None:
+        """Make the staged update the state if ``keep`` (a CPU flag is read), else drop it."""
+        if self._staged is None:
             return
-        for w, w_bar, lam, difference in blocks:
-            lam.add_(difference, alpha=-self.update_alpha)
-            w_bar.mul_(1.0 - self.beta)
-            w_bar.add_(w, alpha=self.beta)
-            w_bar.add_(lam, alpha=-self.beta / self.update_alpha)
+        (value, (running, trace)), self._staged = self._staged, None
+        if bool(keep):
+            self._spare, self.running, self.trace = (self.running, self.trace), running, trace
+            self._next_penalty = value, self._penalty_key()
 
     @torch.no_grad()
     def consolidate(self) -> None:

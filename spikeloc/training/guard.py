@@ -2,17 +2,20 @@
 
 How it stays off the host (README "Troubleshooting"): before each update the guard copies every
 tensor the update may change (weights, buffers such as batch-norm statistics, the optimizer's state
-tensors, the FPTT running average and trace) into buffers allocated once; after the update it
-computes one device-side flag ``ok = isfinite(loss) & isfinite(||g||, ||W||, ||buffers||)`` from
-``torch._foreach_norm`` and puts the old values back with ``torch.where(ok, new, old)``. Nothing is
-read back per step; the count of consecutive bad steps is read once per batch
-(:meth:`NonFiniteGuard.check`), which raises :class:`NonFiniteError` after ``limit`` in a row.
+tensors, the FPTT running average and trace where FPTT updates them in place) into buffers allocated
+once; after the update it computes one device-side flag ``ok = isfinite(loss) & isfinite(||g||, ||W||,
+||buffers||)`` from ``torch._foreach_norm`` and puts the old values back with ``torch.where(ok, new,
+old)``. On the CPU, FPTT stages its update in spare buffers instead (:meth:`FPTT.stage`): the flag
+also covers the staged value, and the update is kept with the step or dropped
+(:meth:`FPTT.accept`), so none of that state is copied. Nothing is read back per step; the count
+of consecutive bad steps is read once per batch (:meth:`NonFiniteGuard.check`), which raises
+:class:`NonFiniteError` after ``limit`` in a row.
 A flag on the CPU is read at once instead (nothing runs ahead of the host there, so reading stalls
 nothing), and the old values are copied back only after a bad update: one ``torch.where`` and one
 copy per tensor (two per weight, four with Adam) took 4 % of a small detector's CPU time (README
 "Speed and many GPUs").
 The price is one copy of those tensors per update (memory: once more the weights, buffers,
-optimizer and FPTT state).
+optimizer and FPTT state; on the CPU the FPTT spare buffers take the place of its copy).
 
 Two cases cost a host sync: a bad very first step of a parameter (its new optimizer state is
 dropped, as it did not exist before) and optimizer state kept on another device than the flag
@@ -43,13 +46,13 @@ class NonFiniteGuard:
     """Makes one optimizer update transactional: kept when finite, undone otherwise.
 
     Call :meth:`begin` before the forward pass of an update and :meth:`commit` after
-    ``optimizer.step()`` (and the FPTT update); the gradients must still be in place.
+    ``optimizer.step()`` (and :meth:`FPTT.stage`); the gradients must still be in place.
 
     Args:
         params: the trainable parameters.
         optimizer: the optimizer stepping them (its per-parameter state tensors are protected).
         extra: further tensors the update changes in place: the model's buffers (batch-norm
-            statistics move in the forward pass), the FPTT running average and trace.
+            statistics move in the forward pass), FPTT's :meth:`~FPTT.in_place_state`.
         limit: consecutive bad steps after which :meth:`check` raises (0: never).
     """
 
@@ -88,10 +91,14 @@ class NonFiniteGuard:
             torch._foreach_copy_(self._buffers, watched)
         self._stateful = {id(p) for p in self.params if p in self.optimizer.state}
 
-    def commit(self, loss: Tensor) -> None:
-        """Keep the update if loss, gradients, weights and extra tensors are finite; else restore them."""
+    def commit(self, loss: Tensor, staged: Tensor | None = None) -> Tensor:
+        """Keep the update if loss, gradients, weights and extra tensors are finite (and ``staged``, a
+        value computed from a staged state, such as :meth:`FPTT.stage`'s); else restore them. Returns
+        the flag (a bool scalar tensor)."""
         grads = [p.grad for p in self.params if p.grad is not None]
         ok = torch.isfinite(loss.detach()).all() & _finite(grads + self.params + self.extra).to(loss.device)
+        if staged is not None:
+            ok = ok & torch.isfinite(staged).all().to(ok.device)
         if self.read_cpu_flag and self._on_cpu and ok.device.type == "cpu":
             if not bool(ok):
                 torch._foreach_copy_(self._watched, self._buffers)
@@ -103,6 +110,7 @@ class NonFiniteGuard:
             for param in fresh:
                 del self.optimizer.state[param]
         self._count(ok)
+        return ok
 
     def _count(self, ok: Tensor) -> None:
         bad = (~ok).long()

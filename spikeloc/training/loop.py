@@ -359,9 +359,10 @@ class OnlineModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
+            staged = self.fptt.stage() if self.fptt is not None else None
+            ok = guard.commit(loss, staged)  # a non-finite update is undone on the device
             if self.fptt is not None:
-                self.fptt.update()
-            guard.commit(loss)  # a non-finite update is undone on the device
+                self.fptt.accept(ok)
         self.log("train/nonfinite_steps", guard.bad_total.float(), on_step=True, on_epoch=False)
         guard.check()  # one host sync per batch
         if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:
@@ -382,7 +383,7 @@ class OnlineModule(pl.LightningModule):
         """The guard of ``optimizer`` (built on first use, rebuilt if the optimizer changes)."""
         inner = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
         if self.guard is None or self.guard.optimizer is not inner:
-            extra = list(self.buffers()) + (self.fptt.running + self.fptt.trace if self.fptt is not None else [])
+            extra = list(self.buffers()) + (self.fptt.in_place_state() if self.fptt is not None else [])
             self.guard = NonFiniteGuard(list(self.parameters()), inner, extra, self.max_nonfinite_steps)
         return self.guard
 

@@ -216,3 +216,72 @@ def test_plan_blocks_covers_every_element_once():
     assert all(c == [1] * n for c, n in zip(covered, numels))
     pieces = [piece for block in blocks for piece in block]
     assert pieces == sorted(pieces)  # in order: each block is one range of the flat state
+
+
+def _moved(params, seed):
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_staged_update_takes_effect_only_when_accepted():
+    """On the CPU an update is staged in spare buffers: dropped, it changes nothing (state, penalty);
+    accepted, it equals the plain update, and the penalty value it computed on the way is bitwise the
+    one computed from the new state."""
+    runs = {}
+    for name in ("staged", "plain"):
+        params = [torch.nn.Parameter(p.detach().float()) for p in _mixed_params()]
+        fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
+        fptt.block = 5
+        for step in range(3):
+            _moved(params, step)
+            if name == "plain":
+                fptt.update()
+                continue
+            before = [t.clone() for t in fptt.running + fptt.trace]
+            penalty_before = fptt.penalty().detach()
+            value = fptt.stage()
+            fptt.accept(torch.tensor(False))
+            assert all(torch.equal(a, b) for a, b in zip(fptt.running + fptt.trace, before))
+            assert torch.equal(fptt.penalty().detach(), penalty_before)
+            assert torch.equal(fptt.stage(), value)  # the same update again, now kept
+            fptt.accept(torch.tensor(True))
+            assert fptt._next_penalty is not None and torch.equal(fptt.penalty().detach(), value)
+            fptt._next_penalty = None
+            assert torch.equal(fptt.penalty().detach(), value)  # from the state itself
+        runs[name] = fptt.running + fptt.trace + [fptt.penalty().detach()]
+    assert fptt.in_place_state() == []  # the guard copies none of it
+    assert all(torch.equal(a, b) for a, b in zip(runs["staged"], runs["plain"]))
+
+
+def test_penalty_is_computed_again_when_weights_or_state_change_in_place():
+    params = [torch.nn.Parameter(p.detach()) for p in _mixed_params()]
+    fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
+    _moved(params, 0)
+    fptt.update()
+
+    def fresh():
+        cached, fptt._next_penalty = fptt._next_penalty, None
+        value = fptt.penalty().detach()
+        fptt._next_penalty = cached
+        return value
+
+    _moved(params, 1)  # the weights move (an optimizer step, the guard restoring them)
+    assert torch.equal(fptt.penalty().detach(), fresh())
+    fptt.update()
+    fptt.consolidate()  # W <- W_bar
+    assert torch.equal(fptt.penalty().detach(), fresh())
+    fptt.update()
+    before = fptt.penalty().detach()
+    fptt.load_state_dict({**fptt.state_dict(), "trace": [torch.ones_like(t) for t in fptt.trace]})
+    assert torch.equal(fptt.penalty().detach(), fresh()) and not torch.equal(fptt.penalty().detach(), before)
+
+
+def test_staged_value_is_not_finite_when_the_new_state_is_not():
+    params = [torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.ones(3))]
+    fptt = FPTT(params, ALPHA, BETA)
+    assert torch.isfinite(fptt.stage())
+    fptt.accept(True)
+    with torch.no_grad():
+        params[1][2] = 3e38  # finite, but W - W_bar and lam overflow
+    assert not torch.isfinite(fptt.stage())

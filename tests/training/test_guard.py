@@ -75,14 +75,19 @@ def test_nonfinite_weights_after_step_are_undone():
     assert torch.isfinite(loss) and torch.equal(params[0], torch.full((3,), 3e38)) and int(guard.bad_total) == 1
 
 
+def trained_state(module):
+    """Weights, buffers (batch-norm statistics) and the FPTT running average and trace."""
+    return [t.detach() for t in [*module.parameters(), *module.buffers(), *module.fptt.running, *module.fptt.trace]]
+
+
 class Record(pl.Callback):
-    """Records the weights and buffers (batch-norm statistics) after every batch."""
+    """Records the :func:`trained_state` after every batch."""
 
     def __init__(self):
         self.weights = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.weights.append([t.detach().clone() for t in [*module.parameters(), *module.buffers()]])
+        self.weights.append([t.clone() for t in trained_state(module)])
 
 
 def poisoned_classifier(bad_batches, **kwargs):
@@ -121,4 +126,4 @@ def test_too_many_bad_steps_in_a_row_stop_training(tmp_path):
         trainer(tmp_path, limit_train_batches=8, limit_val_batches=0, callbacks=[record]).fit(
             module, datamodule=QuadrantData())
     assert len(record.weights) == 2  # batch 0 trained, batch 1 bad (2 steps), batch 2 bad -> 4 in a row
-    assert same([[t.detach() for t in [*module.parameters(), *module.buffers()]]], [record.weights[0]])
+    assert same([trained_state(module)], [record.weights[0]])

@@ -1,18 +1,21 @@
 """No host sync inside the time loop, checked on the CPU (README "Speed"): every op that would stall
 a GPU's host is caught by dispatch (:mod:`tests.host_syncs`). After a warm-up batch, a training
 batch may read back one value: the non-finite guard's count (``NonFiniteGuard.check``), once per
-batch, after its K updates. On a CPU the guard also reads its flag after each update (nothing to
-stall there); the device path a GPU takes is checked with that read switched off."""
+batch, after its K updates. On a CPU the guard also reads its flag after each update, and FPTT reads
+it to keep or drop its staged update (nothing to stall there); the device path a GPU takes is checked
+with those reads switched off (FPTT then updates in place, as on a GPU)."""
 import pytest
 import torch
 
 from spikeloc.training import FPTTConfig
+from spikeloc.training.fptt import FPTT
 from spikeloc.training.guard import NonFiniteGuard
 from tests.host_syncs import HostSyncs
 from .test_detection_module import shapes, tiny_detector
 from .tiny import QuadrantData, tiny_classifier, trainer
 
 GUARD_CHECK = "spikeloc/training/guard.py"
+FPTT_ACCEPT = "spikeloc/training/fptt.py"
 
 
 def _syncs_per_batch(tmp_path, module, data, batches=3):
@@ -33,13 +36,14 @@ def _syncs_per_batch(tmp_path, module, data, batches=3):
     return found
 
 
-def _outside_the_guard(found):
-    return [s for syncs in found for s in syncs if not s.in_optimizer and not s.site.startswith(GUARD_CHECK)]
+def _outside_the_guard(found, allowed=(GUARD_CHECK,)):
+    return [s for syncs in found for s in syncs if not s.in_optimizer and not s.site.startswith(allowed)]
 
 
 @pytest.fixture
 def device_path(monkeypatch):
     monkeypatch.setattr(NonFiniteGuard, "read_cpu_flag", False)
+    monkeypatch.setattr(FPTT, "_flat_device", lambda self: False)
 
 
 @pytest.mark.parametrize("algorithm", ["fptt", "bptt"])
@@ -51,13 +55,13 @@ def test_a_detector_batch_reads_back_only_the_guard(tmp_path, algorithm, device_
     assert all(sum(s.site.startswith(GUARD_CHECK) for s in syncs) == 1 for syncs in found)  # one per batch
 
 
-def test_on_the_cpu_the_guard_reads_its_flag_after_each_update(tmp_path):
+def test_on_the_cpu_the_guard_flag_is_read_after_each_update(tmp_path):
     torch.manual_seed(0)
     module = tiny_detector(fptt=FPTTConfig(parts=2, consolidate=False))
     found = _syncs_per_batch(tmp_path, module, shapes(num_train=12))
-    assert _outside_the_guard(found) == []
+    assert _outside_the_guard(found, (GUARD_CHECK, FPTT_ACCEPT)) == []
     reads = [sorted(s.site.split()[1] for s in syncs if not s.in_optimizer) for syncs in found]
-    assert reads == [["check", "commit", "commit"]] * 2  # K = 2 updates, then the count
+    assert reads == [["accept", "accept", "check", "commit", "commit"]] * 2  # K = 2 updates, then the count
 
 
 def test_a_classifier_batch_reads_back_only_the_guard(tmp_path, device_path):
