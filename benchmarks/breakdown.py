@@ -66,8 +66,8 @@ def install_scopes(module: Any, trainer: Any) -> None:
     module.call_step = scoped("spikeloc::model", module.call_step)  # with compile_step, the scopes inside are not traced
     module.step_loss = scoped("spikeloc::loss", module.step_loss)
     if module.fptt is not None:
-        module.fptt.penalty = scoped("spikeloc::fptt", module.fptt.penalty)
-        module.fptt.update = scoped("spikeloc::fptt", module.fptt.update)
+        for name in ("penalty", "stage", "accept"):
+            setattr(module.fptt, name, scoped("spikeloc::fptt", getattr(module.fptt, name)))
     trainer.strategy.optimizer_step = scoped("spikeloc::optimizer", trainer.strategy.optimizer_step)
     make_guard = module._guard
 
