@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # glibc: few arenas, and a fixed mmap threshold (no dynamic growth), so big freed tensors go
 # straight back to the kernel and RSS follows live memory instead of allocator history.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-OPTIONS = ("default", "fused", "compile", "compile_step", "channels_last", "bf16", "fused_adam", "device_guard")
+OPTIONS = ("default", "fused", "compile", "compile_step", "inductor_layout", "channels_last", "bf16", "fused_adam",
+           "device_guard")
 
 
 def _status_kib(field: str) -> int:
@@ -185,6 +186,8 @@ def apply_option(module: Any, option: str) -> str:
         fuse_cells(module, compile="compile" in parts)
     if "compile_step" in parts:  # the whole model step through torch.compile (OnlineModule.call_step)
         module.compile_step = True
+    if "inductor_layout" in parts:  # the same, with inductor free to turn convolutions channels-last
+        module.compile_step = {"options": {"layout_optimization": True}}
     if "fused_adam" in parts:  # Adam's update as one kernel over all parameters (CPU and CUDA)
         module.optimizer_factory = lambda params: torch.optim.Adam(params, lr=1e-3, fused=True)
     if "channels_last" in parts:  # weights, inputs and state in NHWC (the task module's option)

@@ -16,6 +16,8 @@ Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``
 ``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
 ``compile_step`` (the whole model time step, forward and backward, compiled: ``compile_step: true``;
 its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``compiled``),
+``inductor_layout`` (``compile_step`` with inductor's ``layout_optimization`` on, torch.compile's own
+default, which turns the convolutions channels-last; ``compile_step`` keeps the model's layout),
 ``channels_last`` (weights, input and state in NHWC: ``channels_last: true``), ``bf16``
 (``precision="bf16-mixed"``), ``fused_adam`` (``torch.optim.Adam(..., fused=True)``: one kernel for
 all parameters instead of ~10 ops each) and

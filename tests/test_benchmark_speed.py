@@ -138,6 +138,8 @@ def test_options_combine_and_unknown_ones_are_named(benchmarks):
     module = common.make_detector("fptt", 2, 64, 0.125)
     assert common.apply_option(module, "compile_step+channels_last+bf16") == "bf16-mixed"
     assert module.compile_step and module.channels_last
+    common.apply_option(module, "inductor_layout+fused_adam")  # torch.compile's own layout choice
+    assert module.compile_step == {"options": {"layout_optimization": True}}
     with pytest.raises(ValueError, match="'fast' in 'fused\\+fast'"):
         common.apply_option(module, "fused+fast")
     with pytest.raises(SystemExit):
