@@ -291,10 +291,11 @@ class FPTT:
             torch._foreach_add_(self.running, params, alpha=self.beta)
             torch._foreach_add_(self.running, self.trace, alpha=-self.beta / self.update_alpha)
             return None
-        if self._spare is None:
+        spare = self._plan(*self._spare) if self._spare is not None else None
+        if spare is None:  # first update, or the weights moved or changed layout since
             weights = [p.detach() for p in self.params]
             self._spare = _flat_views(weights, None), _flat_views(weights, None)
-        spare = self._plan(*self._spare)
+            spare = self._plan(*self._spare)
         squares, dots = [], []
         for (w, w_bar, lam, difference), (_, new_bar, new_lam, _, _) in zip(blocks, spare.blocks):
             torch.add(lam, difference, alpha=-self.update_alpha, out=new_lam)

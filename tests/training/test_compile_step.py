@@ -146,7 +146,7 @@ def test_failing_compile_warns_once_and_runs_eager(monkeypatch):
 ])
 def test_the_compiled_step_keeps_the_memory_format_unless_told(monkeypatch, compile_step, expected):
     """Inductor's layout_optimization (convolutions turned channels-last) is off unless set: on an AVX2
-    CPU it made the full-size step 1.4x slower (README "Speed"); ``channels_last`` picks the layout."""
+    CPU it made the full-size step 1.26-1.41x slower (README "Speed"); ``channels_last`` picks the layout."""
     calls = []
 
     def recording(fn, **kwargs):
