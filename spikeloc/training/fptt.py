@@ -228,7 +228,7 @@ class FPTT:
                 self.trace = [torch.zeros_like(p) for p in weights]
         self._blocks: dict[tuple, _Blocks | None] = {}  # plans of the state and of its spare
         self._spare: tuple[list[Tensor], list[Tensor]] | None = None  # CPU: buffers the next update writes
-        self._staged: tuple[Tensor, tuple[list[Tensor], list[Tensor]]] | None = None
+        self._staged: Tensor | None = None  # the penalty value of the update staged in the spare buffers
         self._next_penalty: tuple[Tensor, tuple] | None = None  # (value, _penalty_key() it holds for)
 
     def _flat_device(self) -> bool:
@@ -305,16 +305,16 @@ class FPTT:
             squares.append(torch.linalg.vector_norm(torch.sub(w, new_bar, out=difference)))
             dots.append(torch.dot(w, new_lam))
         value = 0.5 * self.alpha * torch.stack(squares).square().sum() - torch.stack(dots).sum()
-        self._staged = value, self._spare
+        self._staged = value
         return value
 
     def accept(self, keep: bool | Tensor) -> None:
         """Make the staged update the state if ``keep`` (a CPU flag is read), else drop it."""
         if self._staged is None:
             return
-        (value, (running, trace)), self._staged = self._staged, None
+        value, self._staged = self._staged, None
         if bool(keep):
-            self._spare, self.running, self.trace = (self.running, self.trace), running, trace
+            (self.running, self.trace), self._spare = self._spare, (self.running, self.trace)
             self._next_penalty = value, self._penalty_key()
 
     @torch.no_grad()
