@@ -7,7 +7,8 @@ once; after the update it computes one device-side flag ``ok = isfinite(loss) & 
 ||buffers||)`` from ``torch._foreach_norm`` and puts the old values back with ``torch.where(ok, new,
 old)``. On the CPU, FPTT stages its update in spare buffers instead (:meth:`FPTT.stage`): the flag
 also covers the staged value, and the update is kept with the step or dropped
-(:meth:`FPTT.accept`), so none of that state is copied. Nothing is read back per step; the count
+(:meth:`FPTT.accept`), so none of that state is copied; as that value is finite only when the new
+weights are, they are not read again. Nothing is read back per step; the count
 of consecutive bad steps is read once per batch (:meth:`NonFiniteGuard.check`), which raises
 :class:`NonFiniteError` after ``limit`` in a row.
 A flag on the CPU is read at once instead (nothing runs ahead of the host there, so reading stalls
@@ -54,13 +55,17 @@ class NonFiniteGuard:
         extra: further tensors the update changes in place: the model's buffers (batch-norm
             statistics move in the forward pass), FPTT's :meth:`~FPTT.in_place_state`.
         limit: consecutive bad steps after which :meth:`check` raises (0: never).
+        staged_covers: weights whose finiteness the ``staged`` value of :meth:`commit` implies
+            (FPTT's, whose staged penalty value is finite only when they all are): not read again.
     """
 
     read_cpu_flag = True  # restore by reading the flag when it lives on the CPU (see the module doc)
 
     def __init__(self, params: Sequence[Tensor], optimizer: torch.optim.Optimizer,
-                 extra: Sequence[Tensor] = (), limit: int = 10) -> None:
+                 extra: Sequence[Tensor] = (), limit: int = 10, staged_covers: Sequence[Tensor] = ()) -> None:
         self.params, self.optimizer, self.extra, self.limit = list(params), optimizer, list(extra), limit
+        covered = {id(p) for p in staged_covers}
+        self._not_staged = [p for p in self.params if id(p) not in covered]  # weights to read with ``staged``
         self._watched: list[Tensor] = []
         self._buffers: list[Tensor] = []
         self._on_cpu = True
@@ -96,7 +101,8 @@ class NonFiniteGuard:
         value computed from a staged state, such as :meth:`FPTT.stage`'s); else restore them. Returns
         the flag (a bool scalar tensor)."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        ok = torch.isfinite(loss.detach()).all() & _finite(grads + self.params + self.extra).to(loss.device)
+        weights = self.params if staged is None else self._not_staged
+        ok = torch.isfinite(loss.detach()).all() & _finite(grads + weights + self.extra).to(loss.device)
         if staged is not None:
             ok = ok & torch.isfinite(staged).all().to(ok.device)
         if self.read_cpu_flag and self._on_cpu and ok.device.type == "cpu":

@@ -383,8 +383,10 @@ class OnlineModule(pl.LightningModule):
         """The guard of ``optimizer`` (built on first use, rebuilt if the optimizer changes)."""
         inner = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
         if self.guard is None or self.guard.optimizer is not inner:
-            extra = list(self.buffers()) + (self.fptt.in_place_state() if self.fptt is not None else [])
-            self.guard = NonFiniteGuard(list(self.parameters()), inner, extra, self.max_nonfinite_steps)
+            in_place = self.fptt.in_place_state() if self.fptt is not None else []
+            covers = self.fptt.params if self.fptt is not None and not in_place else []  # see FPTT.stage
+            self.guard = NonFiniteGuard(list(self.parameters()), inner, list(self.buffers()) + in_place,
+                                        self.max_nonfinite_steps, staged_covers=covers)
         return self.guard
 
     def _span_loss(self, batch: Any, input_at: Callable[[int], Tensor], span: range, weights: list[float],

@@ -285,3 +285,9 @@ def test_staged_value_is_not_finite_when_the_new_state_is_not():
     with torch.no_grad():
         params[1][2] = 3e38  # finite, but W - W_bar and lam overflow
     assert not torch.isfinite(fptt.stage())
+    for bad in (float("inf"), float("-inf"), float("nan")):  # nor when a weight is not (the guard relies on it)
+        with torch.no_grad():
+            params[1][2] = 1.0
+            params[0][4] = bad
+        assert not torch.isfinite(fptt.stage())
+

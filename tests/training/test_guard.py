@@ -75,6 +75,27 @@ def test_nonfinite_weights_after_step_are_undone():
     assert torch.isfinite(loss) and torch.equal(params[0], torch.full((3,), 3e38)) and int(guard.bad_total) == 1
 
 
+def test_weights_covered_by_the_staged_value_are_not_read_again():
+    """``staged_covers``: with a staged value (FPTT's, finite only when those weights are) the guard trusts
+    it for them; without one, or for weights it does not cover, it reads the weights."""
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    guard = NonFiniteGuard(params, optimizer, staged_covers=params[:1])
+    for poisoned, staged, kept in ((0, torch.tensor(1.0), True), (0, None, False), (1, torch.tensor(1.0), False),
+                                   (0, torch.tensor(float("nan")), False)):
+        guard.begin()
+        loss = sum(p.sum() for p in params)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            params[poisoned][0] = float("inf")  # as if the step had made it so
+        assert bool(guard.commit(loss, staged)) == kept
+        assert torch.isfinite(params[poisoned]).all() != kept
+        with torch.no_grad():
+            params[poisoned].fill_(1.0)
+
+
 def trained_state(module):
     """Weights, buffers (batch-norm statistics) and the FPTT running average and trace."""
     return [t.detach() for t in [*module.parameters(), *module.buffers(), *module.fptt.running, *module.fptt.trace]]
