@@ -153,10 +153,23 @@ def check_class_names(config: Any, build_data: Callable[[], Any] | None = None) 
              f"{count} names, one per class of the datamodule")
 
 
+def check_precision(config: Any) -> None:
+    """16-mixed scales the loss, and a fused optimizer unscales the gradients inside its step: they
+    cannot be clipped before it (bf16-mixed scales nothing, so it can)."""
+    precision, model = str(_get(config, "trainer.precision")), _get(config, "model.init_args")
+    clip = model.get("gradient_clip_val", 1.0) if model is not None else None  # the loop's default: 1.0
+    if precision in ("16-mixed", "16") and clip and _get(model, "optimizer.init_args.fused") is True:
+        raise ConfigError(f"model.init_args.optimizer.init_args.fused=True is not allowed with trainer.precision="
+                          f"{precision} and gradient clipping (model.init_args.gradient_clip_val={clip}): the fused "
+                          "step unscales the gradients itself, so they cannot be clipped before it; set fused: "
+                          "false, precision: bf16-mixed or gradient_clip_val: null")
+
+
 def check_run_config(config: Any) -> None:
     """All value checks of a parsed (not yet instantiated) run config; raises :class:`ConfigError`."""
     model = _get(config, "model.init_args")
     data = _get(config, "data.init_args")
+    check_precision(config)
     if model is not None:
         check_loop(model, data)
         if "anchors" in model or "backbone" in model:

@@ -27,6 +27,9 @@ def start(config, *overrides):
     (["--model.init_args.fptt.beta", "0"], "model.init_args.fptt.beta=0.0 is not allowed"),
     (["--model.init_args.optimizer.init_args.lr", "-0.1"], "optimizer.init_args.lr=-0.1 is not allowed: a number > 0"),
     (["--data.init_args.batch_size", "0"], "data.init_args.batch_size=0 is not allowed: an integer >= 1"),
+    (["--trainer.precision", "16-mixed", "--model.init_args.optimizer.init_args.fused", "true"],
+     "model.init_args.optimizer.init_args.fused=True is not allowed with trainer.precision=16-mixed and gradient "
+     "clipping (model.init_args.gradient_clip_val=1.0)"),
 ])
 def test_value_errors_name_key_value_and_what_is_allowed(override, message, capsys):
     with pytest.raises(SystemExit):
@@ -130,3 +133,16 @@ def test_fptt_parts_divide_the_sequence_the_data_presents(data, parts, message):
     else:
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_run_config(namespace)
+
+
+@pytest.mark.parametrize("precision, fused, clip, allowed", [
+    ("16-mixed", True, 1.0, False), ("16-mixed", True, None, True), ("16-mixed", False, 1.0, True),
+    ("bf16-mixed", True, 1.0, True), ("32-true", True, 1.0, True)])
+def test_a_fused_optimizer_is_refused_only_where_its_gradients_cannot_be_clipped(precision, fused, clip, allowed):
+    config = dict_to_namespace({"trainer": {"precision": precision}, "model": {"init_args": {
+        "num_steps": 4, "gradient_clip_val": clip, "optimizer": {"init_args": {"lr": 0.01, "fused": fused}}}}})
+    if allowed:
+        check_run_config(config)
+    else:
+        with pytest.raises(ConfigError, match="fused=True is not allowed with trainer.precision=16-mixed"):
+            check_run_config(config)

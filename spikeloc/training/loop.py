@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
@@ -335,7 +336,14 @@ class OnlineModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs after AMP unscaling, so clipping sees true gradients under 16-mixed too.
-        if self.gradient_clip_val:
+        if not self.gradient_clip_val:
+            return
+        precision = self.trainer.precision_plugin
+        if isinstance(precision, MixedPrecision) and precision.scaler is None:
+            # bf16-mixed scales nothing, so the gradients of a fused optimizer (which would unscale them
+            # in its step under 16-mixed, hence Lightning's refusal under any mixed precision) are true
+            Precision.clip_gradients(precision, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+        else:
             self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
     # ---- the time loop -----------------------------------------------------------------

@@ -45,13 +45,17 @@ def test_fptt_takes_k_steps_per_batch_and_consolidates(tmp_path):
     assert all(torch.equal(p, w) for p, w in zip(module.parameters(), module.fptt.running))
 
 
-def test_gradients_are_clipped(tmp_path):
+@pytest.mark.parametrize("precision, fused", [("32-true", False), ("32-true", True), ("bf16-mixed", True)])
+def test_gradients_are_clipped(tmp_path, precision, fused):
+    """Also for a fused optimizer under bf16-mixed, which Lightning refuses to clip under any mixed
+    precision (its step would unscale 16-mixed gradients; bf16-mixed scales nothing)."""
     torch.manual_seed(0)
     clip, lr = 1e-3, 1.0
     module = tiny_classifier(algorithm="bptt", gradient_clip_val=clip,
-                             optimizer=lambda params: torch.optim.SGD(params, lr=lr))
+                             optimizer=lambda params: torch.optim.SGD(params, lr=lr, fused=fused))
     before = [p.detach().clone() for p in module.parameters()]
-    trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=QuadrantData())
+    trainer(tmp_path, limit_train_batches=1, limit_val_batches=0, precision=precision).fit(
+        module, datamodule=QuadrantData())
     moved = torch.stack([(p.detach() - b).norm() for p, b in zip(module.parameters(), before)]).norm()
     assert 0 < moved <= clip * lr * 1.0001
 
