@@ -280,8 +280,8 @@ class FPTT:
         """Compute the update; call right after ``optimizer.step()``, then :meth:`accept`.
 
         On the CPU's blocked path the new ``lam`` and ``W_bar`` go to the spare buffers, with the next
-        penalty value (finite only when the weights and all of the new state are) computed in the same pass; that
-        value is returned. Elsewhere the state is updated in place and ``None`` is returned.
+        penalty value (finite only when the weights and all of the new state are) computed in the same
+        pass; that value is returned. Elsewhere the state is updated in place and ``None`` is returned.
         """
         blocks = self.blocks()
         if blocks is None:

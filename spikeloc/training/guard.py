@@ -8,9 +8,9 @@ once; after the update it computes one device-side flag ``ok = isfinite(loss) & 
 old)``. On the CPU, FPTT stages its update in spare buffers instead (:meth:`FPTT.stage`): the flag
 also covers the staged value, and the update is kept with the step or dropped
 (:meth:`FPTT.accept`), so none of that state is copied; as that value is finite only when the new
-weights are, they are not read again. Nothing is read back per step; the count
-of consecutive bad steps is read once per batch (:meth:`NonFiniteGuard.check`), which raises
-:class:`NonFiniteError` after ``limit`` in a row.
+weights are, they are not read again. Nothing is read back per step; the count of consecutive bad
+steps is read once per batch (:meth:`NonFiniteGuard.check`), which raises :class:`NonFiniteError`
+after ``limit`` in a row.
 A flag on the CPU is read at once instead (nothing runs ahead of the host there, so reading stalls
 nothing), and the old values are copied back only after a bad update: one ``torch.where`` and one
 copy per tensor (two per weight, four with Adam) took 4 % of a small detector's CPU time (README

@@ -290,4 +290,3 @@ def test_staged_value_is_not_finite_when_the_new_state_is_not():
             params[1][2] = 1.0
             params[0][4] = bad
         assert not torch.isfinite(fptt.stage())
-
