@@ -7,7 +7,8 @@ CPU time then goes to:
 
 1. ``compiled`` when it is a kernel ``torch.compile`` generated (``graph_0_cpp_fused_...``, named
    when ``torch._inductor.config.cpp.enable_kernel_profile`` is on): batch norm and neuron maths
-   fused together, which no name can split; ``conv`` / ``batchnorm`` when it or an ancestor is a
+   fused together, which no name can split (one run within the loss, optimizer, FPTT or guard scope,
+   such as FPTT's compiled update, goes to that scope); ``conv`` / ``batchnorm`` when it or an ancestor is a
    convolution / batch-norm op or its backward (``aten::mkldnn_convolution``,
    ``aten::convolution_backward``, ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...);
 2. else the innermost scope around it; a backward node (``evaluate_function: XBackward0``) goes
@@ -24,6 +25,7 @@ from typing import Any, Callable
 CATEGORIES = ("conv", "batchnorm", "neuron", "compiled", "model_other", "loss", "optimizer", "fptt", "guard", "other")
 SCOPES = {"spikeloc::neuron": "neuron", "spikeloc::model": "model_other", "spikeloc::loss": "loss",
           "spikeloc::optimizer": "optimizer", "spikeloc::fptt": "fptt", "spikeloc::guard": "guard"}
+OUTSIDE_MODEL = ("loss", "optimizer", "fptt", "guard")
 _CONV = re.compile(r"convolution|conv\d|conv_|mkldnn_conv")
 _BACKWARD = "autograd::engine::evaluate_function"
 
@@ -80,12 +82,16 @@ def install_scopes(module: Any, trainer: Any) -> None:
     module._guard = scoped_guard
 
 
-def _category(event: Any, backward_scope: dict[int, str | None]) -> str:
+def _category(event: Any, backward_scope: dict[int, str | None], names: bool = True) -> str:
+    """The category of ``event`` (see the module doc); ``names=False``: of its scope alone."""
     node = event
     while node is not None:
-        found = by_name(node.name) or SCOPES.get(node.name)
+        found = (by_name(node.name) if names else None) or SCOPES.get(node.name)
         if found is None and node.name.startswith(_BACKWARD):
             found = backward_scope.get(node.sequence_nr)
+        if found == "compiled":
+            scope = _category(node, backward_scope, names=False)
+            return scope if scope in OUTSIDE_MODEL else found
         if found is not None:
             return found
         node = node.cpu_parent

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # straight back to the kernel and RSS follows live memory instead of allocator history.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 OPTIONS = ("default", "fused", "compile", "compile_step", "inductor_layout", "channels_last", "bf16", "fused_adam",
-           "device_guard")
+           "device_guard", "eager_fptt")
 
 
 def _status_kib(field: str) -> int:
@@ -188,6 +188,8 @@ def apply_option(module: Any, option: str) -> str:
         module.compile_step = True
     if "inductor_layout" in parts:  # the same, with inductor free to turn convolutions channels-last
         module.compile_step = {"options": {"layout_optimization": True}}
+    if "eager_fptt" in parts:  # FPTT blocked and eager also under compile_step
+        module.fptt_config.compile = False
     if "fused_adam" in parts:  # Adam's update as one kernel over all parameters (CPU and CUDA)
         module.optimizer_factory = lambda params: torch.optim.Adam(params, lr=1e-3, fused=True)
     if "channels_last" in parts:  # weights, inputs and state in NHWC (the task module's option)

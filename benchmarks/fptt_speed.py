@@ -4,11 +4,14 @@ form over the whole tensor list (``FPTT.block = None``: what other devices run, 
 
 Both run in turn within every repeat on their own copy of the parameters and FPTT state, from the
 same start; the script checks that they give the same gradients, running average and trace (bitwise)
-and prints the medians and the median of the paired ratios.
+and prints the medians and the median of the paired ratios. ``--compiled`` adds FPTT's compiled form
+(``FPTT(compile=True)``, what ``compile_step`` runs; compiled in the first, untimed steps), checked
+against the foreach numbers to float32 rounding.
 
 Usage::
 
-    python benchmarks/fptt_speed.py [--image-size 416] [--width 1.0] [--repeats 20] [--steps 3] [--json]
+    python benchmarks/fptt_speed.py [--image-size 416] [--width 1.0] [--repeats 20] [--steps 3] [--compiled]
+        [--json]
 """
 from __future__ import annotations
 
@@ -28,7 +31,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = common.make_detector("fptt", 1, args.image_size, args.width).model
     models = {"foreach": model, "blocked": copy.deepcopy(model)}
-    states = {name: FPTT(m.parameters(), alpha=0.1, beta=0.5, update_alpha=0.5) for name, m in models.items()}
+    if args.compiled:
+        models["compiled"] = copy.deepcopy(model)
+    states = {name: FPTT(m.parameters(), alpha=0.1, beta=0.5, update_alpha=0.5, compile=name == "compiled")
+              for name, m in models.items()}
     baseline = states["foreach"]  # its state as before: one tensor per parameter, not views of one buffer
     baseline.running, baseline.trace = [t.clone() for t in baseline.running], [t.clone() for t in baseline.trace]
     baseline.block = None
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     a, b = states["foreach"], states["blocked"]
     same = all(torch.equal(x, y) for x, y in zip(a.running + a.trace + [p.grad for p in a.params],
                                                  b.running + b.trace + [p.grad for p in b.params]))
-    value_close = bool(torch.allclose(values["foreach"], values["blocked"], rtol=1e-5, atol=1e-6))
+    value_close = values_close(values["foreach"], values["blocked"])
     times: dict[str, list[float]] = {name: [] for name in states}
     for round_index in range(args.repeats + 1):
         for name in states:
@@ -62,10 +68,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if round_index:  # the first round warms up
                 times[name].append(seconds)
     ratio = common.median([b / a for a, b in zip(times["foreach"], times["blocked"])])
-    return {"parameters": sum(p.numel() for p in a.params), "tensors": len(a.params),
-            "foreach_ms": round(1000 * common.median(times["foreach"]), 2),
-            "blocked_ms": round(1000 * common.median(times["blocked"]), 2), "ratio": round(ratio, 3),
-            "same_gradients_and_state": same, "same_penalty": value_close}
+    result = {"parameters": sum(p.numel() for p in a.params), "tensors": len(a.params),
+              "foreach_ms": round(1000 * common.median(times["foreach"]), 2),
+              "blocked_ms": round(1000 * common.median(times["blocked"]), 2), "ratio": round(ratio, 3),
+              "same_gradients_and_state": same, "same_penalty": value_close}
+    if args.compiled:
+        c = states["compiled"]
+        result["compiled_ms"] = round(1000 * common.median(times["compiled"]), 2)
+        result["compiled_ratio"] = round(common.median([c / f for f, c in zip(times["foreach"], times["compiled"])]), 3)
+        result["compiled_close"] = values_close(values["foreach"], values["compiled"]) and all(
+            values_close(x, y) for x, y in zip(a.running + a.trace + [p.grad for p in a.params],
+                                               c.running + c.trace + [p.grad for p in c.params]))
+    return result
+
+
+def values_close(x: Any, y: Any) -> bool:
+    """Equal to float32 rounding (a compiled kernel may sum in another order)."""
+    import torch
+    return bool(torch.allclose(x, y, rtol=1e-5, atol=1e-6))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--steps", type=int, default=3, help="untimed steps compared for equality first")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compiled", action="store_true", help="also time FPTT(compile=True)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with common.quiet():
@@ -87,8 +108,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{result['tensors']} tensors, {result['parameters']} parameters: penalty + backward + update "
               f"foreach {result['foreach_ms']} ms, blocked {result['blocked_ms']} ms, ratio {result['ratio']}; "
               f"same gradients and state: {result['same_gradients_and_state']}, same penalty: {result['same_penalty']}")
+        if args.compiled:
+            print(f"compiled {result['compiled_ms']} ms, ratio {result['compiled_ratio']}; "
+                  f"the same numbers to rounding: {result['compiled_close']}")
     if not (result["same_gradients_and_state"] and result["same_penalty"]):
         sys.exit("blocked FPTT does not reproduce the foreach numbers")
+    if args.compiled and not result["compiled_close"]:
+        sys.exit("compiled FPTT does not reproduce the foreach numbers")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ under an allocator setting that returns every big tensor to the kernel, which sl
 Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``):
 ``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
 ``compile_step`` (the whole model time step, forward and backward, compiled: ``compile_step: true``;
-its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``compiled``),
+its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``compiled``;
+FPTT's update and penalty gradient are compiled too), ``eager_fptt`` (with ``compile_step``: FPTT
+blocked and eager, ``fptt.compile: false``),
 ``inductor_layout`` (``compile_step`` with inductor's ``layout_optimization`` on, torch.compile's own
 default, which turns the convolutions channels-last; ``compile_step`` keeps the model's layout),
 ``channels_last`` (weights, input and state in NHWC: ``channels_last: true``), ``bf16``

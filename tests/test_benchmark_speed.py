@@ -100,10 +100,12 @@ def test_fused_cells_keep_the_detector_numbers(benchmarks):
 
 def test_fptt_speed_tiny_json(benchmarks, capsys):
     import fptt_speed
-    fptt_speed.main(["--image-size", "64", "--width", "0.125", "--repeats", "1", "--steps", "2", "--json"])
+    fptt_speed.main(["--image-size", "64", "--width", "0.125", "--repeats", "1", "--steps", "2", "--compiled",
+                     "--json"])
     result = last_json(capsys)
-    assert result["same_gradients_and_state"] and result["same_penalty"]
+    assert result["same_gradients_and_state"] and result["same_penalty"] and result["compiled_close"]
     assert result["tensors"] > 10 and result["foreach_ms"] > 0 and result["blocked_ms"] > 0 and result["ratio"] > 0
+    assert result["compiled_ms"] > 0 and result["compiled_ratio"] > 0
 
 
 def test_breakdown_names_compiled_kernels_before_the_ops_they_fuse(benchmarks):
@@ -158,3 +160,25 @@ def test_the_optimizer_and_guard_options(benchmarks, monkeypatch):
     assert NonFiniteGuard.read_cpu_flag is False  # the torch.where restore a GPU takes
     common.apply_option(module, "default")
     assert NonFiniteGuard.read_cpu_flag is True
+
+
+def test_compiled_kernels_outside_the_model_go_to_their_scope(benchmarks):
+    """A kernel torch.compile made for FPTT (its update, or its gradient in a backward node) is FPTT's time,
+    one made for the model step the model's ``compiled``."""
+    from types import SimpleNamespace
+
+    from breakdown import attribute
+
+    def event(name, parent=None, sequence_nr=-1, start=0, us=1.0):
+        return SimpleNamespace(name=name, cpu_parent=parent, sequence_nr=sequence_nr, self_cpu_time_total=us,
+                               time_range=SimpleNamespace(start=start))
+
+    fptt = event("spikeloc::fptt", start=1)
+    penalty = event("_Penalty", fptt, sequence_nr=7, start=2)
+    backward = event("autograd::engine::evaluate_function: _PenaltyBackward", sequence_nr=7, start=5)
+    model = event("spikeloc::model", start=3)
+    events = [fptt, penalty, model, backward, event("graph_1_cpp_fused_add_mul_sum_0", fptt, start=4, us=10.0),
+              event("graph_2_cpp_fused__foreach_mul_0", backward, start=6, us=20.0),
+              event("graph_0_cpp_fused_convolution_backward_sigmoid_3", model, start=7, us=40.0)]
+    totals = attribute(events)
+    assert (totals["fptt"], totals["compiled"], totals["model_other"]) == (33.0, 40.0, 1.0)

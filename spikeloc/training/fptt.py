@@ -19,11 +19,15 @@ each formula run block by block (:data:`CPU_BLOCK`), which gives the same number
 through memory. There an update is also a transaction (:meth:`FPTT.stage`, :meth:`FPTT.accept`): the
 new ``lam`` and ``W_bar`` go to a second pair of buffers, which become the state only when the step is
 kept, and the same pass over the blocks computes the next step's penalty value (``W`` does not move in
-between), so the penalty's forward reads nothing and the non-finite guard copies no FPTT state.
+between), so the penalty's forward reads nothing and the non-finite guard copies no FPTT state. With
+``compile`` (the loop's ``compile_step``) the CPU runs the staged update and the penalty's gradient as
+two compiled functions instead, one fused loop per tensor and one call each per update; the state is
+then a tensor per parameter and each update stages new ones.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import warnings
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -130,6 +134,22 @@ class _Blocks:
             return _memory_flat(self.params[index]).narrow(0, start, n)
         return torch.cat([_memory_flat(self.params[index]) for index, _, _ in plan], out=self.scratch_w.narrow(0, 0, n))
 
+    def penalty_gradients(self, alpha: float, grad: Tensor) -> list[Tensor]:
+        """``grad * (alpha (W - W_bar) - lam)`` per parameter, block by block."""
+        grads = [torch.empty_like(p) for p in self.params]
+        for plan, w_bar, lam, direct, pieces in self.blocks:
+            n = w_bar.numel()
+            w = self.weights(plan, direct, n)
+            index, start, _ = plan[0]
+            out = _memory_flat(grads[index]).narrow(0, start, n) if direct else self.scratch_d.narrow(0, 0, n)
+            torch.sub(w, w_bar, out=out)
+            out.mul_(alpha)
+            out.sub_(lam)
+            out.mul_(grad)
+            if not direct:
+                torch._foreach_copy_([grads[i] for i, _, _ in plan], pieces)
+        return grads
+
     def __iter__(self):
         """``(w, w_bar, lam, w - w_bar)`` per block, all flat (the difference in the scratch)."""
         for plan, w_bar, lam, direct, _ in self.blocks:
@@ -160,25 +180,12 @@ class _Penalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
         fptt, params = ctx.fptt, ctx.saved_tensors  # saved_tensors: checks W was not changed in place
-        blocks = fptt.blocks()
-        if blocks is None:
-            grads = torch._foreach_sub(params, fptt.running)
-            torch._foreach_mul_(grads, fptt.alpha)
-            torch._foreach_sub_(grads, fptt.trace)
-            torch._foreach_mul_(grads, grad)
-        else:
-            grads = [torch.empty_like(p) for p in params]
-            for plan, w_bar, lam, direct, pieces in blocks.blocks:
-                n = w_bar.numel()
-                w = blocks.weights(plan, direct, n)
-                index, start, _ = plan[0]
-                out = _memory_flat(grads[index]).narrow(0, start, n) if direct else blocks.scratch_d.narrow(0, 0, n)
-                torch.sub(w, w_bar, out=out)
-                out.mul_(fptt.alpha)
-                out.sub_(lam)
-                out.mul_(grad)
-                if not direct:
-                    torch._foreach_copy_([grads[i] for i, _, _ in plan], pieces)
+        grads = fptt.compiled(_penalty_gradients, [p.detach() for p in params], fptt.running, fptt.trace,
+                              fptt.alpha, grad)
+        if grads is None:
+            blocks = fptt.blocks()
+            grads = blocks.penalty_gradients(fptt.alpha, grad) if blocks is not None else \
+                _penalty_gradients(list(params), fptt.running, fptt.trace, fptt.alpha, grad)
         grads = [g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:])]
         return (None, *grads)
 
@@ -199,6 +206,30 @@ def _flat_base(views: list[Tensor], params: list[Tensor]) -> Tensor | None:
         return None
 
 
+def _staged_update(w: list[Tensor], w_bar: list[Tensor], lam: list[Tensor], alpha: float, beta: float,
+                   update_alpha: float) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """:meth:`FPTT.stage`'s equations tensor by tensor, into new tensors: ``(W_bar', lam', the next penalty
+    value)``. Compiled (``compile``), each tensor is one loop that reads ``W``, ``W_bar`` and ``lam`` once."""
+    bars, lams, values = [], [], []
+    for x, x_bar, x_lam in zip(w, w_bar, lam):
+        new_lam = torch.add(x_lam, x - x_bar, alpha=-update_alpha)
+        new_bar = torch.add(torch.add(x_bar * (1.0 - beta), x, alpha=beta), new_lam, alpha=-beta / update_alpha)
+        values.append(torch.sum(0.5 * alpha * (x - new_bar) ** 2 - x * new_lam))
+        bars.append(new_bar)
+        lams.append(new_lam)
+    return bars, lams, torch.stack(values).sum()
+
+
+def _penalty_gradients(w: list[Tensor], w_bar: list[Tensor], lam: list[Tensor], alpha: float,
+                       grad: Tensor) -> list[Tensor]:
+    """``grad * (alpha (W - W_bar) - lam)`` per tensor: the penalty's gradient over whole tensor lists."""
+    grads = torch._foreach_sub(w, w_bar)
+    torch._foreach_mul_(grads, alpha)
+    torch._foreach_sub_(grads, lam)
+    torch._foreach_mul_(grads, grad)
+    return grads
+
+
 class FPTT:
     """Running average and trace over a list of parameters.
 
@@ -208,10 +239,14 @@ class FPTT:
         beta: running-average rate (reference 0.5).
         update_alpha: the alpha of the trace and running-average updates (``None``: ``alpha``;
             the reference detection run: 0.5 with ``alpha=0.1``).
+        compile: on the CPU, run the staged update and the penalty's gradient through ``torch.compile``
+            (a dict: its arguments), one call each per update, instead of block by block: each tensor is
+            one fused loop, and the state is a tensor per parameter. The first update compiles them; if
+            compiling fails, one warning names the error and FPTT runs blocked from then on.
     """
 
     def __init__(self, params: Iterable[Tensor], alpha: float = 0.1, beta: float = 0.5,
-                 update_alpha: float | None = None) -> None:
+                 update_alpha: float | None = None, compile: bool | dict[str, Any] = False) -> None:
         update_alpha = alpha if update_alpha is None else update_alpha
         if alpha <= 0 or update_alpha <= 0 or not 0 < beta <= 1:
             raise ValueError(f"FPTT needs alpha > 0, update_alpha > 0 and 0 < beta <= 1, got alpha={alpha}, "
@@ -219,17 +254,23 @@ class FPTT:
         self.params = [p for p in params if p.requires_grad]
         self.alpha, self.beta, self.update_alpha = float(alpha), float(beta), float(update_alpha)
         self.block: int | None = CPU_BLOCK  # elements per block on the CPU (None: no blocks)
+        self.compile = compile
+        self._compiled: dict[Callable, Callable] = {}  # formula -> its compiled form
         with torch.no_grad():
             weights = [p.detach() for p in self.params]
-            if self._flat_device():
+            if self._flat_device() and not compile:
                 self.running, self.trace = _flat_views(weights, weights), _flat_views(weights, None)
             else:
                 self.running = [p.clone() for p in weights]
                 self.trace = [torch.zeros_like(p) for p in weights]
         self._blocks: dict[tuple, _Blocks | None] = {}  # plans of the state and of its spare
-        self._spare: tuple[list[Tensor], list[Tensor]] | None = None  # CPU: buffers the next update writes
+        self._spare: tuple[list[Tensor], list[Tensor]] | None = None  # CPU: the staged state
         self._staged: Tensor | None = None  # the penalty value of the update staged in the spare buffers
         self._next_penalty: tuple[Tensor, tuple] | None = None  # (value, _penalty_key() it holds for)
+
+    def _compiling(self) -> bool:
+        """Whether the staged update and the penalty's gradient run compiled (``compile``, on the CPU)."""
+        return bool(self.compile) and self._flat_device()
 
     def _flat_device(self) -> bool:
         """Whether the blocked CPU path applies: parameters on the CPU, one dtype."""
@@ -254,12 +295,31 @@ class FPTT:
         return self._blocks[key]
 
     def __getstate__(self) -> dict:  # views, scratch and spare buffers are made again on use
-        return {**self.__dict__, "_blocks": {}, "_spare": None, "_staged": None, "_next_penalty": None}
+        return {**self.__dict__, "_blocks": {}, "_spare": None, "_staged": None, "_next_penalty": None,
+                "_compiled": {}}
 
     def _penalty_key(self) -> tuple:
         """What the penalty value depends on: the weights' and the state's storage and in-place versions."""
-        tensors = self.params + self.running[:1] + self.trace[:1]  # views of one buffer share a version
-        return tuple((t.data_ptr(), t._version) for t in tensors)
+        return tuple((t.data_ptr(), t._version) for t in self.params + self.running + self.trace)
+
+    def compiled(self, formula: Callable, *args: Any) -> Any:
+        """``formula(*args)`` through ``torch.compile`` (see ``compile``); None where it does not apply or
+        compiling fails (then one warning, and the state becomes flat for the blocked path)."""
+        if not self._compiling():
+            return None
+        try:
+            if formula not in self._compiled:
+                options = self.compile if isinstance(self.compile, dict) else {}
+                self._compiled[formula] = torch.compile(formula, **options)
+            return self._compiled[formula](*args)
+        except Exception as error:  # compiler or backend failure: eager from now on
+            message = (str(error).strip().splitlines() or [""])[0][:300]
+            warnings.warn(f"FPTT compile: torch.compile failed ({type(error).__name__}: {message}); running "
+                          "FPTT eager", RuntimeWarning, stacklevel=2)
+            self.compile, self._compiled, self._spare = False, {}, None
+            weights = [p.detach() for p in self.params]
+            self.running, self.trace = _flat_views(weights, self.running), _flat_views(weights, self.trace)
+            return None
 
     def penalty(self) -> Tensor:
         """``R(W)`` as a scalar tensor to add to the step loss (differentiable in ``W``)."""
@@ -273,16 +333,23 @@ class FPTT:
     def in_place_state(self) -> list[Tensor]:
         """The state tensors :meth:`stage` changes in place (none where it writes the spare buffers):
         what a guard that undoes bad updates must copy."""
-        return [] if self.blocks() is not None else self.running + self.trace
+        return [] if self._compiling() or self.blocks() is not None else self.running + self.trace
 
     @torch.no_grad()
     def stage(self) -> Tensor | None:
         """Compute the update; call right after ``optimizer.step()``, then :meth:`accept`.
 
-        On the CPU's blocked path the new ``lam`` and ``W_bar`` go to the spare buffers, with the next
-        penalty value (finite only when the weights and all of the new state are) computed in the same
-        pass; that value is returned. Elsewhere the state is updated in place and ``None`` is returned.
+        On the CPU the new ``lam`` and ``W_bar`` go to the spare buffers (new tensors when compiled), with
+        the next penalty value (finite only when the weights and all of the new state are) computed in the
+        same pass; that value is returned. Elsewhere the state is updated in place and ``None`` is returned.
         """
+        if self._compiling():
+            self._spare = None  # the previous state: freed before the new one is made
+            result = self.compiled(_staged_update, [p.detach() for p in self.params], self.running, self.trace,
+                                   self.alpha, self.beta, self.update_alpha)
+            if result is not None:
+                self._spare, self._staged = result[:2], result[2]
+                return self._staged
         blocks = self.blocks()
         if blocks is None:
             params = [p.detach() for p in self.params]

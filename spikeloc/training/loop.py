@@ -42,6 +42,7 @@ class FPTTConfig:
     parts: int | None = None
     consolidate: bool = True  # copy the running average into the weights after each epoch's last batch
     update_alpha: float | None = None  # alpha of the trace / running-average update (None: alpha)
+    compile: bool | None = None  # compile the CPU update and penalty gradient (None: with compile_step; FPTT doc)
 
 
 def step_weights(num_steps: int, weighting: Weighting = "uniform", start: int = 0) -> list[float]:
@@ -111,6 +112,8 @@ class OnlineModule(pl.LightningModule):
             a dict is passed to ``torch.compile`` (``mode``, ``backend``, ``dynamic`` ...). The step
             keeps the model's memory format (``channels_last`` decides; see :func:`compile_options`).
             Parameter names and checkpoints are unchanged; a failing compiler warns once and runs eager.
+            On the CPU, FPTT's staged update and penalty gradient are compiled too, unless ``fptt.compile``
+            is false (:class:`FPTT` ``compile``).
         channels_last: keep 4-D weights and inputs (and so the neuron state) in the channels-last (NHWC)
             memory format, which oneDNN and cuDNN's tensor cores prefer (README "Speed"). Same maths;
             checkpoints load either way.
@@ -274,7 +277,9 @@ class OnlineModule(pl.LightningModule):
 
     def _new_fptt(self) -> FPTT:
         """FPTT state that starts at the current weights."""
-        return FPTT(self.parameters(), self.fptt_config.alpha, self.fptt_config.beta, self.fptt_config.update_alpha)
+        config = self.fptt_config
+        return FPTT(self.parameters(), config.alpha, config.beta, config.update_alpha,
+                    compile=self.compile_step if config.compile is None else config.compile)
 
     @property
     def time_steps(self) -> int:

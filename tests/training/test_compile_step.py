@@ -136,6 +136,17 @@ def test_failing_compile_warns_once_and_runs_eager(monkeypatch):
         _fptt_batch(compiled, batch)  # once only
 
 
+@pytest.mark.parametrize("compile_step", [False, True, {"backend": "aot_eager"}])
+def test_fptt_compiles_with_the_step_unless_told(compile_step):
+    """``compile_step`` compiles FPTT's staged update and penalty gradient too, with the same arguments;
+    ``fptt.compile`` decides alone when set."""
+    module = _detector(compile_step)
+    assert module._new_fptt().compile == compile_step
+    for alone in (False, True):
+        module.fptt_config.compile = alone
+        assert module._new_fptt().compile is alone
+
+
 @pytest.mark.parametrize("compile_step, expected", [
     (True, {"options": {"layout_optimization": False}}),
     ({"dynamic": True, "options": {"max_autotune": True}},
