@@ -4,8 +4,8 @@ How it stays off the host (README "Troubleshooting"): before each update the gua
 tensor the update may change (weights, buffers such as batch-norm statistics, the optimizer's state
 tensors, the FPTT running average and trace where FPTT updates them in place) into buffers allocated
 once; after the update it computes one device-side flag ``ok = isfinite(loss) & isfinite(||g||, ||W||,
-||buffers||)`` from ``torch._foreach_norm`` and puts the old values back with ``torch.where(ok, new,
-old)``. On the CPU, FPTT stages its update in spare buffers instead (:meth:`FPTT.stage`): the flag
+||buffers||)`` from ``torch._foreach_norm`` (``||g||`` is clipping's total norm where the loop clips by
+norm) and puts the old values back with ``torch.where(ok, new, old)``. On the CPU, FPTT stages its update in spare buffers instead (:meth:`FPTT.stage`): the flag
 also covers the staged value, and the update is kept with the step or dropped
 (:meth:`FPTT.accept`), so none of that state is copied; as that value is finite only when the new
 weights are, they are not read again. Nothing is read back per step; the count of consecutive bad
@@ -96,15 +96,18 @@ class NonFiniteGuard:
             torch._foreach_copy_(self._buffers, watched)
         self._stateful = {id(p) for p in self.params if p in self.optimizer.state}
 
-    def commit(self, loss: Tensor, staged: Tensor | None = None) -> Tensor:
+    def commit(self, loss: Tensor, staged: Tensor | None = None, grad_norm: Tensor | None = None) -> Tensor:
         """Keep the update if loss, gradients, weights and extra tensors are finite (and ``staged``, a
         value computed from a staged state, such as :meth:`FPTT.stage`'s); else restore them. Returns
-        the flag (a bool scalar tensor)."""
-        grads = [p.grad for p in self.params if p.grad is not None]
+        the flag (a bool scalar tensor). ``grad_norm``: the gradients' total norm where clipping computed
+        it (finite exactly when every gradient is, short of overflow, as the guard's own norms), so the
+        gradients are not read again."""
+        grads = [p.grad for p in self.params if p.grad is not None] if grad_norm is None else []
         weights = self.params if staged is None else self._not_staged
         ok = torch.isfinite(loss.detach()).all() & _finite(grads + weights + self.extra).to(loss.device)
-        if staged is not None:
-            ok = ok & torch.isfinite(staged).all().to(ok.device)
+        for value in (staged, grad_norm):
+            if value is not None:
+                ok = ok & torch.isfinite(value).all().to(ok.device)
         if self.read_cpu_flag and self._on_cpu and ok.device.type == "cpu":
             if not bool(ok):
                 torch._foreach_copy_(self._watched, self._buffers)

@@ -159,6 +159,7 @@ class OnlineModule(pl.LightningModule):
         self.compile_step = compile_step
         self._compiled_call: Callable[..., Any] | None = None  # built at the first call (not a submodule)
         self.state_grad = True  # whether the state a step returns is differentiated later (see call_step)
+        self.grad_norm: Tensor | None = None  # the gradients' total norm, where clipping computed it
         self.channels_last = channels_last
 
     def setup(self, stage: str) -> None:
@@ -344,7 +345,11 @@ class OnlineModule(pl.LightningModule):
         if not self.gradient_clip_val:
             return
         precision = self.trainer.precision_plugin
-        if isinstance(precision, MixedPrecision) and precision.scaler is None:
+        scaled = isinstance(precision, MixedPrecision) and precision.scaler is not None
+        if type(precision) in (Precision, MixedPrecision) and self.gradient_clip_algorithm == "norm" and not scaled:
+            # Lightning's clipping with these plugins, keeping the total norm for the non-finite guard
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(precision.main_params(optimizer), self.gradient_clip_val)
+        elif isinstance(precision, MixedPrecision) and precision.scaler is None:
             # bf16-mixed scales nothing, so the gradients of a fused optimizer (which would unscale them
             # in its step under 16-mixed, hence Lightning's refusal under any mixed precision) are true
             Precision.clip_gradients(precision, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
@@ -371,9 +376,10 @@ class OnlineModule(pl.LightningModule):
                 loss = loss + penalty
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
+            self.grad_norm = None  # set by clipping (on_before_optimizer_step) where it computes the norm
             optimizer.step()
             staged = self.fptt.stage() if self.fptt is not None else None
-            ok = guard.commit(loss, staged)  # a non-finite update is undone on the device
+            ok = guard.commit(loss, staged, self.grad_norm)  # a non-finite update is undone on the device
             if self.fptt is not None:
                 self.fptt.accept(ok)
         self.log("train/nonfinite_steps", guard.bad_total.float(), on_step=True, on_epoch=False)

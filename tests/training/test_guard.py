@@ -148,3 +148,19 @@ def test_too_many_bad_steps_in_a_row_stop_training(tmp_path):
             module, datamodule=QuadrantData())
     assert len(record.weights) == 2  # batch 0 trained, batch 1 bad (2 steps), batch 2 bad -> 4 in a row
     assert same([trained_state(module)], [record.weights[0]])
+
+
+def test_the_clipping_norm_stands_for_the_gradients():
+    """``grad_norm`` (the total norm clipping computed) decides for the gradients, which are not read again."""
+    params = [torch.nn.Parameter(torch.ones(3))]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    guard = NonFiniteGuard(params, optimizer)
+    for grad_norm, kept in ((torch.tensor(2.0), True), (None, False), (torch.tensor(float("inf")), False),
+                            (torch.tensor(float("nan")), False)):
+        guard.begin()
+        before = params[0].detach().clone()
+        params[0].grad = torch.tensor([1.0, 1.0, float("nan")])  # stepped as NaN, the weights kept finite below
+        with torch.no_grad():
+            params[0].sub_(0.1)
+        assert bool(guard.commit(torch.tensor(1.0), grad_norm=grad_norm)) == kept
+        assert torch.equal(params[0], before - 0.1 if kept else before)
