@@ -111,9 +111,9 @@ class Record(pl.Callback):
         self.weights.append([t.clone() for t in trained_state(module)])
 
 
-def poisoned_classifier(bad_batches, **kwargs):
+def poisoned_classifier(bad_batches, compile_fptt=False, **kwargs):
     """The tiny classifier, fed NaN images at the batches in ``bad_batches``."""
-    module = tiny_classifier(fptt=FPTTConfig(parts=2, consolidate=False), **kwargs)
+    module = tiny_classifier(fptt=FPTTConfig(parts=2, consolidate=False, compile=compile_fptt), **kwargs)
     plain_step = module.training_step
 
     def training_step(batch, batch_idx):
@@ -124,9 +124,11 @@ def poisoned_classifier(bad_batches, **kwargs):
     return module
 
 
-def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
+@pytest.mark.parametrize("compile_fptt", [False, True], ids=["blocked", "compiled"])
+def test_training_skips_a_bad_batch_and_goes_on(tmp_path, compile_fptt):
+    """FPTT blocked or compiled (its staged update dropped either way)."""
     torch.manual_seed(0)
-    module = poisoned_classifier({2})
+    module = poisoned_classifier({2}, compile_fptt)
     record = Record()
     trainer(tmp_path, limit_train_batches=5, limit_val_batches=0, callbacks=[record]).fit(
         module, datamodule=QuadrantData())
@@ -137,6 +139,7 @@ def test_training_skips_a_bad_batch_and_goes_on(tmp_path):
     assert all(torch.isfinite(p).all() for p in module.parameters())
     fptt = module.fptt.state_dict()
     assert all(torch.isfinite(t).all() for t in fptt["running"] + fptt["trace"])
+    assert bool(module.fptt._compiled) == compile_fptt
 
 
 def test_too_many_bad_steps_in_a_row_stop_training(tmp_path):
