@@ -2,6 +2,7 @@
 import functools
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from spikeloc.training import FPTTConfig
@@ -14,13 +15,15 @@ class SaveRankState(pl.Callback):
 
     def on_train_end(self, trainer, module):
         torch.save({"params": [p.detach().clone() for p in module.parameters()],
-                    "fptt": module.fptt.state_dict(), "steps": trainer.global_step},
+                    "fptt": module.fptt.state_dict(), "steps": trainer.global_step,
+                    "fptt_compiled": bool(module.fptt._compiled)},
                    self.folder / f"rank{trainer.global_rank}.pt")
 
 
-def test_ddp_ranks_stay_identical(tmp_path):
+@pytest.mark.parametrize("compile_fptt", [False, True], ids=["blocked", "compiled"])
+def test_ddp_ranks_stay_identical(tmp_path, compile_fptt):
     torch.manual_seed(0)
-    module = tiny_classifier(fptt=FPTTConfig(parts=2, consolidate=False),
+    module = tiny_classifier(fptt=FPTTConfig(parts=2, consolidate=False, compile=compile_fptt),
                              optimizer=functools.partial(torch.optim.Adam, lr=0.01))
     initial = [p.detach().clone() for p in module.parameters()]
     fit = trainer(tmp_path, strategy="ddp_spawn", devices=2, limit_train_batches=3, limit_val_batches=0,
@@ -28,6 +31,7 @@ def test_ddp_ranks_stay_identical(tmp_path):
     fit.fit(module, datamodule=QuadrantData(num_train=96))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["steps"] == rank1["steps"] == 3 * 2
+    assert rank0["fptt_compiled"] == rank1["fptt_compiled"] == compile_fptt
     for a, b, start in zip(rank0["params"], rank1["params"], initial):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, s) for a, s in zip(rank0["params"], initial))
