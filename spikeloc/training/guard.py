@@ -5,12 +5,12 @@ tensor the update may change (weights, buffers such as batch-norm statistics, th
 tensors, the FPTT running average and trace where FPTT updates them in place) into buffers allocated
 once; after the update it computes one device-side flag ``ok = isfinite(loss) & isfinite(||g||, ||W||,
 ||buffers||)`` from ``torch._foreach_norm`` (``||g||`` is clipping's total norm where the loop clips by
-norm) and puts the old values back with ``torch.where(ok, new, old)``. On the CPU, FPTT stages its update in spare buffers instead (:meth:`FPTT.stage`): the flag
-also covers the staged value, and the update is kept with the step or dropped
-(:meth:`FPTT.accept`), so none of that state is copied; as that value is finite only when the new
-weights are, they are not read again. Nothing is read back per step; the count of consecutive bad
-steps is read once per batch (:meth:`NonFiniteGuard.check`), which raises :class:`NonFiniteError`
-after ``limit`` in a row.
+norm) and puts the old values back with ``torch.where(ok, new, old)``. On the CPU, FPTT stages its
+update in spare buffers instead (:meth:`FPTT.stage`): the flag also covers the staged value, and the
+update is kept with the step or dropped (:meth:`FPTT.accept`), so none of that state is copied; as that
+value is finite only when the new weights are, they are not read again. Nothing is read back per
+step; the count of consecutive bad steps is read once per batch (:meth:`NonFiniteGuard.check`), which
+raises :class:`NonFiniteError` after ``limit`` in a row.
 A flag on the CPU is read at once instead (nothing runs ahead of the host there, so reading stalls
 nothing), and the old values are copied back only after a bad update: one ``torch.where`` and one
 copy per tensor (two per weight, four with Adam) took 4 % of a small detector's CPU time (README

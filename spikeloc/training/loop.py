@@ -346,15 +346,14 @@ class OnlineModule(pl.LightningModule):
             return
         precision = self.trainer.precision_plugin
         scaled = isinstance(precision, MixedPrecision) and precision.scaler is not None
-        if type(precision) in (Precision, MixedPrecision) and self.gradient_clip_algorithm == "norm" and not scaled:
-            # Lightning's clipping with these plugins, keeping the total norm for the non-finite guard
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(precision.main_params(optimizer), self.gradient_clip_val)
-        elif isinstance(precision, MixedPrecision) and precision.scaler is None:
-            # bf16-mixed scales nothing, so the gradients of a fused optimizer (which would unscale them
-            # in its step under 16-mixed, hence Lightning's refusal under any mixed precision) are true
-            Precision.clip_gradients(precision, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
-        else:
+        if scaled or type(precision) not in (Precision, MixedPrecision):  # 16-mixed, FSDP ...: Lightning's own
             self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+        elif self.gradient_clip_algorithm == "norm":  # what the plugin does, keeping the norm for the guard
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(precision.main_params(optimizer), self.gradient_clip_val)
+        else:
+            Precision.clip_gradients(precision, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+        # Both also clip a fused optimizer under bf16-mixed, which scales nothing: Lightning refuses it under
+        # any mixed precision, as its step would unscale 16-mixed gradients.
 
     # ---- the time loop -----------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
