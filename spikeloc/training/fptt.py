@@ -180,8 +180,8 @@ class _Penalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
         fptt, params = ctx.fptt, ctx.saved_tensors  # saved_tensors: checks W was not changed in place
-        grads = fptt.compiled(_penalty_gradients, [p.detach() for p in params], fptt.running, fptt.trace,
-                              fptt.alpha, grad)
+        grads = fptt._run_compiled(_penalty_gradients, [p.detach() for p in params], fptt.running, fptt.trace,
+                                   fptt.alpha, grad)
         if grads is None:
             blocks = fptt.blocks()
             grads = blocks.penalty_gradients(fptt.alpha, grad) if blocks is not None else \
@@ -302,7 +302,7 @@ class FPTT:
         """What the penalty value depends on: the weights' and the state's storage and in-place versions."""
         return tuple((t.data_ptr(), t._version) for t in self.params + self.running + self.trace)
 
-    def compiled(self, formula: Callable, *args: Any) -> Any:
+    def _run_compiled(self, formula: Callable, *args: Any) -> Any:
         """``formula(*args)`` through ``torch.compile`` (see ``compile``); None where it does not apply or
         compiling fails (then one warning, and the state becomes flat for the blocked path)."""
         if not self._compiling():
@@ -345,8 +345,9 @@ class FPTT:
         """
         if self._compiling():
             self._spare = None  # the previous state: freed before the new one is made
-            result = self.compiled(_staged_update, [p.detach() for p in self.params], self.running, self.trace,
-                                   self.alpha, self.beta, self.update_alpha)
+            weights = [p.detach() for p in self.params]
+            result = self._run_compiled(_staged_update, weights, self.running, self.trace, self.alpha, self.beta,
+                                        self.update_alpha)
             if result is not None:
                 self._spare, self._staged = result[:2], result[2]
                 return self._staged
