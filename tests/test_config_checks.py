@@ -25,6 +25,11 @@ def start(config, *overrides):
     (["--model.init_args.fptt.alpha", "0"], "model.init_args.fptt.alpha=0.0 is not allowed: a number > 0"),
     (["--model.init_args.fptt.beta", "1.5"], "model.init_args.fptt.beta=1.5 is not allowed: a number in (0, 1]"),
     (["--model.init_args.fptt.beta", "0"], "model.init_args.fptt.beta=0.0 is not allowed"),
+    (["--model.init_args.fptt.alpah", "0.3"], "model.init_args.fptt.alpah='0.3' is not allowed: FPTT has alpha, beta, "
+                                              "parts, consolidate, update_alpha, compile"),
+    (["--model.init_args.fptt.compile", "maybe"],
+     "model.init_args.fptt.compile='maybe' is not allowed: true or false (or null: with compile_step)"),
+    (["--model.init_args.fptt.consolidate", "2"], "model.init_args.fptt.consolidate='2' is not allowed: true or false"),
     (["--model.init_args.optimizer.init_args.lr", "-0.1"], "optimizer.init_args.lr=-0.1 is not allowed: a number > 0"),
     (["--data.init_args.batch_size", "0"], "data.init_args.batch_size=0 is not allowed: an integer >= 1"),
     (["--trainer.precision", "16-mixed", "--model.init_args.optimizer.init_args.fused", "true"],
@@ -146,3 +151,11 @@ def test_a_fused_optimizer_is_refused_only_where_its_gradients_cannot_be_clipped
     else:
         with pytest.raises(ConfigError, match="fused=True is not allowed with trainer.precision=16-mixed"):
             check_run_config(config)
+
+
+def test_the_fptt_keys_checked_are_the_config_fields():
+    import dataclasses
+
+    from spikeloc.config_checks import FPTT_KEYS
+    from spikeloc.training import FPTTConfig
+    assert FPTT_KEYS == tuple(field.name for field in dataclasses.fields(FPTTConfig))
