@@ -59,14 +59,6 @@ def _assert_close(eager, compiled, rtol):
             assert ((a - b).abs().max() / scale).item() <= rtol
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
 def _compare(compile_step, rtol):
     eager, compiled = _detector(False), _detector(compile_step)
     keys = list(compiled.state_dict())

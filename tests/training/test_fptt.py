@@ -118,12 +118,15 @@ def _mixed_params():
     return params
 
 
-@pytest.mark.parametrize("block", [None, 1, 7, 16, 1 << 18])
-def test_blocked_penalty_gradient_and_update_match_plain_loop(block):
-    """Penalty value, gradient and update, block by block, against the docstring's equations written as a
-    per-tensor loop (float64), over several updates with the weights moving in between."""
+@pytest.mark.parametrize("block, compile", [(None, False), (1, False), (7, False), (16, False), (1 << 18, False),
+                                           (1 << 18, True)])
+def test_penalty_gradient_and_update_match_plain_loop(block, compile, fresh_dynamo):
+    """Penalty value, gradient and update, block by block or compiled (inductor: a fused loop per tensor),
+    against the docstring's equations written as a per-tensor loop (float64), over several updates with
+    the weights moving in between; a staged update that is dropped changes nothing. Compiled: two graphs,
+    made once for all updates."""
     params = _mixed_params()
-    fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
+    fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, compile=compile)
     fptt.block = block
     w_bar = [p.detach().clone() for p in params]
     lam = [torch.zeros_like(p) for p in params]
@@ -141,6 +144,11 @@ def test_blocked_penalty_gradient_and_update_match_plain_loop(block):
         with torch.no_grad():
             for p in params:
                 p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=generator))
+        if block is not None:  # staged: dropped, it changes nothing
+            before = [t.clone() for t in fptt.running + fptt.trace]
+            assert fptt.stage() is not None
+            fptt.accept(torch.tensor(False))
+            assert all(torch.equal(a, b) for a, b in zip(fptt.running + fptt.trace, before))
         fptt.update()
         for i, w in enumerate(params):
             lam[i] = lam[i] - 0.5 * (w.detach() - w_bar[i])
@@ -148,6 +156,8 @@ def test_blocked_penalty_gradient_and_update_match_plain_loop(block):
         for mine, ref in zip(fptt.running + fptt.trace, w_bar + lam):
             assert mine.shape == ref.shape and torch.allclose(mine, ref, rtol=1e-12, atol=1e-12)
     assert max(l.abs().max() for l in lam if l.numel()) > 1e-3  # the trace moved
+    assert bool(fptt._compiled) == compile and (fptt.blocks() is None) == (compile or block is None)
+    assert counters["stats"]["unique_graphs"] == (2 if compile else 0)  # not once per update
 
 
 def test_blocks_give_the_same_numbers_as_one_block():
@@ -277,52 +287,6 @@ def test_penalty_is_computed_again_when_weights_or_state_change_in_place():
     before = fptt.penalty().detach()
     fptt.load_state_dict({**fptt.state_dict(), "trace": [torch.ones_like(t) for t in fptt.trace]})
     assert torch.equal(fptt.penalty().detach(), fresh()) and not torch.equal(fptt.penalty().detach(), before)
-
-
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
-def test_compiled_penalty_gradient_and_update_match_plain_loop(fresh_dynamo):
-    """``compile`` (inductor): the penalty value, its gradient and the staged update, each a fused loop per
-    tensor, against the docstring's equations as a per-tensor loop (float64, several layouts); two
-    graphs, compiled once for all updates."""
-    params = _mixed_params()
-    fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, compile=True)
-    w_bar = [p.detach().clone() for p in params]
-    lam = [torch.zeros_like(p) for p in params]
-    generator = torch.Generator().manual_seed(4)
-    for step in range(4):
-        for p in params:
-            p.grad = None
-        value = fptt.penalty()
-        (3.0 * value).backward()
-        expected = sum(-(w.detach() * l).sum() + ALPHA / 2 * ((w.detach() - b) ** 2).sum()
-                       for w, b, l in zip(params, w_bar, lam))
-        assert torch.allclose(value, torch.as_tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
-        for w, b, l in zip(params, w_bar, lam):
-            assert torch.allclose(w.grad, 3.0 * (ALPHA * (w.detach() - b) - l), rtol=1e-12, atol=1e-12)
-        _moved(params, 10 + step)
-        if step == 1:  # a dropped update changes nothing
-            before = [t.clone() for t in fptt.running + fptt.trace]
-            assert fptt.stage() is not None
-            fptt.accept(torch.tensor(False))
-            assert all(torch.equal(a, b) for a, b in zip(fptt.running + fptt.trace, before))
-        fptt.update()
-        for i, w in enumerate(params):
-            lam[i] = lam[i] - 0.5 * (w.detach() - w_bar[i])
-            w_bar[i] = (1 - BETA) * w_bar[i] + BETA * w.detach() - BETA / 0.5 * lam[i]
-        for mine, ref in zip(fptt.running + fptt.trace, w_bar + lam):
-            assert mine.shape == ref.shape and torch.allclose(mine, ref, rtol=1e-12, atol=1e-12)
-        if step == 1:
-            graphs = counters["stats"]["unique_graphs"]
-    assert set(fptt._compiled) and fptt.blocks() is None and fptt.in_place_state() == []  # compiled, staged
-    assert counters["stats"]["unique_graphs"] == graphs == 2  # nothing compiled again after the first update
-    assert max(l.abs().max() for l in lam if l.numel()) > 1e-3
 
 
 def test_failing_compile_warns_once_and_runs_blocked(monkeypatch):
