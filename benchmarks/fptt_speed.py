@@ -57,9 +57,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for _ in range(args.steps):  # same numbers from the same start
         values = {name: one(name)[1] for name in states}
-    a, b = states["foreach"], states["blocked"]
-    same = all(torch.equal(x, y) for x, y in zip(a.running + a.trace + [p.grad for p in a.params],
-                                                 b.running + b.trace + [p.grad for p in b.params]))
+    def numbers(name: str) -> list[Any]:
+        """Running average, trace and gradients of one variant."""
+        fptt = states[name]
+        return fptt.running + fptt.trace + [p.grad for p in fptt.params]
+
+    a = states["foreach"]
+    same = all(torch.equal(x, y) for x, y in zip(numbers("foreach"), numbers("blocked")))
     value_close = values_close(values["foreach"], values["blocked"])
     times: dict[str, list[float]] = {name: [] for name in states}
     for round_index in range(args.repeats + 1):
@@ -73,12 +77,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "blocked_ms": round(1000 * common.median(times["blocked"]), 2), "ratio": round(ratio, 3),
               "same_gradients_and_state": same, "same_penalty": value_close}
     if args.compiled:
-        c = states["compiled"]
         result["compiled_ms"] = round(1000 * common.median(times["compiled"]), 2)
         result["compiled_ratio"] = round(common.median([c / f for f, c in zip(times["foreach"], times["compiled"])]), 3)
         result["compiled_close"] = values_close(values["foreach"], values["compiled"]) and all(
-            values_close(x, y) for x, y in zip(a.running + a.trace + [p.grad for p in a.params],
-                                               c.running + c.trace + [p.grad for p in c.params]))
+            values_close(x, y) for x, y in zip(numbers("foreach"), numbers("compiled")))
     return result
 
 

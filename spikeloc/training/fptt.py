@@ -206,6 +206,14 @@ def _flat_base(views: list[Tensor], params: list[Tensor]) -> Tensor | None:
         return None
 
 
+def warn_compile_failed(what: str, fallback: str, error: Exception) -> None:
+    """One warning that ``torch.compile`` failed for ``what``, naming the error's first line (inductor's
+    can run to pages) and what runs instead."""
+    message = (str(error).strip().splitlines() or [""])[0][:300]
+    warnings.warn(f"{what}: torch.compile failed ({type(error).__name__}: {message}); running {fallback}",
+                  RuntimeWarning, stacklevel=3)
+
+
 def _staged_update(w: list[Tensor], w_bar: list[Tensor], lam: list[Tensor], alpha: float, beta: float,
                    update_alpha: float) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """:meth:`FPTT.stage`'s equations tensor by tensor, into new tensors: ``(W_bar', lam', the next penalty
@@ -313,9 +321,7 @@ class FPTT:
                 self._compiled[formula] = torch.compile(formula, **options)
             return self._compiled[formula](*args)
         except Exception as error:  # compiler or backend failure: eager from now on
-            message = (str(error).strip().splitlines() or [""])[0][:300]
-            warnings.warn(f"FPTT compile: torch.compile failed ({type(error).__name__}: {message}); running "
-                          "FPTT eager", RuntimeWarning, stacklevel=2)
+            warn_compile_failed("FPTT compile", "FPTT eager", error)
             self.compile, self._compiled, self._spare = False, {}, None
             weights = [p.detach() for p in self.params]
             self.running, self.trace = _flat_views(weights, self.running), _flat_views(weights, self.trace)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from spikeloc.metrics.firing import FiringStats
 from spikeloc.neurons import detach_state, set_twin
-from .fptt import FPTT
+from .fptt import FPTT, warn_compile_failed
 from .guard import NonFiniteGuard
 from .schedules import PhaseCosineLR
 
@@ -227,9 +227,7 @@ class OnlineModule(pl.LightningModule):
                 self._compiled_call = torch.compile(_call_module, **compile_options(self.compile_step))
             return self._compiled_call(module, *args, cut_state=not self.state_grad)
         except Exception as error:  # compiler or backend failure: eager from now on
-            message = (str(error).strip().splitlines() or [""])[0][:300]  # inductor's can run to pages
-            warnings.warn(f"compile_step: torch.compile failed ({type(error).__name__}: {message}); "
-                          "running the model step eager", RuntimeWarning, stacklevel=2)
+            warn_compile_failed("compile_step", "the model step eager", error)
             self.compile_step, self._compiled_call = False, None
             return module(*args)
 
