@@ -17,7 +17,6 @@ Shapes are element-wise: ``current``, ``u``, ``tau`` ``[B, C, H, W]`` (or ``[B, 
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Callable
 
@@ -98,12 +97,10 @@ def _lif_backward(current: Tensor, u: Tensor, decay: Threshold, threshold: Thres
 
 
 def _multi_gaussian(surrogate: MultiGaussian) -> Callable[[Tensor], Tensor]:
-    """``surrogate.derivative`` in 14 element-wise passes instead of ~24 (same function; float
-    rounding differs by a few ulp): ``k0 e^(c0 v^2) - k1 (e^(c1 (v - s)^2) + e^(c1 (v + s)^2))``."""
-    sigma, wide = surrogate.sigma, surrogate.scale * surrogate.sigma
-    c0, c1 = -0.5 / sigma**2, -0.5 / wide**2
-    k0 = surrogate.gamma * (1 + surrogate.h) / (sigma * math.sqrt(2 * math.pi))
-    k1 = surrogate.gamma * surrogate.h / (wide * math.sqrt(2 * math.pi))
+    """``surrogate.derivative`` in place on fresh tensors: 14 element-wise passes instead of ~20 eager
+    (same function; float rounding differs by an ulp or so)."""
+    c0, c1, k0, k1 = surrogate.constants()
+    sigma = surrogate.sigma
 
     def derivative(v: Tensor) -> Tensor:
         side = (v - sigma).square_().mul_(c1).exp_()

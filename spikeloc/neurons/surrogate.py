@@ -38,20 +38,27 @@ class Surrogate:
         return f"{type(self).__name__}({args})"
 
 
-def _gaussian(v: Tensor, mu: float, sigma: float) -> Tensor:
-    return torch.exp(-((v - mu) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
-
-
 class MultiGaussian(Surrogate):
     """The LTC-SN reference surrogate (the paper's multi-Gaussian):
-    ``gamma * [(1+h) N(v;0,s) - h N(v;s,k s) - h N(v;-s,k s)]`` with s=sigma, k=scale."""
+    ``gamma * [(1+h) N(v;0,s) - h N(v;s,k s) - h N(v;-s,k s)]`` with s=sigma, k=scale.
+
+    Computed as ``k0 exp(c0 v^2) - k1 (exp(c1 (v - s)^2) + exp(c1 (v + s)^2))`` with the constants
+    folded: the same function as the paper's ``exp(-(v - mu)^2 / (2 sigma^2)) / (sigma sqrt(2 pi))``
+    terms without their divisions: about 30 % less time compiled, no less accurate (README "Speed")."""
 
     def __init__(self, sigma: float = 0.3, h: float = 0.15, scale: float = 6.0, gamma: float = 0.5) -> None:
         self.sigma, self.h, self.scale, self.gamma = sigma, h, scale, gamma
 
+    def constants(self) -> tuple[float, float, float, float]:
+        """``(c0, c1, k0, k1)`` of the folded form."""
+        wide = self.scale * self.sigma
+        return (-0.5 / self.sigma**2, -0.5 / wide**2, self.gamma * (1 + self.h) / (self.sigma * math.sqrt(2 * math.pi)),
+                self.gamma * self.h / (wide * math.sqrt(2 * math.pi)))
+
     def derivative(self, v: Tensor) -> Tensor:
-        s, h, wide = self.sigma, self.h, self.scale * self.sigma
-        return self.gamma * ((1 + h) * _gaussian(v, 0.0, s) - h * _gaussian(v, s, wide) - h * _gaussian(v, -s, wide))
+        c0, c1, k0, k1 = self.constants()
+        s = self.sigma
+        return k0 * torch.exp(c0 * v * v) - k1 * (torch.exp(c1 * (v - s) ** 2) + torch.exp(c1 * (v + s) ** 2))
 
 
 class Sigmoid(Surrogate):

@@ -50,6 +50,20 @@ def test_multi_gaussian_peak_value():
     assert MultiGaussian().derivative(torch.tensor(0.0)).item() == pytest.approx(0.5 * ((1 + h) * n0 - 2 * h * wide))
 
 
+def test_multi_gaussian_float32_is_as_accurate_as_the_papers_form():
+    # the paper's code: exp(-(v - mu)^2 / (2 sigma^2)) / (sigma sqrt(2 pi)) per term, divisions and all
+    def paper(v):
+        def gauss(mu, sigma):
+            return torch.exp(-((v - mu) ** 2) / (2 * sigma**2)) / torch.sqrt(2 * torch.tensor(math.pi)) / sigma
+        return 0.5 * (1.15 * gauss(0.0, 0.3) - 0.15 * gauss(0.3, 1.8) - 0.15 * gauss(-0.3, 1.8))
+
+    v = torch.linspace(-4, 4, 100_001)
+    exact = paper(v.double())
+    ours, theirs = (MultiGaussian().derivative(v).double() - exact).abs(), (paper(v).double() - exact).abs()
+    assert ours.max() <= theirs.max() and ours.mean() <= theirs.mean()
+    assert ours.max() < 1e-6
+
+
 def test_unknown_surrogate_names_the_choices():
     with pytest.raises(ValueError, match="atan"):
         get_surrogate("relu")
