@@ -162,10 +162,13 @@ class _Penalty(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fptt: "FPTT", *params: Tensor) -> Tensor:
-        ctx.fptt = fptt
+        ctx.fptt, ctx.gradients = fptt, None
         ctx.save_for_backward(*params)
-        if fptt._next_penalty is not None and fptt._next_penalty[1] == fptt._penalty_key():
-            return fptt._next_penalty[0].clone()  # computed by the accepted update (stage), nothing moved since
+        if fptt._next_penalty is not None and fptt._next_penalty[2] == fptt._penalty_key():
+            # computed by the accepted update (stage), nothing moved since; the gradient is used once
+            value, ctx.gradients, _ = fptt._next_penalty
+            fptt._next_penalty = value, None, fptt._next_penalty[2]
+            return value.clone()
         blocks = fptt.blocks()
         if blocks is None:
             squares = torch._foreach_norm(torch._foreach_sub(params, fptt.running))
@@ -180,8 +183,12 @@ class _Penalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
         fptt, params = ctx.fptt, ctx.saved_tensors  # saved_tensors: checks W was not changed in place
-        grads = fptt._run_compiled(_penalty_gradients, [p.detach() for p in params], fptt.running, fptt.trace,
-                                   fptt.alpha, grad)
+        grads, ctx.gradients = ctx.gradients, None
+        if grads is not None:  # staged on the CPU: reading the scalar stalls nothing
+            grads = grads if float(grad) == 1.0 else torch._foreach_mul(grads, grad)
+        else:
+            grads = fptt._run_compiled(_penalty_gradients, [p.detach() for p in params], fptt.running,
+                                       fptt.trace, fptt.alpha, grad)
         if grads is None:
             blocks = fptt.blocks()
             grads = blocks.penalty_gradients(fptt.alpha, grad) if blocks is not None else \
@@ -215,17 +222,20 @@ def warn_compile_failed(what: str, fallback: str, error: Exception) -> None:
 
 
 def _staged_update(w: list[Tensor], w_bar: list[Tensor], lam: list[Tensor], alpha: float, beta: float,
-                   update_alpha: float) -> tuple[list[Tensor], list[Tensor], Tensor]:
+                   update_alpha: float) -> tuple[list[Tensor], list[Tensor], Tensor, list[Tensor]]:
     """:meth:`FPTT.stage`'s equations tensor by tensor, into new tensors: ``(W_bar', lam', the next penalty
-    value)``. Compiled (``compile``), each tensor is one loop that reads ``W``, ``W_bar`` and ``lam`` once."""
-    bars, lams, values = [], [], []
+    value, its gradient alpha (W - W_bar') - lam')``. Compiled (``compile``), each tensor is one loop that
+    reads ``W``, ``W_bar`` and ``lam`` once."""
+    bars, lams, values, grads = [], [], [], []
     for x, x_bar, x_lam in zip(w, w_bar, lam):
         new_lam = torch.add(x_lam, x - x_bar, alpha=-update_alpha)
         new_bar = torch.add(torch.add(x_bar * (1.0 - beta), x, alpha=beta), new_lam, alpha=-beta / update_alpha)
-        values.append(torch.sum(0.5 * alpha * (x - new_bar) ** 2 - x * new_lam))
+        difference = x - new_bar
+        values.append(torch.sum(0.5 * alpha * difference ** 2 - x * new_lam))
+        grads.append(alpha * difference - new_lam)
         bars.append(new_bar)
         lams.append(new_lam)
-    return bars, lams, torch.stack(values).sum()
+    return bars, lams, torch.stack(values).sum(), grads
 
 
 def _penalty_gradients(w: list[Tensor], w_bar: list[Tensor], lam: list[Tensor], alpha: float,
@@ -249,7 +259,9 @@ class FPTT:
             the reference detection run: 0.5 with ``alpha=0.1``).
         compile: on the CPU, run the staged update and the penalty's gradient through ``torch.compile``
             (a dict: its arguments), one call each per update, instead of block by block: each tensor is
-            one fused loop, and the state is a tensor per parameter. The first update compiles them; if
+            one fused loop, and the state is a tensor per parameter. The update also writes the next
+            penalty's gradient (kept until the next backward: one more copy of the weights in memory) instead
+            of reading the weights and the state again for it. The first update compiles them; if
             compiling fails, one warning names the error and FPTT runs blocked from then on.
     """
 
@@ -274,7 +286,9 @@ class FPTT:
         self._blocks: dict[tuple, _Blocks | None] = {}  # plans of the state and of its spare
         self._spare: tuple[list[Tensor], list[Tensor]] | None = None  # CPU: the staged state
         self._staged: Tensor | None = None  # the penalty value of the update staged in the spare buffers
-        self._next_penalty: tuple[Tensor, tuple] | None = None  # (value, _penalty_key() it holds for)
+        self._staged_gradients: list[Tensor] | None = None  # and its gradient, where compiled
+        # (value, gradient or None, the _penalty_key() they hold for) of the next penalty
+        self._next_penalty: tuple[Tensor, list[Tensor] | None, tuple] | None = None
 
     def _compiling(self) -> bool:
         """Whether the staged update and the penalty's gradient run compiled (``compile``, on the CPU)."""
@@ -303,8 +317,8 @@ class FPTT:
         return self._blocks[key]
 
     def __getstate__(self) -> dict:  # views, scratch and spare buffers are made again on use
-        return {**self.__dict__, "_blocks": {}, "_spare": None, "_staged": None, "_next_penalty": None,
-                "_compiled": {}}
+        return {**self.__dict__, "_blocks": {}, "_spare": None, "_staged": None, "_staged_gradients": None,
+                "_next_penalty": None, "_compiled": {}}
 
     def _penalty_key(self) -> tuple:
         """What the penalty value depends on: the weights' and the state's storage and in-place versions."""
@@ -355,7 +369,7 @@ class FPTT:
             result = self._run_compiled(_staged_update, weights, self.running, self.trace, self.alpha, self.beta,
                                         self.update_alpha)
             if result is not None:
-                self._spare, self._staged = result[:2], result[2]
+                self._spare, self._staged, self._staged_gradients = result[:2], result[2], result[3]
                 return self._staged
         blocks = self.blocks()
         if blocks is None:
@@ -386,10 +400,11 @@ class FPTT:
         """Make the staged update the state if ``keep`` (a CPU flag is read), else drop it."""
         if self._staged is None:
             return
-        value, self._staged = self._staged, None
+        value, gradients = self._staged, self._staged_gradients
+        self._staged = self._staged_gradients = None
         if bool(keep):
             (self.running, self.trace), self._spare = self._spare, (self.running, self.trace)
-            self._next_penalty = value, self._penalty_key()
+            self._next_penalty = value, gradients, self._penalty_key()
 
     @torch.no_grad()
     def consolidate(self) -> None:

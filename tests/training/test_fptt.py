@@ -124,7 +124,7 @@ def test_penalty_gradient_and_update_match_plain_loop(block, compile, fresh_dyna
     """Penalty value, gradient and update, block by block or compiled (inductor: a fused loop per tensor),
     against the docstring's equations written as a per-tensor loop (float64), over several updates with
     the weights moving in between; a staged update that is dropped changes nothing. Compiled: two graphs,
-    made once for all updates."""
+    made once for all updates, and each update computes the next penalty's gradient on the way."""
     params = _mixed_params()
     fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, compile=compile)
     fptt.block = block
@@ -134,13 +134,16 @@ def test_penalty_gradient_and_update_match_plain_loop(block, compile, fresh_dyna
     for step in range(4):
         for p in params:
             p.grad = None
+        staged_gradient = fptt._next_penalty is not None and fptt._next_penalty[1] is not None
+        assert staged_gradient == (compile and step > 0)  # compiled, the update computed the next gradient
         value = fptt.penalty()
-        (3.0 * value).backward()  # an upstream gradient other than 1
+        scale = 3.0 if step % 2 else 1.0  # an upstream gradient other than 1, too
+        (scale * value).backward()
         expected = sum(-(w.detach() * l).sum() + ALPHA / 2 * ((w.detach() - b) ** 2).sum()
                        for w, b, l in zip(params, w_bar, lam))
         assert torch.allclose(value, torch.as_tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
         for w, b, l in zip(params, w_bar, lam):
-            assert torch.allclose(w.grad, 3.0 * (ALPHA * (w.detach() - b) - l), rtol=1e-12, atol=1e-12)
+            assert torch.allclose(w.grad, scale * (ALPHA * (w.detach() - b) - l), rtol=1e-12, atol=1e-12)
         with torch.no_grad():
             for p in params:
                 p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=generator))
