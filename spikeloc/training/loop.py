@@ -160,6 +160,7 @@ class OnlineModule(pl.LightningModule):
         self._compiled_call: Callable[..., Any] | None = None  # built at the first call (not a submodule)
         self.state_grad = True  # whether the state a step returns is differentiated later (see call_step)
         self.grad_norm: Tensor | None = None  # the gradients' total norm, where clipping computed it
+        self._update_loss: Tensor | None = None  # the loss of the update under way (for the guard's precheck)
         self.channels_last = channels_last
 
     def setup(self, stage: str) -> None:
@@ -340,11 +341,14 @@ class OnlineModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs after AMP unscaling, so clipping sees true gradients under 16-mixed too.
-        if not self.gradient_clip_val:
-            return
+        if self.gradient_clip_val:
+            self._clip(optimizer)
+        if self.guard is not None and self._update_loss is not None:
+            self.guard.precheck(self._update_loss, self.grad_norm)  # on the CPU: a bad update is skipped
+
+    def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         precision = self.trainer.precision_plugin
-        scaled = isinstance(precision, MixedPrecision) and precision.scaler is not None
-        if scaled or type(precision) not in (Precision, MixedPrecision):  # 16-mixed, FSDP ...: Lightning's own
+        if not _unscaled(precision):  # 16-mixed, FSDP ...: Lightning's own
             self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
         elif self.gradient_clip_algorithm == "norm":  # what the plugin does, keeping the norm for the guard
             self.grad_norm = torch.nn.utils.clip_grad_norm_(precision.main_params(optimizer), self.gradient_clip_val)
@@ -374,7 +378,9 @@ class OnlineModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             self.grad_norm = None  # set by clipping (on_before_optimizer_step) where it computes the norm
+            self._update_loss = loss
             optimizer.step()
+            self._update_loss = None
             staged = self.fptt.stage() if self.fptt is not None else None
             ok = guard.commit(loss, staged, self.grad_norm)  # a non-finite update is undone on the device
             if self.fptt is not None:
@@ -401,8 +407,11 @@ class OnlineModule(pl.LightningModule):
         if self.guard is None or self.guard.optimizer is not inner:
             in_place = self.fptt.in_place_state() if self.fptt is not None else []
             covers = self.fptt.params if self.fptt is not None and not in_place else []  # see FPTT.stage
+            # a bad update is skipped rather than undone where nothing scales the loss and the optimizer
+            # steps no parameter without a gradient (guard module doc)
+            skip = _unscaled(self.trainer.precision_plugin) and type(inner).__module__.startswith("torch.optim.")
             self.guard = NonFiniteGuard(list(self.parameters()), inner, list(self.buffers()) + in_place,
-                                        self.max_nonfinite_steps, staged_covers=covers)
+                                        self.max_nonfinite_steps, staged_covers=covers, skip_bad_updates=skip)
         return self.guard
 
     def _span_loss(self, batch: Any, input_at: Callable[[int], Tensor], span: range, weights: list[float],
@@ -487,6 +496,11 @@ class OnlineModule(pl.LightningModule):
         self._pending_fptt_state = checkpoint.get("fptt")
         # Before configure_optimizers on resume: it picks the schedule the checkpoint's state belongs to.
         self.spiking_phase_started = checkpoint.get("spiking_phase_started", False)
+
+
+def _unscaled(precision: Any) -> bool:
+    """Lightning's plain or mixed precision without a gradient scaler (32-true, bf16-mixed ...)."""
+    return type(precision) in (Precision, MixedPrecision) and getattr(precision, "scaler", None) is None
 
 
 def compile_options(compile_step: bool | dict[str, Any]) -> dict[str, Any]:

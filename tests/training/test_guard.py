@@ -29,22 +29,28 @@ def step(guard, params, optimizer, scale, extra=()):
     loss = (scale * sum((p ** 2).sum() for p in params))
     optimizer.zero_grad()
     loss.backward()
+    guard.precheck(loss)  # where bad updates are skipped: drops the gradients of a bad one
     optimizer.step()
     for t in extra:
         t.add_(1.0)
     guard.commit(loss)
 
 
+@pytest.mark.parametrize("skip", [False, True], ids=["undo", "skip"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_bad_step_leaves_weights_optimizer_and_extra_state_untouched(bad):
+def test_bad_step_leaves_weights_optimizer_and_extra_state_untouched(bad, skip):
+    """Undone (a copy of everything put back) or, on the CPU with ``skip_bad_updates``, skipped
+    (checked before the step; only the extra tensors are copied)."""
     params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
     extra = [torch.zeros(3, 2)]
     optimizer = torch.optim.Adam(params, lr=0.1)
-    guard = NonFiniteGuard(params, optimizer, extra, limit=2)
+    guard = NonFiniteGuard(params, optimizer, extra, limit=2, skip_bad_updates=skip)
     step(guard, params, optimizer, 1.0, extra)  # optimizer state now exists
     before = snapshot(params, optimizer, extra)
     step(guard, params, optimizer, bad, extra)
     assert same(snapshot(params, optimizer, extra), before)
+    skipping = skip and NonFiniteGuard.read_cpu_flag
+    assert len(guard._buffers) == (1 if skipping else 2 + 1 + 2 * 3)  # copied: extra; or weights, extra, Adam's
     assert int(guard.bad_total) == 1 and int(guard.bad_run) == 1
     guard.check()  # 1 < limit
     step(guard, params, optimizer, 1.0, extra)
@@ -52,10 +58,11 @@ def test_bad_step_leaves_weights_optimizer_and_extra_state_untouched(bad):
     assert int(guard.bad_total) == 1 and int(guard.bad_run) == 0
 
 
-def test_bad_first_step_leaves_no_optimizer_state():
+@pytest.mark.parametrize("skip", [False, True], ids=["undo", "skip"])
+def test_bad_first_step_leaves_no_optimizer_state(skip):
     params = [torch.nn.Parameter(torch.randn(5))]
     optimizer = torch.optim.Adam(params, lr=0.1)
-    guard = NonFiniteGuard(params, optimizer, limit=1)
+    guard = NonFiniteGuard(params, optimizer, limit=1, skip_bad_updates=skip)
     start = params[0].detach().clone()
     step(guard, params, optimizer, float("nan"))
     assert torch.equal(params[0], start) and not optimizer.state
@@ -73,6 +80,27 @@ def test_nonfinite_weights_after_step_are_undone():
     optimizer.step()
     guard.commit(loss)
     assert torch.isfinite(loss) and torch.equal(params[0], torch.full((3,), 3e38)) and int(guard.bad_total) == 1
+
+
+def test_nonfinite_weights_after_a_step_that_cannot_be_undone_stop_at_once():
+    """Skipping bad updates keeps no copy of the weights: finite loss and gradients that still give
+    non-finite weights (an absurd learning rate) stop training at once, with the buffers put back."""
+    params = [torch.nn.Parameter(torch.full((3,), 3e38))]
+    extra = [torch.zeros(2)]
+    optimizer = torch.optim.SGD(params, lr=1e38)
+    guard = NonFiniteGuard(params, optimizer, extra, skip_bad_updates=True)
+    guard.begin()
+    loss = -(params[0] - 3e38).sum()
+    loss.backward()
+    guard.precheck(loss)
+    optimizer.step()
+    extra[0].add_(1.0)
+    if not NonFiniteGuard.read_cpu_flag:  # the device path undoes it, as without skip_bad_updates
+        assert not bool(guard.commit(loss)) and torch.equal(params[0], torch.full((3,), 3e38))
+        return
+    with pytest.raises(NonFiniteError, match="cannot be undone here.*Lower the learning rate"):
+        guard.commit(loss)
+    assert torch.equal(extra[0], torch.zeros(2)) and not torch.isfinite(params[0]).all()
 
 
 def test_weights_covered_by_the_staged_value_are_not_read_again():
@@ -140,6 +168,7 @@ def test_training_skips_a_bad_batch_and_goes_on(tmp_path, compile_fptt):
     fptt = module.fptt.state_dict()
     assert all(torch.isfinite(t).all() for t in fptt["running"] + fptt["trace"])
     assert bool(module.fptt._compiled) == compile_fptt
+    assert module.guard._skipping == NonFiniteGuard.read_cpu_flag  # the loop skips bad updates on the CPU
 
 
 def test_too_many_bad_steps_in_a_row_stop_training(tmp_path):

@@ -1,8 +1,9 @@
 """No host sync inside the time loop, checked on the CPU (README "Speed"): every op that would stall
 a GPU's host is caught by dispatch (:mod:`tests.host_syncs`). After a warm-up batch, a training
 batch may read back one value: the non-finite guard's count (``NonFiniteGuard.check``), once per
-batch, after its K updates. On a CPU the guard also reads its flag after each update, and FPTT reads
-it to keep or drop its staged update (nothing to stall there); the device path a GPU takes is checked
+batch, after its K updates. On a CPU the guard also reads its flag before (inside the optimizer step)
+and after each update, and FPTT reads it to keep or drop its staged update (nothing to stall there);
+the device path a GPU takes is checked
 with those reads switched off (FPTT then updates in place, as on a GPU)."""
 import pytest
 import torch
