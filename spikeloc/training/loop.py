@@ -382,7 +382,7 @@ class OnlineModule(pl.LightningModule):
             optimizer.step()
             self._update_loss = None
             staged = self.fptt.stage() if self.fptt is not None else None
-            ok = guard.commit(loss, staged, self.grad_norm)  # a non-finite update is undone on the device
+            ok = guard.commit(loss, staged, self.grad_norm)  # a non-finite update is undone (or was skipped)
             if self.fptt is not None:
                 self.fptt.accept(ok)
         self.log("train/nonfinite_steps", guard.bad_total.float(), on_step=True, on_epoch=False)
