@@ -363,6 +363,7 @@ class FPTT:
         the next penalty value (finite only when the weights and all of the new state are) computed in the
         same pass; that value is returned. Elsewhere the state is updated in place and ``None`` is returned.
         """
+        self._staged_gradients = None  # set by the compiled path only
         if self._compiling():
             self._spare = None  # the previous state: freed before the new one is made
             weights = [p.detach() for p in self.params]

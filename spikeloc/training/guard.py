@@ -20,15 +20,15 @@ The price is one copy of those tensors per update (memory: once more the weights
 optimizer and FPTT state; on the CPU the FPTT spare buffers take the place of its copy).
 
 Skipped instead of undone (``skip_bad_updates``, which the training loop sets on the CPU for
-``torch.optim``'s optimizers under 32-true or bf16-mixed): the loss and the gradients are checked
-*before* ``optimizer.step()`` (:meth:`NonFiniteGuard.precheck`, right after clipping took their
-norm), and a bad update is skipped by dropping the gradients (``torch.optim`` steps no parameter
-without one). Only the buffers, which the forward pass moves (batch-norm statistics), are copied:
-not the weights and the optimizer's state (with Adam three times the weights' memory; the copy took
-about 2.5 % of the detector's compiled CPU step). Finite gradients give finite new weights with
-these optimizers unless the learning rate is absurd or not finite; the new weights are still
-checked, and should one not be finite, which cannot be undone without the copy,
-:class:`NonFiniteError` stops training at once (the last checkpoint is intact).
+``torch.optim``'s optimizers under 32-true or bf16-mixed): the loss, the gradients and the buffers
+are checked *before* ``optimizer.step()`` (:meth:`NonFiniteGuard.precheck`, right after clipping
+took the gradients' norm), and a bad update is skipped by dropping the gradients (``torch.optim``
+steps no parameter without one). Only the buffers, which the forward pass moves (batch-norm
+statistics), are copied: not the weights and the optimizer's state (with Adam three times the
+weights' memory; the copy took about 2.5 % of the detector's compiled CPU step). Finite gradients
+give finite new weights with these optimizers unless the learning rate is absurd or not finite; the
+new weights are still checked, and should one not be finite, which cannot be undone without the
+copy, :class:`NonFiniteError` stops training at once (the last checkpoint is intact).
 
 Two cases cost a host sync: a bad very first step of a parameter (its new optimizer state is
 dropped, as it did not exist before) and optimizer state kept on another device than the flag
@@ -47,12 +47,12 @@ class NonFiniteError(RuntimeError):
     """Training produced only non-finite losses or gradients for too many steps in a row."""
 
 
-def _finite(tensors: Sequence[Tensor]) -> Tensor:
-    """One bool scalar: every element of every tensor is finite (no host sync)."""
+def _finite(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
+    """One bool scalar on ``device``: every element of every tensor is finite (no host sync)."""
     if not tensors:
-        return torch.ones((), dtype=torch.bool)
+        return torch.ones((), dtype=torch.bool, device=device)
     norms = torch._foreach_norm([t.detach().float() for t in tensors])
-    return torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all()
+    return torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all().to(device)
 
 
 class NonFiniteGuard:
@@ -125,11 +125,13 @@ class NonFiniteGuard:
 
     def precheck(self, loss: Tensor, grad_norm: Tensor | None = None) -> None:
         """Where a bad update is skipped (``skip_bad_updates``): right before ``optimizer.step()``, drop
-        every gradient when the loss or a gradient is not finite, so that the step changes nothing.
+        every gradient when the loss, a gradient or an extra tensor is not finite, so that the step
+        changes nothing.
         ``grad_norm`` as for :meth:`commit`. Elsewhere nothing is done."""
         if not self._skipping:
             return
-        ok = self._loss_and_gradients_finite(loss, grad_norm)
+        # the extra tensors too: the forward pass moved the batch-norm statistics, the step will not
+        ok = self._loss_and_gradients_finite(loss, grad_norm) & _finite(self.extra, loss.device)
         self._checked, self._skipped = ok, not bool(ok)
         if self._skipped:
             for param in self.params:
@@ -137,7 +139,7 @@ class NonFiniteGuard:
 
     def _loss_and_gradients_finite(self, loss: Tensor, grad_norm: Tensor | None) -> Tensor:
         grads = [p.grad for p in self.params if p.grad is not None] if grad_norm is None else []
-        ok = torch.isfinite(loss.detach()).all() & _finite(grads).to(loss.device)
+        ok = torch.isfinite(loss.detach()).all() & _finite(grads, loss.device)
         return ok if grad_norm is None else ok & torch.isfinite(grad_norm).all().to(ok.device)
 
     def commit(self, loss: Tensor, staged: Tensor | None = None, grad_norm: Tensor | None = None) -> Tensor:
@@ -153,7 +155,7 @@ class NonFiniteGuard:
             return checked
         weights = self.params if staged is None else self._not_staged
         ok = (checked if checked is not None else self._loss_and_gradients_finite(loss, grad_norm)) & \
-            _finite(weights + self.extra).to(loss.device)
+            _finite(weights + self.extra, loss.device)
         if staged is not None:
             ok = ok & torch.isfinite(staged).all().to(ok.device)
         if not self._skipping:

@@ -409,7 +409,7 @@ class OnlineModule(pl.LightningModule):
             covers = self.fptt.params if self.fptt is not None and not in_place else []  # see FPTT.stage
             # a bad update is skipped rather than undone where nothing scales the loss and the optimizer
             # steps no parameter without a gradient (guard module doc)
-            skip = _unscaled(self.trainer.precision_plugin) and type(inner).__module__.startswith("torch.optim.")
+            skip = _unscaled(self.trainer.precision_plugin) and f"{type(inner).__module__}.".startswith("torch.optim.")
             self.guard = NonFiniteGuard(list(self.parameters()), inner, list(self.buffers()) + in_place,
                                         self.max_nonfinite_steps, staged_covers=covers, skip_bad_updates=skip)
         return self.guard

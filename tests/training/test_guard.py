@@ -103,6 +103,31 @@ def test_nonfinite_weights_after_a_step_that_cannot_be_undone_stop_at_once():
     assert torch.equal(extra[0], torch.zeros(2)) and not torch.isfinite(params[0]).all()
 
 
+@pytest.mark.parametrize("skip", [False, True], ids=["undo", "skip"])
+def test_a_non_finite_extra_tensor_drops_the_update(skip):
+    """A batch-norm statistic made non-finite by the forward pass, with a finite loss and gradients: the
+    update is dropped like any bad one (skipping, the precheck sees it before the step)."""
+    params = [torch.nn.Parameter(torch.randn(3))]
+    extra = [torch.zeros(2)]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    guard = NonFiniteGuard(params, optimizer, extra, skip_bad_updates=skip)
+    before = params[0].detach().clone()
+    guard.begin()
+    extra[0][0] = float("nan")  # as the forward pass moving a running statistic
+    loss = (params[0] ** 2).sum()
+    loss.backward()
+    guard.precheck(loss)
+    optimizer.step()
+    assert not bool(guard.commit(loss))
+    assert torch.equal(params[0], before) and torch.equal(extra[0], torch.zeros(2)) and int(guard.bad_total) == 1
+
+
+def test_the_flag_is_made_on_the_device_asked_for():
+    """No CPU flag copied to the device (a host sync on a GPU) when there is nothing to read."""
+    from spikeloc.training.guard import _finite
+    assert _finite([], torch.device("meta")).device.type == "meta"
+
+
 def test_weights_covered_by_the_staged_value_are_not_read_again():
     """``staged_covers``: with a staged value (FPTT's, finite only when those weights are) the guard trusts
     it for them; without one, or for weights it does not cover, it reads the weights."""
