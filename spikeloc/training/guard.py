@@ -126,8 +126,7 @@ class NonFiniteGuard:
     def precheck(self, loss: Tensor, grad_norm: Tensor | None = None) -> None:
         """Where a bad update is skipped (``skip_bad_updates``): right before ``optimizer.step()``, drop
         every gradient when the loss, a gradient or an extra tensor is not finite, so that the step
-        changes nothing.
-        ``grad_norm`` as for :meth:`commit`. Elsewhere nothing is done."""
+        changes nothing (``grad_norm`` as for :meth:`commit`). Elsewhere nothing is done."""
         if not self._skipping:
             return
         # the extra tensors too: the forward pass moved the batch-norm statistics, the step will not
