@@ -166,8 +166,8 @@ class _Penalty(torch.autograd.Function):
         ctx.save_for_backward(*params)
         if fptt._next_penalty is not None and fptt._next_penalty[2] == fptt._penalty_key():
             # computed by the accepted update (stage), nothing moved since; the gradient is used once
-            value, ctx.gradients, _ = fptt._next_penalty
-            fptt._next_penalty = value, None, fptt._next_penalty[2]
+            value, ctx.gradients, key = fptt._next_penalty
+            fptt._next_penalty = value, None, key
             return value.clone()
         blocks = fptt.blocks()
         if blocks is None:
