@@ -41,7 +41,10 @@ median minor page faults per timed batch, each a fresh page of memory mapped in;
 ``compile_step`` also step_compiled: false when the compiler failed and the step ran eager),
 ``options`` (per size: option -> batch_s, speedup over default),
 ``breakdown`` (per size: option -> share per category), ``conv_share`` (convolution share of the
-default FPTT step's CPU time, first size), ``fptt_share``, ``cell`` (rows: shape, scope ``neuron``
+default FPTT step's CPU time, first size), ``fptt_share``, with ``--floor`` also ``floor`` (:mod:`floor`:
+the fewest seconds per batch the non-convolution work of the step can take on this machine, ``total_s``
+= ``cells_s`` + ``updates_s``, the convolutions' ``conv_s`` of the default step, ``best_conv_share``, and
+``nonconv_over_floor``: each fp32 option's profiled non-convolution time over that floor), ``cell`` (rows: shape, scope ``neuron``
 or ``step``, variant, ms, speedup), ``compile`` (``ok`` or the compiler error) and, unless
 ``--loader-batches 0``, ``loader_samples_per_s`` (the quick-start datamodule's training loader at the
 first size, its own batch size and workers), ``loader_vs_train`` (that over the fastest training case
@@ -62,6 +65,7 @@ from typing import Any
 
 import common
 from breakdown import CATEGORIES, profiler_callback, shares
+from floor import detector_floor
 
 SIZES = {"small": (128, 0.25), "full": (416, 1.0), "tiny": (64, 0.125)}
 
@@ -132,7 +136,7 @@ def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bo
 
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
     """FPTT/BPTT over T with the default options, then every option at ``--options-steps``."""
-    runs, options, breakdowns = [], {}, {}
+    runs, options, breakdowns, profiled = [], {}, {}, {}
     for size in args.sizes:
         for algorithm in args.algorithms:
             for num_steps in args.steps:
@@ -152,9 +156,30 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         options[size] = {r["option"]: {"batch_s": r["batch_s"],
                                        "speedup": round(reference[0]["batch_s"] / r["batch_s"], 3)} for r in picked}
         breakdowns[size] = {r["option"]: shares(r["totals"]) for r in picked if r["totals"]}
+        profiled[size] = {r["option"]: r["totals"] for r in picked if r["totals"]}
     first = breakdowns[args.sizes[0]]["default"]
-    return {"runs": [{k: v for k, v in r.items() if k != "totals"} for r in runs], "options": options,
-            "breakdown": breakdowns, "conv_share": first["conv"], "fptt_share": first["fptt"]}
+    result = {"runs": [{k: v for k, v in r.items() if k != "totals"} for r in runs], "options": options,
+              "breakdown": breakdowns, "conv_share": first["conv"], "fptt_share": first["fptt"]}
+    if args.floor:
+        result["floor"] = run_floor(args.sizes[0], profiled[args.sizes[0]], args)
+    return result
+
+
+def run_floor(size: str, profiled: dict[str, dict[str, float]], args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`floor.detector_floor` against the default FPTT step's profiled convolutions, with each fp32
+    option's non-convolution time over that floor (``nonconv_over_floor``)."""
+    image_size, width = SIZES[size]
+    module = common.make_detector("fptt", args.options_steps, image_size, width)
+    conv_s = profiled["default"]["conv"] / 1e6
+    result = detector_floor(module, image_size, args.batch_size, args.options_steps, conv_s)
+    result["nonconv_over_floor"] = {
+        option: round((sum(totals.values()) - totals["conv"]) / 1e6 / result["total_s"], 2)
+        for option, totals in profiled.items() if "bf16" not in option}
+    print(f"  floor {size}: non-convolution work >= {1e3 * result['total_s']:.0f} ms per batch (cells "
+          f"{1e3 * result['cells_s']:.0f}, updates {1e3 * result['updates_s']:.0f}), best conv share "
+          f"{result['best_conv_share']:.3f}",
+          file=sys.stderr, flush=True)
+    return result
 
 
 # ---- the data loader -------------------------------------------------------------------------
@@ -279,6 +304,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     for r in result["cell"]:
         print(f"{r['scope']:>7} {str(r['shape']):>18} {r['variant']:>10} {r['ms']:>9.2f} ms  x{r['speedup']:.2f}")
     print(f"conv_share {result['conv_share']:.3f}  fptt_share {result['fptt_share']:.3f}  compile: {result['compile']}")
+    if "floor" in result:
+        floor = result["floor"]
+        print(f"floor of the non-convolution work: {1e3 * floor['total_s']:.0f} ms per batch (best conv share "
+              f"{floor['best_conv_share']:.3f}); measured non-convolution time over it: "
+              + ", ".join(f"{option} {ratio:.2f}x" for option, ratio in floor["nonconv_over_floor"].items()))
     if "loader_samples_per_s" in result:
         loader = result["loader"]
         print(f"data loader ({loader['size']}, {loader['batch_size']} per batch, {loader['num_workers']} worker(s)): "
@@ -343,6 +373,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the datamodule whose training loader is timed (its data section)")
     parser.add_argument("--loader-batches", type=int, default=8, help="timed loader batches (0: skip)")
     parser.add_argument("--loader-warmup", type=int, default=2, help="untimed loader batches first")
+    parser.add_argument("--floor", action="store_true",
+                        help="also the memory-traffic floor of the non-convolution work and the best conv share (floor.py)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--glibc-default", action="store_true",
                         help="leave glibc's allocator as it is (default: held to freed memory, as tools/train.py)")

@@ -26,7 +26,7 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
     train_speed.main(["--sizes", "tiny", "--algorithms", "fptt", "bptt", "--steps", "2", "--options-steps", "2",
                       "--options", "default", "fused+channels_last", "--batches", "1", "--warmup", "0", "--batch-size", "1",
                       "--cell-shapes", "1,4,8,8", "--cell-repeats", "1", "--loader-batches", "2", "--loader-warmup", "1",
-                      "--json", "--plot", str(plot)])
+                      "--floor", "--json", "--plot", str(plot)])
     result = last_json(capsys)
     assert {"device", "threads", "torch", "runs", "options", "breakdown", "conv_share", "fptt_share", "cell",
             "compile", "loader_samples_per_s", "loader_vs_train", "loader_main_ms", "loader",
@@ -54,6 +54,10 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
         ("neuron", "reference"), ("neuron", "fused"), ("step", "reference"), ("step", "fused")]
     assert all(r["ms"] > 0 for r in result["cell"]) and result["cell"][0]["speedup"] == 1.0
     assert plot.stat().st_size > 0
+    floor = result["floor"]  # against the default step's convolutions; bf16 options would have a lower floor
+    assert floor["conv_s"] > 0 and floor["total_s"] > 0 and 0 < floor["best_conv_share"] < 1
+    assert floor["best_conv_share"] == pytest.approx(floor["conv_s"] / (floor["conv_s"] + floor["total_s"]), abs=1e-3)
+    assert set(floor["nonconv_over_floor"]) == {"default", "fused+channels_last", "default again"}
 
 
 def test_infer_speed_tiny_json(benchmarks, capsys):
@@ -182,3 +186,42 @@ def test_compiled_kernels_outside_the_model_go_to_their_scope(benchmarks):
               event("graph_0_cpp_fused_convolution_backward_sigmoid_3", model, start=7, us=40.0)]
     totals = attribute(events)
     assert (totals["fptt"], totals["compiled"], totals["model_other"]) == (33.0, 40.0, 1.0)
+
+
+def test_the_floor_counts_each_pass_at_its_tensors_own_speed(benchmarks):
+    """Hand-computed: 2 cells of 10 elements and 1 of 20, parameters of 3 + 3 + 5, T = 2, 2 updates, with a
+    stub that reads n elements in n s and writes them in 2n s."""
+    from floor import CELL_PASSES, UPDATE_PASSES, floor_seconds
+    calls = []
+
+    def stream(numel):
+        calls.append(numel)
+        return float(numel), 2.0 * numel
+
+    floor = floor_seconds([10, 10, 20], [3, 3, 5], num_steps=2, updates=2, stream=stream)
+    assert (CELL_PASSES, UPDATE_PASSES) == ((21, 6), (10, 5))
+    assert floor["cells_s"] == 2 * (40 * 21 + 40 * 2 * 6)
+    assert floor["updates_s"] == 2 * (11 * 10 + 11 * 2 * 5)
+    assert floor["total_s"] == floor["cells_s"] + floor["updates_s"]
+    assert sorted(calls) == [3, 5, 10, 20]  # each size timed once
+
+
+def test_the_floor_sees_every_spiking_ltc_cell_of_the_detector(benchmarks):
+    import common
+    from floor import detector_floor, ltc_cell_sizes, stream_seconds
+    from spikeloc.neurons.modules import LTCNeuron, SpikingConv2d, set_twin
+    module = common.make_detector("fptt", 2, 64, 0.125)
+    cells = [m for m in module.model.modules() if isinstance(m, SpikingConv2d) and isinstance(m.neuron, LTCNeuron)]
+    sizes = ltc_cell_sizes(module.model, 64, 2)
+    assert len(sizes) == len(cells) > 10
+    first = cells[0]  # the stem: stride 2, so 32x32 outputs of a 64x64 image
+    assert sizes[0] == 2 * first.out_channels * 32 * 32 and first.conv.stride == (2, 2)
+    set_twin(module.model, True)  # the ANN twin has no LTC cell to count
+    assert ltc_cell_sizes(module.model, 64, 2) == []
+    set_twin(module.model, False)
+    read, write = stream_seconds(1 << 16, repeats=1)
+    assert read > 0 and write >= 0
+    result = detector_floor(module, 64, 2, 2, conv_s=1.0)
+    assert result["parameters"] == sum(p.numel() for p in module.parameters())
+    assert result["cell_elements"] == sum(sizes) and result["total_s"] == pytest.approx(result["cells_s"] + result["updates_s"], abs=2e-4)
+    assert result["best_conv_share"] == pytest.approx(1.0 / (1.0 + result["total_s"]), abs=2e-4)
