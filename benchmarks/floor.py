@@ -3,8 +3,8 @@
 Around its convolutions, a step of the LTC-SNN detector does element-wise work and reductions over
 tensors too big for the cache: two training-mode batch norms and the LTC-SN step per cell, forward
 and backward, then, per optimizer update, clipping, Adam and FPTT over every parameter. Whatever
-the implementation, that work has to stream its operands through memory a number of times its
-equations fix; at this machine's streaming speed that takes at least :func:`floor_seconds`. With the
+the implementation around library convolutions (whose outputs land in memory), that work has to
+stream its operands through memory a number of times its equations fix; at this machine's streaming speed that takes at least :func:`floor_seconds`. With the
 profiled convolution time, ``best_conv_share`` is the largest convolution share of the step that any
 implementation of the same maths can reach here.
 
@@ -58,17 +58,20 @@ def ltc_cell_sizes(model: Any, image_size: int, batch_size: int) -> list[int]:
     return [min(sizes) for sizes in seen.values() if sizes]
 
 
-def stream_seconds(numel: int, repeats: int = 9) -> tuple[float, float]:
+def stream_seconds(numel: int, device: str = "cpu", repeats: int = 9) -> tuple[float, float]:
     """Median seconds to read a float32 tensor of ``numel`` elements once (a sum), and the extra time to
-    write one (a copy minus a read)."""
+    write one (a copy minus a read), on ``device``."""
     import torch
-    source, target = torch.rand(numel), torch.empty(numel)
+    source, target = torch.rand(numel, device=device), torch.empty(numel, device=device)
+    sync = torch.cuda.synchronize if source.is_cuda else (lambda: None)
 
     def median(fn: Any) -> float:
         times = []
         for _ in range(repeats + 1):  # the first touches the pages
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - start)
         return statistics.median(times[1:])
 
@@ -97,12 +100,13 @@ def floor_seconds(cell_sizes: list[int], parameter_sizes: list[int], num_steps: 
     return {"cells_s": cells, "updates_s": update, "total_s": cells + update}
 
 
-def detector_floor(module: Any, image_size: int, batch_size: int, num_steps: int, conv_s: float) -> dict[str, Any]:
-    """:func:`floor_seconds` of a ``SpikingDetector`` trained with FPTT (one update per time step), and the
-    best convolution share given ``conv_s``, the convolutions' profiled seconds per batch."""
+def detector_floor(module: Any, image_size: int, batch_size: int, num_steps: int, conv_s: float,
+                   device: str = "cpu") -> dict[str, Any]:
+    """:func:`floor_seconds` of a ``SpikingDetector`` trained with FPTT (one update per time step) on
+    ``device``, and the best convolution share given ``conv_s``, the convolutions' profiled seconds per batch."""
     sizes = ltc_cell_sizes(module.model, image_size, batch_size)
     parameters = [p.numel() for p in module.parameters() if p.requires_grad]
-    floor = floor_seconds(sizes, parameters, num_steps, num_steps)
+    floor = floor_seconds(sizes, parameters, num_steps, num_steps, lambda numel: stream_seconds(numel, device))
     return {"cells": len(sizes), "cell_elements": sum(sizes), "parameters": sum(parameters),
-            **{key: round(value, 4) for key, value in floor.items()},
-            "conv_s": round(conv_s, 4), "best_conv_share": round(conv_s / (conv_s + floor["total_s"]), 4)}
+            **{key: round(value, 6) for key, value in floor.items()},
+            "conv_s": round(conv_s, 6), "best_conv_share": round(conv_s / (conv_s + floor["total_s"]), 4)}

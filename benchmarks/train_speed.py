@@ -171,7 +171,7 @@ def run_floor(size: str, profiled: dict[str, dict[str, float]], args: argparse.N
     image_size, width = SIZES[size]
     module = common.make_detector("fptt", args.options_steps, image_size, width)
     conv_s = profiled["default"]["conv"] / 1e6
-    result = detector_floor(module, image_size, args.batch_size, args.options_steps, conv_s)
+    result = detector_floor(module, image_size, args.batch_size, args.options_steps, conv_s, args.device)
     result["nonconv_over_floor"] = {
         option: round((sum(totals.values()) - totals["conv"]) / 1e6 / result["total_s"], 2)
         for option, totals in profiled.items() if "bf16" not in option}
