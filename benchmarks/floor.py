@@ -4,9 +4,10 @@ Around its convolutions, a step of the LTC-SNN detector does element-wise work a
 tensors too big for the cache: two training-mode batch norms and the LTC-SN step per cell, forward
 and backward, then, per optimizer update, clipping, Adam and FPTT over every parameter. Whatever
 the implementation around library convolutions (whose outputs land in memory), that work has to
-stream its operands through memory a number of times its equations fix; at this machine's streaming speed that takes at least :func:`floor_seconds`. With the
-profiled convolution time, ``best_conv_share`` is the largest convolution share of the step that any
-implementation of the same maths can reach here.
+stream its operands through memory a number of times its equations fix; at this machine's streaming
+speed that takes at least :func:`floor_seconds`. With the profiled convolution time,
+``best_conv_share`` is the largest convolution share of the step that any implementation of the
+same maths can reach here.
 
 Fewest passes (``R`` reads, ``W`` writes, each of a whole tensor) when a tensor does not stay in
 cache, per LTC cell ``i = BN(conv(x))``, ``tau = sigmoid(BN'(conv'(i + u)))``, spikes and ``u'`` from
