@@ -43,8 +43,9 @@ median minor page faults per timed batch, each a fresh page of memory mapped in;
 ``breakdown`` (per size: option -> share per category), ``conv_share`` (convolution share of the
 default FPTT step's CPU time, first size), ``fptt_share``, with ``--floor`` also ``floor`` (:mod:`floor`:
 the fewest seconds per batch the non-convolution work of the step can take on this machine, ``total_s``
-= ``cells_s`` + ``updates_s``, the convolutions' ``conv_s`` of the default step, ``best_conv_share``, and
-``nonconv_over_floor``: each fp32 option's profiled non-convolution time over that floor), ``cell`` (rows: shape, scope ``neuron``
+= ``cells_s`` + ``updates_s``; ``options``: per fp32 option its profiled ``conv_s`` and ``nonconv_s``,
+``best_conv_share`` with the rest at the floor and ``nonconv_over_floor``; ``best_conv_share`` of the
+default at the top), ``cell`` (rows: shape, scope ``neuron``
 or ``step``, variant, ms, speedup), ``compile`` (``ok`` or the compiler error) and, unless
 ``--loader-batches 0``, ``loader_samples_per_s`` (the quick-start datamodule's training loader at the
 first size, its own batch size and workers), ``loader_vs_train`` (that over the fastest training case
@@ -65,7 +66,7 @@ from typing import Any
 
 import common
 from breakdown import CATEGORIES, profiler_callback, shares
-from floor import detector_floor
+from floor import against_floor, detector_floor
 
 SIZES = {"small": (128, 0.25), "full": (416, 1.0), "tiny": (64, 0.125)}
 
@@ -166,19 +167,18 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_floor(size: str, profiled: dict[str, dict[str, float]], args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`floor.detector_floor` against the default FPTT step's profiled convolutions, with each fp32
-    option's non-convolution time over that floor (``nonconv_over_floor``)."""
+    """:func:`floor.detector_floor`, and every fp32 option's profiled step against it (``options``; the
+    default's ``best_conv_share`` also at the top)."""
     image_size, width = SIZES[size]
     module = common.make_detector("fptt", args.options_steps, image_size, width)
-    conv_s = profiled["default"]["conv"] / 1e6
-    result = detector_floor(module, image_size, args.batch_size, args.options_steps, conv_s, args.device)
-    result["nonconv_over_floor"] = {
-        option: round((sum(totals.values()) - totals["conv"]) / 1e6 / result["total_s"], 2)
-        for option, totals in profiled.items() if "bf16" not in option}
+    result = detector_floor(module, image_size, args.batch_size, args.options_steps, args.device)
+    result["options"] = {
+        option: against_floor(totals["conv"] / 1e6, (sum(totals.values()) - totals["conv"]) / 1e6, result["total_s"])
+        for option, totals in profiled.items() if "bf16" not in common.option_parts(option.removesuffix(" again"))}
+    result["best_conv_share"] = result["options"]["default"]["best_conv_share"]
     print(f"  floor {size}: non-convolution work >= {1e3 * result['total_s']:.0f} ms per batch (cells "
           f"{1e3 * result['cells_s']:.0f}, updates {1e3 * result['updates_s']:.0f}), best conv share "
-          f"{result['best_conv_share']:.3f}",
-          file=sys.stderr, flush=True)
+          f"{result['best_conv_share']:.3f}", file=sys.stderr, flush=True)
     return result
 
 
@@ -306,9 +306,10 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"conv_share {result['conv_share']:.3f}  fptt_share {result['fptt_share']:.3f}  compile: {result['compile']}")
     if "floor" in result:
         floor = result["floor"]
-        print(f"floor of the non-convolution work: {1e3 * floor['total_s']:.0f} ms per batch (best conv share "
-              f"{floor['best_conv_share']:.3f}); measured non-convolution time over it: "
-              + ", ".join(f"{option} {ratio:.2f}x" for option, ratio in floor["nonconv_over_floor"].items()))
+        print(f"floor of the non-convolution work: {1e3 * floor['total_s']:.0f} ms per batch; per option, best conv "
+              "share and non-convolution time over the floor: " + ", ".join(
+                  f"{option} {row['best_conv_share']:.3f} {row['nonconv_over_floor']:.2f}x"
+                  for option, row in floor["options"].items()))
     if "loader_samples_per_s" in result:
         loader = result["loader"]
         print(f"data loader ({loader['size']}, {loader['batch_size']} per batch, {loader['num_workers']} worker(s)): "

@@ -54,10 +54,14 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
         ("neuron", "reference"), ("neuron", "fused"), ("step", "reference"), ("step", "fused")]
     assert all(r["ms"] > 0 for r in result["cell"]) and result["cell"][0]["speedup"] == 1.0
     assert plot.stat().st_size > 0
-    floor = result["floor"]  # against the default step's convolutions; bf16 options would have a lower floor
-    assert floor["conv_s"] > 0 and floor["total_s"] > 0 and 0 < floor["best_conv_share"] < 1
-    assert floor["best_conv_share"] == pytest.approx(floor["conv_s"] / (floor["conv_s"] + floor["total_s"]), abs=1e-3)
-    assert set(floor["nonconv_over_floor"]) == {"default", "fused+channels_last", "default again"}
+    floor = result["floor"]  # each fp32 option's profiled step against the floor; bf16 would have a lower one
+    assert floor["total_s"] > 0 and set(floor["options"]) == {"default", "fused+channels_last", "default again"}
+    for option, row in floor["options"].items():
+        share = result["breakdown"]["tiny"][option]["conv"]  # the profile's own shares, rounded to 1e-4
+        assert row["nonconv_s"] / row["conv_s"] == pytest.approx((1 - share) / share, rel=2e-3)
+        assert row["best_conv_share"] == pytest.approx(row["conv_s"] / (row["conv_s"] + floor["total_s"]), abs=1e-3)
+        assert row["nonconv_over_floor"] == pytest.approx(row["nonconv_s"] / floor["total_s"], abs=0.01)
+    assert floor["best_conv_share"] == floor["options"]["default"]["best_conv_share"]
 
 
 def test_infer_speed_tiny_json(benchmarks, capsys):
@@ -190,38 +194,51 @@ def test_compiled_kernels_outside_the_model_go_to_their_scope(benchmarks):
 
 def test_the_floor_counts_each_pass_at_its_tensors_own_speed(benchmarks):
     """Hand-computed: 2 cells of 10 elements and 1 of 20, parameters of 3 + 3 + 5, T = 2, 2 updates, with a
-    stub that reads n elements in n s and writes them in 2n s."""
+    stub that reads n elements in n s and writes them in w n s; each size takes its cheaper order."""
     from floor import CELL_PASSES, UPDATE_PASSES, floor_seconds
-    calls = []
+    assert (CELL_PASSES, UPDATE_PASSES) == (((20, 6), (22, 5)), ((10, 5), (8, 6)))
+    for write, cell, update in ((2.0, 22 + 5 * 2, 10 + 5 * 2), (1.0, 20 + 6, 8 + 6)):
+        calls = []
 
-    def stream(numel):
-        calls.append(numel)
-        return float(numel), 2.0 * numel
+        def stream(numel):
+            calls.append(numel)
+            return float(numel), write * numel
 
-    floor = floor_seconds([10, 10, 20], [3, 3, 5], num_steps=2, updates=2, stream=stream)
-    assert (CELL_PASSES, UPDATE_PASSES) == ((21, 6), (10, 5))
-    assert floor["cells_s"] == 2 * (40 * 21 + 40 * 2 * 6)
-    assert floor["updates_s"] == 2 * (11 * 10 + 11 * 2 * 5)
-    assert floor["total_s"] == floor["cells_s"] + floor["updates_s"]
-    assert sorted(calls) == [3, 5, 10, 20]  # each size timed once
+        floor = floor_seconds([10, 10, 20], [3, 3, 5], num_steps=2, updates=2, stream=stream)
+        assert floor["cells_s"] == 2 * 40 * cell and floor["updates_s"] == 2 * 11 * update
+        assert floor["total_s"] == floor["cells_s"] + floor["updates_s"]
+        assert sorted(calls) == [3, 5, 10, 20]  # each size timed once
 
 
-def test_the_floor_sees_every_spiking_ltc_cell_of_the_detector(benchmarks):
+def test_the_floor_sees_every_spiking_ltc_cell_of_the_detector_and_changes_nothing(benchmarks):
+    import torch
     import common
     from floor import detector_floor, ltc_cell_sizes, stream_seconds
     from spikeloc.neurons.modules import LTCNeuron, SpikingConv2d, set_twin
     module = common.make_detector("fptt", 2, 64, 0.125)
-    cells = [m for m in module.model.modules() if isinstance(m, SpikingConv2d) and isinstance(m.neuron, LTCNeuron)]
-    sizes = ltc_cell_sizes(module.model, 64, 2)
-    assert len(sizes) == len(cells) > 10
+    model = module.model
+    cells = [m for m in model.modules() if isinstance(m, SpikingConv2d) and isinstance(m.neuron, LTCNeuron)]
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    rng = torch.get_rng_state()
+    sizes = ltc_cell_sizes(model, 64, 2)
+    assert len(sizes) == len(cells) > 10 and model.training and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
     first = cells[0]  # the stem: stride 2, so 32x32 outputs of a 64x64 image
     assert sizes[0] == 2 * first.out_channels * 32 * 32 and first.conv.stride == (2, 2)
-    set_twin(module.model, True)  # the ANN twin has no LTC cell to count
-    assert ltc_cell_sizes(module.model, 64, 2) == []
-    set_twin(module.model, False)
-    read, write = stream_seconds(1 << 16, repeats=1)
-    assert read > 0 and write >= 0
-    result = detector_floor(module, 64, 2, 2, conv_s=1.0)
+    reduce = model.neck.reduce[0]  # its neuron runs on the current upsampled 2x: the smaller BN size counts
+    index = cells.index(reduce)
+    bn_out = []
+    handle = reduce.bn.register_forward_hook(lambda _, __, out: bn_out.append(out.numel()))
+    with torch.no_grad():
+        model(torch.zeros(2, 3, 64, 64), None)
+    handle.remove()
+    assert sizes[index] == bn_out[0] and model.neck.upsample != "spikes"
+    set_twin(model, True)  # the ANN twin has no LTC cell to count
+    assert ltc_cell_sizes(model, 64, 2) == []
+    set_twin(model, False)
+    read, write = stream_seconds(1 << 16, rounds=1)
+    assert read > 0
+    result = detector_floor(module, 64, 2, 2)
     assert result["parameters"] == sum(p.numel() for p in module.parameters())
-    assert result["cell_elements"] == sum(sizes) and result["total_s"] == pytest.approx(result["cells_s"] + result["updates_s"], abs=2e-4)
-    assert result["best_conv_share"] == pytest.approx(1.0 / (1.0 + result["total_s"]), abs=2e-4)
+    assert result["cell_elements"] == sum(sizes) and result["cells"] == len(cells)
+    assert result["total_s"] == pytest.approx(result["cells_s"] + result["updates_s"], abs=2e-6)
