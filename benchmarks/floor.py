@@ -32,7 +32,6 @@ throughout: a bf16 step streams fewer bytes and its floor is lower.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
