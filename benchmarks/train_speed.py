@@ -319,7 +319,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def plot(result: dict[str, Any], path: str) -> None:
-    """Throughput against T (FPTT, BPTT) and the step breakdown per option (first size)."""
+    """Throughput against T (FPTT, BPTT) and the step breakdown per option (first size), with each fp32
+    option's best conv share when ``--floor`` measured it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -338,8 +339,13 @@ def plot(result: dict[str, Any], path: str) -> None:
         values = [row[category] for row in table.values()]
         right.bar(list(table), values, bottom=bottom, label=category)
         bottom = [b + v for b, v in zip(bottom, values)]
+    floor = result.get("floor", {}).get("options", {})  # conv share with the rest at the floor (--floor)
+    marks = [(index, floor[option]["best_conv_share"]) for index, option in enumerate(table) if option in floor]
+    if marks:
+        right.hlines([y for _, y in marks], [x - 0.4 for x, _ in marks], [x + 0.4 for x, _ in marks],
+                     colors="black", linewidth=2, zorder=3, label="best conv share")
     right.set(ylabel="share of CPU time", title="FPTT step breakdown")
-    right.tick_params(axis="x", labelrotation=30)
+    right.set_xticks(range(len(table)), list(table), rotation=30, ha="right")
     right.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
