@@ -57,12 +57,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for _ in range(args.steps):  # same numbers from the same start
         values = {name: one(name)[1] for name in states}
+
     def numbers(name: str) -> list[Any]:
         """Running average, trace and gradients of one variant."""
         fptt = states[name]
         return fptt.running + fptt.trace + [p.grad for p in fptt.params]
 
-    a = states["foreach"]
     same = all(torch.equal(x, y) for x, y in zip(numbers("foreach"), numbers("blocked")))
     value_close = values_close(values["foreach"], values["blocked"])
     times: dict[str, list[float]] = {name: [] for name in states}
@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if round_index:  # the first round warms up
                 times[name].append(seconds)
     ratio = common.median([b / a for a, b in zip(times["foreach"], times["blocked"])])
-    result = {"parameters": sum(p.numel() for p in a.params), "tensors": len(a.params),
+    params = states["foreach"].params
+    result = {"parameters": sum(p.numel() for p in params), "tensors": len(params),
               "foreach_ms": round(1000 * common.median(times["foreach"]), 2),
               "blocked_ms": round(1000 * common.median(times["blocked"]), 2), "ratio": round(ratio, 3),
               "same_gradients_and_state": same, "same_penalty": value_close}
