@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from . import native
 from .fused import fused_lif_step, fused_ltc_step
 from .surrogate import Surrogate, get_surrogate
 
@@ -77,6 +78,8 @@ class LTCNeuron(nn.Module):
 
     Input current and output spikes ``[B, C, H, W]``; state ``{"u": [B, C, H, W]}``.
     ``tau_bias`` initialises the bias of ``BN'``, so the initial mean ``tau`` is ``sigmoid(tau_bias)``.
+    ``native``: inside a :class:`SpikingConv2d`, the cell's BN and this neuron run as hand-written CPU
+    kernels (:mod:`spikeloc.neurons.native`; float32 on CPU, else the usual modules).
     """
 
     twin = False  # see set_twin
@@ -84,9 +87,9 @@ class LTCNeuron(nn.Module):
     def __init__(self, channels: int, tau_kernel: int = 3, threshold: float = 1.0,
                  surrogate: str | dict | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
                  tau_bias: float = 0.0, init_state: InitState = "zeros", fused: bool = False,
-                 compile: bool = False) -> None:
+                 compile: bool = False, native: bool = False) -> None:
         super().__init__()
-        self.init_state = init_state
+        self.init_state, self.native = init_state, native
         _set_fused(self, fused, compile)
         self.tau_conv = nn.Conv2d(channels, channels, tau_kernel, padding=tau_kernel // 2, bias=False)
         self.tau_bn = nn.BatchNorm2d(channels)
@@ -106,7 +109,8 @@ class LTCNeuron(nn.Module):
         return spike, {"u": u}
 
     def extra_repr(self) -> str:
-        return f"{_spiking_repr(self)}, tau_kernel={self.tau_conv.kernel_size[0]}"
+        native = ", native" if self.native else ""
+        return f"{_spiking_repr(self)}, tau_kernel={self.tau_conv.kernel_size[0]}{native}"
 
 
 class LTCReadoutNeuron(nn.Module):
@@ -143,7 +147,7 @@ class LTCReadoutNeuron(nn.Module):
 
 
 SPIKING_ONLY = frozenset({"tau_kernel", "threshold", "surrogate", "reset", "tau_bias", "decay", "rho", "scale",
-                          "init_state", "fused", "compile"})
+                          "init_state", "fused", "compile", "native"})
 
 
 def _check_ignored(kwargs: dict, owner: str, allowed: frozenset = SPIKING_ONLY) -> None:
@@ -242,6 +246,9 @@ def make_neuron(kind: NeuronKind, channels: int, **kwargs) -> nn.Module:
     non-spiking ``ltc_readout`` or the stateless ``ann`` twin."""
     if kind not in NEURONS:
         raise ValueError(f"unknown neuron {kind!r}; expected one of {sorted(NEURONS)}")
+    if kind in ("lif", "alif") and kwargs.pop("native", False):
+        raise ValueError(f"native: true runs LTC cells as hand-written kernels; neuron {kind!r} has none "
+                         "(use fused: true)")
     return NEURONS[kind](channels, **kwargs)
 
 
@@ -261,7 +268,12 @@ class SpikingConv2d(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        return self.neuron(self.bn(self.conv(x)), state)
+        current = self.conv(x)
+        if getattr(self.neuron, "native", False) and native.applies(self, current):
+            u = _membrane(state, current, self.neuron.init_state)
+            spike, u = native.ltc_cell(current, u, self.bn, self.neuron)
+            return spike, {"u": u}
+        return self.neuron(self.bn(current), state)
 
 
 class LTCDense(nn.Module):

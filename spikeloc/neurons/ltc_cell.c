@@ -1,0 +1,266 @@
+/* The LTC-SN conv cell's element-wise work as four CPU kernels (README "Speed and many GPUs").
+ *
+ * Around two library convolutions, c = conv(x) and t = tau_conv(a):
+ *   i = BN(c), a = i + u, tau = sigmoid(BN'(t)), u1 = u + tau (i - u), s = H(u1 - theta),
+ *   u_next = (1 - s) u1 (hard reset) or u1 - s theta (soft).
+ * Tensors are contiguous float32 [N, C, HW]. Every kernel walks one channel at a time (channels in
+ * parallel), so a channel's per-channel sums and the pass that uses them read the same N * HW values,
+ * the second time from cache. BN in training mode takes the batch's mean and biased variance (two
+ * passes, double accumulators); otherwise the given running mean and variance.
+ * The spike's derivative is the multi-Gaussian surrogate
+ *   k0 exp(c0 v^2) - k1 (exp(c1 (v - sigma)^2) + exp(c1 (v + sigma)^2)).
+ */
+#include <math.h>
+#include <stdint.h>
+
+typedef int64_t i64;
+
+typedef struct {
+    float c0, c1, k0, k1, sigma;
+} surrogate_t;
+
+#define PLANE(ptr, n, c) ((ptr) + ((n) * C + (c)) * HW)
+#define INLINE static inline __attribute__((always_inline))
+#define LANES 16
+#define CHANNELS _Pragma("omp parallel for num_threads(threads) if(threads > 1) schedule(static)") \
+    for (i64 c = 0; c < C; ++c)
+
+/* exp(x) for |x| <= 80, inline so that loops vectorise without calls: 2^n 2^f, n = round(x log2 e),
+ * 2^f by its degree-6 Taylor polynomial on |f| <= 1/2 (relative error below 3e-7). */
+static inline float exp_inline(float x) {
+    float t = x * 1.44269504088896341f, n = floorf(t + 0.5f), f = t - n;
+    float p = 1.5403530393381608e-4f;
+    p = p * f + 1.3333558146428443e-3f;
+    p = p * f + 9.6181291076284772e-3f;
+    p = p * f + 5.5504108664821580e-2f;
+    p = p * f + 2.4022650695910071e-1f;
+    p = p * f + 6.9314718055994531e-1f;
+    p = p * f + 1.0f;
+    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* x clamped to [lo, hi]; NaN stays NaN (the non-finite guard must see it downstream). */
+static inline float clamp(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+/* exp(x) for x <= 0, exactly 0 below -80. */
+static inline float exp_neg(float x) { return x < -80.0f ? 0.0f : exp_inline(clamp(x, -80.0f, 0.0f)); }
+
+/* sigmoid(z); beyond |z| = 80 it is 1 or 1e-35, as good as exact in float32. */
+static inline float sigmoidf(float z) { return 1.0f / (1.0f + exp_inline(clamp(-z, -80.0f, 80.0f))); }
+
+static inline float surrogate(float v, surrogate_t g) {
+    float lo = v - g.sigma, hi = v + g.sigma;
+    return g.k0 * exp_neg(g.c0 * v * v) - g.k1 * (exp_neg(g.c1 * lo * lo) + exp_neg(g.c1 * hi * hi));
+}
+
+/* Mean and rstd = 1 / sqrt(var + eps) of channel c; batch statistics also return the biased var. */
+static void channel_norm(const float *x, i64 N, i64 C, i64 HW, i64 c, int batch_stats, float eps,
+                         float *mean, float *var, float *rstd) {
+    if (batch_stats) {
+        double sum = 0, sq = 0;
+        for (i64 n = 0; n < N; ++n) {
+            const float *p = PLANE(x, n, c);
+            #pragma omp simd reduction(+:sum)
+            for (i64 j = 0; j < HW; ++j) sum += p[j];
+        }
+        double m = sum / (double)(N * HW);
+        for (i64 n = 0; n < N; ++n) {
+            const float *p = PLANE(x, n, c);
+            #pragma omp simd reduction(+:sq)
+            for (i64 j = 0; j < HW; ++j) { double d = p[j] - m; sq += d * d; }
+        }
+        mean[c] = (float)m;
+        var[c] = (float)(sq / (double)(N * HW));
+    }
+    rstd[c] = 1.0f / sqrtf(var[c] + eps);
+}
+
+/* Forward, first half: BN of c (stats into mean1/var1/rstd1 when batch_stats) and a = BN(c) + u. */
+void ltc_input_forward(const float *cur, const float *u, const float *w1, const float *b1, i64 N, i64 C, i64 HW,
+                       int batch_stats, float eps, float *mean1, float *var1, float *rstd1, float *a, int threads) {
+    CHANNELS {
+        channel_norm(cur, N, C, HW, c, batch_stats, eps, mean1, var1, rstd1);
+        float scale = w1[c] * rstd1[c], shift = b1[c] - mean1[c] * scale;
+        for (i64 n = 0; n < N; ++n) {
+            const float *pc = PLANE(cur, n, c), *pu = PLANE(u, n, c);
+            float *pa = PLANE(a, n, c);
+            #pragma omp simd
+            for (i64 j = 0; j < HW; ++j) pa[j] = pc[j] * scale + shift + pu[j];
+        }
+    }
+}
+
+/* A plane's last HW % LANES elements run through zero-padded copies of LANES elements, so that loops
+ * with exponentials run as whole vectors only (the scalar tail of a 13x13 plane cost as much as the
+ * rest of it). Zero gradients in the padding add zero to every sum. */
+INLINE const float *pad(float *buffer, const float *src, i64 count) {
+    if (!src) return 0;
+    for (i64 j = 0; j < LANES; ++j) buffer[j] = j < count ? src[j] : 0.0f;
+    return buffer;
+}
+
+INLINE void unpad(float *dst, const float *buffer, i64 count) {
+    for (i64 j = 0; j < count; ++j) dst[j] = buffer[j];
+}
+
+INLINE void tau_forward_plane(const float *pc, const float *pu, const float *pt, float s1, float h1, float s2,
+                              float h2, float theta, int hard, float *ps, float *pn, i64 len) {
+    #pragma omp simd
+    for (i64 j = 0; j < len; ++j) {
+        float i = pc[j] * s1 + h1, tau = sigmoidf(pt[j] * s2 + h2);
+        float u1 = pu[j] + tau * (i - pu[j]);
+        float s = u1 - theta > 0.0f ? 1.0f : 0.0f;
+        ps[j] = s;
+        pn[j] = hard ? (1.0f - s) * u1 : u1 - s * theta;
+    }
+}
+
+/* Forward, second half: BN' of t (stats into mean2/var2/rstd2), tau, the LTC update, spike and reset. */
+void ltc_tau_forward(const float *cur, const float *u, const float *t, const float *w1, const float *b1,
+                     const float *mean1, const float *rstd1, const float *w2, const float *b2, i64 N, i64 C, i64 HW,
+                     int batch_stats, float eps, float theta, int hard, float *mean2, float *var2, float *rstd2,
+                     float *spike, float *u_next, int threads) {
+    i64 body = HW - HW % LANES, tail = HW - body;
+    CHANNELS {
+        channel_norm(t, N, C, HW, c, batch_stats, eps, mean2, var2, rstd2);
+        float s1 = w1[c] * rstd1[c], h1 = b1[c] - mean1[c] * s1;
+        float s2 = w2[c] * rstd2[c], h2 = b2[c] - mean2[c] * s2;
+        for (i64 n = 0; n < N; ++n) {
+            const float *pc = PLANE(cur, n, c), *pu = PLANE(u, n, c), *pt = PLANE(t, n, c);
+            float *ps = PLANE(spike, n, c), *pn = PLANE(u_next, n, c);
+            tau_forward_plane(pc, pu, pt, s1, h1, s2, h2, theta, hard, ps, pn, body);
+            if (tail) {
+                float bc[LANES], bu[LANES], bt[LANES], bs[LANES], bn[LANES];
+                tau_forward_plane(pad(bc, pc + body, tail), pad(bu, pu + body, tail), pad(bt, pt + body, tail),
+                                  s1, h1, s2, h2, theta, hard, bs, bn, LANES);
+                unpad(ps + body, bs, tail);
+                unpad(pn + body, bn, tail);
+            }
+        }
+    }
+}
+
+/* d(loss)/d(u1) and d(loss)/d(BN' output) of len elements; grad_spike / grad_next may be absent (zero). */
+INLINE void tau_grads(const float *pc, const float *pu, const float *pt, const float *gs, const float *gn,
+                      float s1, float h1, float s2, float h2, float m2, float r2, float theta, int hard, surrogate_t g,
+                      i64 len, float *gu1, float *gz, double *sum, double *sum_x) {
+    double acc = 0, acc_x = 0;
+    #pragma omp simd reduction(+:acc, acc_x)
+    for (i64 j = 0; j < len; ++j) {
+        float i = pc[j] * s1 + h1, tau = sigmoidf(pt[j] * s2 + h2), d = i - pu[j];
+        float u1 = pu[j] + tau * d, v = u1 - theta;
+        float grad_s = gs ? gs[j] : 0.0f, grad_n = gn ? gn[j] : 0.0f;
+        float grad_v = (grad_s - grad_n * (hard ? u1 : theta)) * surrogate(v, g);
+        float grad_u1 = (hard && v > 0.0f ? 0.0f : grad_n) + grad_v;
+        float grad_z = grad_u1 * d * tau * (1.0f - tau);
+        gu1[j] = grad_u1;
+        gz[j] = grad_z;
+        acc += grad_z;
+        acc_x += grad_z * (pt[j] - m2) * r2;
+    }
+    *sum += acc;
+    *sum_x += acc_x;
+}
+
+/* tau_grads with the absent gradient known at compile time (one vector loop per case). */
+INLINE void tau_grads_any(const float *pc, const float *pu, const float *pt, const float *gs, const float *gn,
+                          float s1, float h1, float s2, float h2, float m2, float r2, float theta, int hard,
+                          surrogate_t g, i64 len, float *gu1, float *gz, double *sum, double *sum_x) {
+    if (gs && gn) tau_grads(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, g, len, gu1, gz, sum, sum_x);
+    else if (gs) tau_grads(pc, pu, pt, gs, 0, s1, h1, s2, h2, m2, r2, theta, hard, g, len, gu1, gz, sum, sum_x);
+    else tau_grads(pc, pu, pt, 0, gn, s1, h1, s2, h2, m2, r2, theta, hard, g, len, gu1, gz, sum, sum_x);
+}
+
+/* Backward, first half: grad_u1 (for ltc_input_backward) and grad_t (into tau_conv's backward), with
+ * BN' weight and bias gradients. grad_spike or grad_next may be NULL (no gradient reached them). */
+void ltc_tau_backward(const float *cur, const float *u, const float *t, const float *grad_spike,
+                      const float *grad_next, const float *w1, const float *b1, const float *mean1,
+                      const float *rstd1, const float *w2, const float *b2, const float *mean2, const float *rstd2,
+                      i64 N, i64 C, i64 HW, int batch_stats, float theta, int hard, surrogate_t g,
+                      float *grad_u1, float *grad_t, float *grad_w2, float *grad_b2, int threads) {
+    i64 body = HW - HW % LANES, tail = HW - body;
+    CHANNELS {
+        float s1 = w1[c] * rstd1[c], h1 = b1[c] - mean1[c] * s1;
+        float m2 = mean2[c], r2 = rstd2[c], s2 = w2[c] * r2, h2 = b2[c] - m2 * s2;
+        double sum = 0, sum_x = 0;
+        for (i64 n = 0; n < N; ++n) {
+            const float *pc = PLANE(cur, n, c), *pu = PLANE(u, n, c), *pt = PLANE(t, n, c);
+            const float *gs = grad_spike ? PLANE(grad_spike, n, c) : 0, *gn = grad_next ? PLANE(grad_next, n, c) : 0;
+            float *gu1 = PLANE(grad_u1, n, c), *gz = PLANE(grad_t, n, c);
+            tau_grads_any(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, g, body, gu1, gz, &sum, &sum_x);
+            if (tail) {
+                float bc[LANES], bu[LANES], bt[LANES], bs[LANES], bn[LANES], bg[LANES], bz[LANES];
+                tau_grads_any(pad(bc, pc + body, tail), pad(bu, pu + body, tail), pad(bt, pt + body, tail),
+                              pad(bs, gs ? gs + body : 0, tail), pad(bn, gn ? gn + body : 0, tail), s1, h1, s2, h2,
+                              m2, r2, theta, hard, g, LANES, bg, bz, &sum, &sum_x);
+                unpad(gu1 + body, bg, tail);
+                unpad(gz + body, bz, tail);
+            }
+        }
+        grad_w2[c] = (float)sum_x;
+        grad_b2[c] = (float)sum;
+        float mean_g = batch_stats ? (float)(sum / (double)(N * HW)) : 0.0f;
+        float mean_gx = batch_stats ? (float)(sum_x / (double)(N * HW)) : 0.0f;
+        for (i64 n = 0; n < N; ++n) {
+            const float *pt = PLANE(t, n, c);
+            float *gz = PLANE(grad_t, n, c);
+            #pragma omp simd
+            for (i64 j = 0; j < HW; ++j) gz[j] = s2 * (gz[j] - mean_g - (pt[j] - m2) * r2 * mean_gx);
+        }
+    }
+}
+
+/* grad_u, and grad_i (into gc) with its sums, of len elements. */
+INLINE void input_grads(const float *pc, const float *pt, const float *gu1, const float *ga, float m1, float r1,
+                        float s2, float h2, i64 len, float *gu, float *gc, double *sum, double *sum_x) {
+    double acc = 0, acc_x = 0;
+    #pragma omp simd reduction(+:acc, acc_x)
+    for (i64 j = 0; j < len; ++j) {
+        float tau = sigmoidf(pt[j] * s2 + h2), g = gu1[j];
+        float grad_i = g * tau + ga[j];
+        gu[j] = g - g * tau + ga[j];
+        gc[j] = grad_i;
+        acc += grad_i;
+        acc_x += grad_i * (pc[j] - m1) * r1;
+    }
+    *sum += acc;
+    *sum_x += acc_x;
+}
+
+/* Backward, second half: with grad_a from tau_conv's backward, the gradients of u and of c (BN's
+ * input), and BN's weight and bias gradients. grad_c may alias grad_u1. */
+void ltc_input_backward(const float *cur, const float *t, const float *grad_u1, const float *grad_a,
+                        const float *w1, const float *mean1, const float *rstd1, const float *w2, const float *b2,
+                        const float *mean2, const float *rstd2, i64 N, i64 C, i64 HW, int batch_stats,
+                        float *grad_u, float *grad_c, float *grad_w1, float *grad_b1, int threads) {
+    i64 body = HW - HW % LANES, tail = HW - body;
+    CHANNELS {
+        float m1 = mean1[c], r1 = rstd1[c], s1 = w1[c] * r1;
+        float s2 = w2[c] * rstd2[c], h2 = b2[c] - mean2[c] * s2;
+        double sum = 0, sum_x = 0;
+        for (i64 n = 0; n < N; ++n) {
+            const float *pc = PLANE(cur, n, c), *pt = PLANE(t, n, c), *gu1 = PLANE(grad_u1, n, c);
+            const float *ga = PLANE(grad_a, n, c);
+            float *gu = PLANE(grad_u, n, c), *gc = PLANE(grad_c, n, c);
+            input_grads(pc, pt, gu1, ga, m1, r1, s2, h2, body, gu, gc, &sum, &sum_x);
+            if (tail) {
+                float bc[LANES], bt[LANES], bg[LANES], ba[LANES], bu[LANES], bi[LANES];
+                input_grads(pad(bc, pc + body, tail), pad(bt, pt + body, tail), pad(bg, gu1 + body, tail),
+                            pad(ba, ga + body, tail), m1, r1, s2, h2, LANES, bu, bi, &sum, &sum_x);
+                unpad(gu + body, bu, tail);
+                unpad(gc + body, bi, tail);
+            }
+        }
+        grad_w1[c] = (float)sum_x;
+        grad_b1[c] = (float)sum;
+        float mean_g = batch_stats ? (float)(sum / (double)(N * HW)) : 0.0f;
+        float mean_gx = batch_stats ? (float)(sum_x / (double)(N * HW)) : 0.0f;
+        for (i64 n = 0; n < N; ++n) {
+            const float *pc = PLANE(cur, n, c);
+            float *gc = PLANE(grad_c, n, c);
+            #pragma omp simd
+            for (i64 j = 0; j < HW; ++j) gc[j] = s1 * (gc[j] - mean_g - (pc[j] - m1) * r1 * mean_gx);
+        }
+    }
+}
