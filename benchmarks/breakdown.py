@@ -11,6 +11,8 @@ CPU time then goes to:
    such as FPTT's compiled update, goes to that scope); ``conv`` / ``batchnorm`` when it or an ancestor is a
    convolution / batch-norm op or its backward (``aten::mkldnn_convolution``,
    ``aten::convolution_backward``, ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...);
+   ``neuron`` when it is a kernel of the native LTC cell (``spikeloc::ltc_...``: batch norm and neuron
+   maths together);
 2. else the innermost scope around it; a backward node (``evaluate_function: XBackward0``) goes
    to the scope of the forward op that created it: the last op to start with its autograd sequence
    number (an op that creates no node records the number the next node will get);
@@ -31,10 +33,13 @@ _BACKWARD = "autograd::engine::evaluate_function"
 
 
 def by_name(name: str) -> str | None:
-    """``compiled`` / ``conv`` / ``batchnorm`` / ``optimizer`` for ops recognised by name alone, else None."""
+    """``compiled`` / ``neuron`` / ``conv`` / ``batchnorm`` / ``optimizer`` for ops recognised by name alone,
+    else None."""
     lower = name.lower()
     if "cpp_fused" in lower:  # before the others: its name lists the ops fused into it, convolutions' too
         return "compiled"
+    if name.startswith("spikeloc::ltc_"):  # the native cell's kernels
+        return "neuron"
     if _CONV.search(lower):
         return "conv"
     if "batch_norm" in lower or "batchnorm" in lower:

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # glibc: few arenas, and a fixed mmap threshold (no dynamic growth), so big freed tensors go
 # straight back to the kernel and RSS follows live memory instead of allocator history.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-OPTIONS = ("default", "fused", "compile", "compile_step", "inductor_layout", "channels_last", "bf16", "fused_adam",
-           "device_guard", "eager_fptt")
+OPTIONS = ("default", "fused", "compile", "native", "compile_step", "inductor_layout", "channels_last", "bf16",
+           "fused_adam", "device_guard", "eager_fptt")
 
 
 def _status_kib(field: str) -> int:
@@ -184,6 +184,10 @@ def apply_option(module: Any, option: str) -> str:
     NonFiniteGuard.read_cpu_flag = "device_guard" not in parts  # the restore path a GPU takes, on any device
     if "fused" in parts or "compile" in parts:
         fuse_cells(module, compile="compile" in parts)
+    if "native" in parts:  # LTC conv cells as hand-written CPU kernels (neuron_kwargs: {native: true})
+        for neuron in module.modules():
+            if hasattr(neuron, "native"):
+                neuron.native = True
     if "compile_step" in parts:  # the whole model step through torch.compile (OnlineModule.call_step)
         module.compile_step = True
     if "inductor_layout" in parts:  # the same, with inductor free to turn convolutions channels-last

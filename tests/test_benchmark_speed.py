@@ -121,6 +121,7 @@ def test_breakdown_names_compiled_kernels_before_the_ops_they_fuse(benchmarks):
     assert by_name("graph_1_cpp_fused__native_batch_norm_legit_functional_add_convolution_backward_7") == "compiled"
     assert by_name("aten::convolution_backward") == "conv"
     assert by_name("aten::native_batch_norm_backward") == "batchnorm"
+    assert by_name("spikeloc::ltc_tau_backward") == "neuron"  # the native cell: batch norm and neuron together
     assert by_name("aten::sigmoid") is None
 
 
@@ -150,6 +151,10 @@ def test_options_combine_and_unknown_ones_are_named(benchmarks):
     assert module.compile_step and module.channels_last
     common.apply_option(module, "inductor_layout+fused_adam")  # torch.compile's own layout choice
     assert module.compile_step == {"options": {"layout_optimization": True}}
+    ltc = [m for m in module.modules() if type(m).__name__ == "LTCNeuron"]
+    assert ltc and not any(m.native for m in ltc)
+    common.apply_option(module, "native")  # the LTC cells' hand-written kernels
+    assert all(m.native for m in ltc)
     with pytest.raises(ValueError, match="'fast' in 'fused\\+fast'"):
         common.apply_option(module, "fused+fast")
     with pytest.raises(SystemExit):
