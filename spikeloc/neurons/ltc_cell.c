@@ -76,6 +76,23 @@ static void channel_norm(const float *x, i64 N, i64 C, i64 HW, i64 c, int batch_
     rstd[c] = 1.0f / sqrtf(var[c] + eps);
 }
 
+/* Batch norm's backward for channel c, in place: g holds d(loss)/d(output) of x's normalisation,
+ * with its sum and its sum against x_hat = (x - mean) rstd; it becomes d(loss)/dx. Also the weight
+ * and bias gradients. Without batch statistics the normalisation is affine: dx = scale * g. */
+static void bn_backward(const float *x, float *g, i64 N, i64 C, i64 HW, i64 c, float mean, float rstd, float scale,
+                        double sum, double sum_x, int batch_stats, float *grad_w, float *grad_b) {
+    grad_w[c] = (float)sum_x;
+    grad_b[c] = (float)sum;
+    float mean_g = batch_stats ? (float)(sum / (double)(N * HW)) : 0.0f;
+    float mean_gx = batch_stats ? (float)(sum_x / (double)(N * HW)) : 0.0f;
+    for (i64 n = 0; n < N; ++n) {
+        const float *px = PLANE(x, n, c);
+        float *pg = PLANE(g, n, c);
+        #pragma omp simd
+        for (i64 j = 0; j < HW; ++j) pg[j] = scale * (pg[j] - mean_g - (px[j] - mean) * rstd * mean_gx);
+    }
+}
+
 /* Forward, first half: BN of c (stats into mean1/var1/rstd1 when batch_stats) and a = BN(c) + u. */
 void ltc_input_forward(const float *cur, const float *u, const float *w1, const float *b1, i64 N, i64 C, i64 HW,
                        int batch_stats, float eps, float *mean1, float *var1, float *rstd1, float *a, int threads) {
@@ -198,16 +215,7 @@ void ltc_tau_backward(const float *cur, const float *u, const float *t, const fl
                 unpad(gz + body, bz, tail);
             }
         }
-        grad_w2[c] = (float)sum_x;
-        grad_b2[c] = (float)sum;
-        float mean_g = batch_stats ? (float)(sum / (double)(N * HW)) : 0.0f;
-        float mean_gx = batch_stats ? (float)(sum_x / (double)(N * HW)) : 0.0f;
-        for (i64 n = 0; n < N; ++n) {
-            const float *pt = PLANE(t, n, c);
-            float *gz = PLANE(grad_t, n, c);
-            #pragma omp simd
-            for (i64 j = 0; j < HW; ++j) gz[j] = s2 * (gz[j] - mean_g - (pt[j] - m2) * r2 * mean_gx);
-        }
+        bn_backward(t, grad_t, N, C, HW, c, m2, r2, s2, sum, sum_x, batch_stats, grad_w2, grad_b2);
     }
 }
 
@@ -252,15 +260,6 @@ void ltc_input_backward(const float *cur, const float *t, const float *grad_u1, 
                 unpad(gc + body, bi, tail);
             }
         }
-        grad_w1[c] = (float)sum_x;
-        grad_b1[c] = (float)sum;
-        float mean_g = batch_stats ? (float)(sum / (double)(N * HW)) : 0.0f;
-        float mean_gx = batch_stats ? (float)(sum_x / (double)(N * HW)) : 0.0f;
-        for (i64 n = 0; n < N; ++n) {
-            const float *pc = PLANE(cur, n, c);
-            float *gc = PLANE(grad_c, n, c);
-            #pragma omp simd
-            for (i64 j = 0; j < HW; ++j) gc[j] = s1 * (gc[j] - mean_g - (pc[j] - m1) * r1 * mean_gx);
-        }
+        bn_backward(cur, grad_c, N, C, HW, c, m1, r1, s1, sum, sum_x, batch_stats, grad_w1, grad_b1);
     }
 }

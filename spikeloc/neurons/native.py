@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from .surrogate import MultiGaussian
 
 _SOURCE = Path(__file__).with_name("ltc_cell.c")
-_FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC",
+          *(("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()))
 _F, _I64, _INT, _P = ctypes.c_float, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 
 
@@ -276,8 +277,8 @@ def ltc_cell(current: Tensor, u: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module) 
     """``neuron(bn(current), {"u": u})``'s ``(spike, u_next)`` through the kernels; updates both BNs' running
     statistics in training as they would. ``current``, ``u``: ``[B, C, H, W]`` float32 on CPU."""
     tau_bn = neuron.tau_bn
-    settings = {"batch_stats": bn.training or bn.running_mean is None, "eps1": bn.eps, "eps2": tau_bn.eps, "threshold": float(neuron.threshold),
-                "hard": neuron.reset == "hard", "padding": neuron.tau_conv.padding[0],
+    settings = {"batch_stats": bn.training or bn.running_mean is None, "eps1": bn.eps, "eps2": tau_bn.eps,
+                "threshold": float(neuron.threshold), "hard": neuron.reset == "hard", "padding": neuron.tau_conv.padding[0],
                 "surrogate": [*neuron.surrogate.constants(), neuron.surrogate.sigma]}
     spike, u_next, mean1, var1, mean2, var2 = _Cell.apply(
         current, u, bn.weight, bn.bias, neuron.tau_conv.weight, tau_bn.weight, tau_bn.bias,
