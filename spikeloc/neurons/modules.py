@@ -109,8 +109,8 @@ class LTCNeuron(nn.Module):
         return spike, {"u": u}
 
     def extra_repr(self) -> str:
-        native = ", native" if self.native else ""
-        return f"{_spiking_repr(self)}, tau_kernel={self.tau_conv.kernel_size[0]}{native}"
+        suffix = ", native" if self.native else ""
+        return f"{_spiking_repr(self)}, tau_kernel={self.tau_conv.kernel_size[0]}{suffix}"
 
 
 class LTCReadoutNeuron(nn.Module):
