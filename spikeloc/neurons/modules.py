@@ -269,7 +269,7 @@ class SpikingConv2d(nn.Module):
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         current = self.conv(x)
-        if getattr(self.neuron, "native", False) and native.applies(self, current):
+        if native.applies(self, current):
             u = _membrane(state, current, self.neuron.init_state)
             spike, u = native.ltc_cell(current, u, self.bn, self.neuron)
             return spike, {"u": u}

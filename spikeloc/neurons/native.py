@@ -212,8 +212,7 @@ class _Cell(torch.autograd.Function):
         spike, u_next, mean2, var2, rstd2 = _call(_tau_forward, cur, u, t, w1, b1, mean1, rstd1, w2, b2, mean2,
                                                   var2, batch_stats, eps2, settings["threshold"], settings["hard"])
         ctx.settings = settings
-        ctx.save_for_backward(cur.contiguous(), u.contiguous(), t, a, tau_weight, w1, b1, w2, b2,
-                              mean1, rstd1, mean2, rstd2)
+        ctx.save_for_backward(cur, u, t, a, tau_weight, w1, b1, w2, b2, mean1, rstd1, mean2, rstd2)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(mean1, var1, mean2, var2)
         return spike, u_next, mean1, var1, mean2, var2
@@ -278,10 +277,10 @@ def ltc_cell(current: Tensor, u: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module) 
     statistics in training as they would. ``current``, ``u``: ``[B, C, H, W]`` float32 on CPU."""
     tau_bn = neuron.tau_bn
     settings = {"batch_stats": bn.training or bn.running_mean is None, "eps1": bn.eps, "eps2": tau_bn.eps,
-                "threshold": float(neuron.threshold), "hard": neuron.reset == "hard", "padding": neuron.tau_conv.padding[0],
-                "surrogate": [*neuron.surrogate.constants(), neuron.surrogate.sigma]}
-    spike, u_next, mean1, var1, mean2, var2 = _Cell.apply(
-        current, u, bn.weight, bn.bias, neuron.tau_conv.weight, tau_bn.weight, tau_bn.bias,
+                "threshold": float(neuron.threshold), "hard": neuron.reset == "hard",
+                "padding": neuron.tau_conv.padding[0], "surrogate": [*neuron.surrogate.constants(), neuron.surrogate.sigma]}
+    spike, u_next, mean1, var1, mean2, var2 = _Cell.apply(  # u contiguous once: the kernels and backward read it
+        current, u.contiguous(), bn.weight, bn.bias, neuron.tau_conv.weight, tau_bn.weight, tau_bn.bias,
         *_stats(bn, current), *_stats(tau_bn, current), settings)
     if bn.training and bn.track_running_stats:
         count = current.numel() // current.shape[1]

@@ -109,11 +109,9 @@ def test_native_cell_runs_the_modules_where_it_does_not_apply():
     """float64, channels-last and bf16 autocast run the usual modules (bit for bit the reference)."""
     ref, nat = cells()
     x, u, weights = inputs()
-    for convert in (lambda m, t: (m.double(), t.double()),
-                    lambda m, t: (m.to(memory_format=torch.channels_last), t.to(memory_format=torch.channels_last))):
-        r, n = copy.deepcopy(ref), copy.deepcopy(nat)
-        (r, x1), (n, _) = convert(r, x), convert(n, x)
-        u1 = convert(r, u)[1]
+    for convert in (lambda t: t.double(), lambda t: t.to(memory_format=torch.channels_last)):
+        r, n = convert(copy.deepcopy(ref)), convert(copy.deepcopy(nat))  # nn.Module.double / .to act in place
+        x1, u1 = convert(x), convert(u)
         assert not native.applies(n, n.conv(x1))
         assert torch.equal(n(x1, {"u": u1})[0], r(x1, {"u": u1})[0])
     with torch.autocast("cpu", dtype=torch.bfloat16):
