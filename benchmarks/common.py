@@ -192,8 +192,8 @@ def apply_option(module: Any, option: str) -> str:
         module.compile_step = True
     if "inductor_layout" in parts:  # the same, with inductor free to turn convolutions channels-last
         module.compile_step = {"options": {"layout_optimization": True}}
-    if "eager_fptt" in parts:  # FPTT blocked and eager also under compile_step
-        module.fptt_config.compile = False
+    if "eager_fptt" in parts:  # FPTT blocked and eager also under compile_step or native
+        module.fptt_config.compile = module.fptt_config.native = False
     if "fused_adam" in parts:  # Adam's update as one kernel over all parameters (CPU and CUDA)
         module.optimizer_factory = lambda params: torch.optim.Adam(params, lr=1e-3, fused=True)
     if "channels_last" in parts:  # weights, inputs and state in NHWC (the task module's option)

@@ -6,12 +6,13 @@ Both run in turn within every repeat on their own copy of the parameters and FPT
 same start; the script checks that they give the same gradients, running average and trace (bitwise)
 and prints the medians and the median of the paired ratios. ``--compiled`` adds FPTT's compiled form
 (``FPTT(compile=True)``, what ``compile_step`` runs; compiled in the first, untimed steps), checked
-against the foreach numbers to float32 rounding.
+against the foreach numbers to float32 rounding; ``--native`` likewise its hand-written kernel
+(``FPTT(native=True)``, what native cells run; ``spikeloc/kernels/fptt.c``).
 
 Usage::
 
     python benchmarks/fptt_speed.py [--image-size 416] [--width 1.0] [--repeats 20] [--steps 3] [--compiled]
-        [--json]
+        [--native] [--json]
 """
 from __future__ import annotations
 
@@ -30,11 +31,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from spikeloc.training.fptt import FPTT
     torch.manual_seed(0)
     model = common.make_detector("fptt", 1, args.image_size, args.width).model
-    models = {"foreach": model, "blocked": copy.deepcopy(model)}
-    if args.compiled:
-        models["compiled"] = copy.deepcopy(model)
-    states = {name: FPTT(m.parameters(), alpha=0.1, beta=0.5, update_alpha=0.5, compile=name == "compiled")
-              for name, m in models.items()}
+    extras = [name for name in ("compiled", "native") if getattr(args, name)]
+    models = {"foreach": model, "blocked": copy.deepcopy(model), **{name: copy.deepcopy(model) for name in extras}}
+    states = {name: FPTT(m.parameters(), alpha=0.1, beta=0.5, update_alpha=0.5, compile=name == "compiled",
+                         native=name == "native") for name, m in models.items()}
     baseline = states["foreach"]  # its state as before: one tensor per parameter, not views of one buffer
     baseline.running, baseline.trace = [t.clone() for t in baseline.running], [t.clone() for t in baseline.trace]
     baseline.block = None
@@ -77,11 +77,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "foreach_ms": round(1000 * common.median(times["foreach"]), 2),
               "blocked_ms": round(1000 * common.median(times["blocked"]), 2), "ratio": round(ratio, 3),
               "same_gradients_and_state": same, "same_penalty": value_close}
-    if args.compiled:
-        result["compiled_ms"] = round(1000 * common.median(times["compiled"]), 2)
-        result["compiled_ratio"] = round(common.median([c / f for f, c in zip(times["foreach"], times["compiled"])]), 3)
-        result["compiled_close"] = values_close(values["foreach"], values["compiled"]) and all(
-            values_close(x, y) for x, y in zip(numbers("foreach"), numbers("compiled")))
+    for name in extras:
+        result[f"{name}_ms"] = round(1000 * common.median(times[name]), 2)
+        result[f"{name}_ratio"] = round(common.median([c / f for f, c in zip(times["foreach"], times[name])]), 3)
+        result[f"{name}_close"] = values_close(values["foreach"], values[name]) and all(
+            values_close(x, y) for x, y in zip(numbers("foreach"), numbers(name)))
     return result
 
 
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="untimed steps compared for equality first")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compiled", action="store_true", help="also time FPTT(compile=True)")
+    parser.add_argument("--native", action="store_true", help="also time FPTT(native=True)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with common.quiet():
@@ -111,13 +112,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{result['tensors']} tensors, {result['parameters']} parameters: penalty + backward + update "
               f"foreach {result['foreach_ms']} ms, blocked {result['blocked_ms']} ms, ratio {result['ratio']}; "
               f"same gradients and state: {result['same_gradients_and_state']}, same penalty: {result['same_penalty']}")
-        if args.compiled:
-            print(f"compiled {result['compiled_ms']} ms, ratio {result['compiled_ratio']}; "
-                  f"the same numbers to rounding: {result['compiled_close']}")
+        for name in ("compiled", "native"):
+            if f"{name}_ms" in result:
+                print(f"{name} {result[f'{name}_ms']} ms, ratio {result[f'{name}_ratio']}; "
+                      f"the same numbers to rounding: {result[f'{name}_close']}")
     if not (result["same_gradients_and_state"] and result["same_penalty"]):
         sys.exit("blocked FPTT does not reproduce the foreach numbers")
-    if args.compiled and not result["compiled_close"]:
-        sys.exit("compiled FPTT does not reproduce the foreach numbers")
+    for name in ("compiled", "native"):
+        if result.get(f"{name}_close") is False:
+            sys.exit(f"{name} FPTT does not reproduce the foreach numbers")
 
 
 if __name__ == "__main__":

@@ -109,11 +109,12 @@ def test_fused_cells_keep_the_detector_numbers(benchmarks):
 def test_fptt_speed_tiny_json(benchmarks, capsys):
     import fptt_speed
     fptt_speed.main(["--image-size", "64", "--width", "0.125", "--repeats", "1", "--steps", "2", "--compiled",
-                     "--json"])
+                     "--native", "--json"])
     result = last_json(capsys)
     assert result["same_gradients_and_state"] and result["same_penalty"] and result["compiled_close"]
+    assert result["native_close"]
     assert result["tensors"] > 10 and result["foreach_ms"] > 0 and result["blocked_ms"] > 0 and result["ratio"] > 0
-    assert result["compiled_ms"] > 0 and result["compiled_ratio"] > 0
+    assert result["compiled_ms"] > 0 and result["compiled_ratio"] > 0 and result["native_ms"] > 0
 
 
 def test_breakdown_names_compiled_kernels_before_the_ops_they_fuse(benchmarks):

@@ -1,4 +1,4 @@
-"""The LTC-SN conv cell as hand-written CPU kernels (``ltc_cell.c``; README "Speed and many GPUs").
+"""The LTC-SN conv cell as hand-written CPU kernels (``spikeloc/kernels/ltc_cell.c``; README "Speed and many GPUs").
 
 :func:`ltc_cell` computes what ``neuron(bn(current))`` of an LTC :class:`~spikeloc.neurons.modules.SpikingConv2d`
 computes from its convolution's output ``current`` (BN, ``tau = sigmoid(BN'(tau_conv(i + u)))``, the
@@ -7,97 +7,17 @@ the tensors one channel at a time, so BN's statistics and the pass that uses the
 and the surrogate's exponentials run vectorised. Values equal the composed modules' up to float
 rounding (a spike may flip where the membrane is within rounding of the threshold).
 
-The kernels are compiled on first use with the system C compiler (``$CC``, else ``cc``) into
-``$SPIKELOC_CACHE`` (else ``~/.cache/spikeloc``), keyed by the source, the flags and the CPU, and
-loaded with ctypes. Without a compiler one warning names the error and the cells run the usual
-modules. Float32 on CPU, batch-first contiguous NCHW; anything else runs the usual modules.
+The kernels are built on first use (:mod:`spikeloc.kernels`); without a C compiler one warning names
+the error and the cells run the usual modules. Float32 on CPU, batch-first contiguous NCHW; anything
+else runs the usual modules.
 """
 from __future__ import annotations
-
-import ctypes
-import functools
-import hashlib
-import os
-import platform
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from ..kernels import Surrogate, available, library
 from .surrogate import MultiGaussian
-
-_SOURCE = Path(__file__).with_name("ltc_cell.c")
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC",
-          *(("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()))
-_F, _I64, _INT, _P = ctypes.c_float, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-
-
-class _Surrogate(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_float) for name in ("c0", "c1", "k0", "k1", "sigma")]
-
-
-_SIGNATURES = {  # argument types of each kernel, in ltc_cell.c's order
-    "ltc_input_forward": [_P] * 4 + [_I64] * 3 + [_INT, _F] + [_P] * 4 + [_INT],
-    "ltc_tau_forward": [_P] * 9 + [_I64] * 3 + [_INT, _F, _F, _INT] + [_P] * 5 + [_INT],
-    "ltc_tau_backward": [_P] * 13 + [_I64] * 3 + [_INT, _F, _INT, _Surrogate] + [_P] * 4 + [_INT],
-    "ltc_input_backward": [_P] * 11 + [_I64] * 3 + [_INT] + [_P] * 4 + [_INT],
-}
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SPIKELOC_CACHE") or Path.home() / ".cache" / "spikeloc") / "kernels"
-
-
-def _cpu_key() -> str:
-    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = platform.processor()
-    return platform.machine() + flags
-
-
-def _build() -> Path:
-    """Compile ``ltc_cell.c`` into the cache (atomically: a temporary file renamed) unless it is there."""
-    compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), compiler, *_FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"ltc_cell-{key}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
-            result = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
-            if result.returncode:
-                raise RuntimeError(f"{compiler} failed on {_SOURCE.name}: {result.stderr.strip()[:500]}")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return path
-
-
-@functools.lru_cache(maxsize=None)
-def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (after one warning) where they cannot be built or loaded."""
-    try:
-        lib = ctypes.CDLL(str(_build()))
-    except (OSError, RuntimeError) as error:
-        warnings.warn(f"the native LTC cell kernels are unavailable ({error}); the cells run the usual modules",
-                      stacklevel=3)
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
-    return lib
-
-
-@torch.compiler.assume_constant_result
-def available() -> bool:
-    """Whether the kernels are built and loaded (a constant to ``torch.compile``)."""
-    return library() is not None
 
 
 def _ptr(tensor: Tensor | None) -> int | None:
@@ -171,7 +91,7 @@ def _tau_backward(cur: Tensor, u: Tensor, t: Tensor, grad_spike: Tensor | None, 
     grad_u1, grad_t, grad_w2, grad_b2 = (torch.empty_like(cur), torch.empty_like(cur), torch.empty_like(w2),
                                          torch.empty_like(b2))
     library().ltc_tau_backward(*map(_ptr, (cur, u, t, *grads, w1, b1, mean1, rstd1, w2, b2, mean2, rstd2)),
-                               *_dims(cur), batch_stats, threshold, hard, _Surrogate(*surrogate),
+                               *_dims(cur), batch_stats, threshold, hard, Surrogate(*surrogate),
                                _ptr(grad_u1), _ptr(grad_t), _ptr(grad_w2), _ptr(grad_b2), torch.get_num_threads())
     return grad_u1, grad_t, grad_w2, grad_b2
 
@@ -183,21 +103,26 @@ def _(cur, u, t, grad_spike, grad_next, w1, b1, mean1, rstd1, w2, b2, mean2, rst
 
 
 def _input_backward(cur: Tensor, t: Tensor, grad_u1: Tensor, grad_a: Tensor, w1: Tensor, mean1: Tensor,
-                    rstd1: Tensor, w2: Tensor, b2: Tensor, mean2: Tensor, rstd2: Tensor,
-                    batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(grad_cur, grad_u, grad_w1, grad_b1)`` given ``grad_a`` from the tau convolution's backward."""
+                    rstd1: Tensor, w2: Tensor, b2: Tensor, mean2: Tensor, rstd2: Tensor, batch_stats: bool,
+                    need_u: bool, reuse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(grad_cur, grad_u, grad_w1, grad_b1)`` given ``grad_a`` from the tau convolution's backward; ``grad_u``
+    is empty unless ``need_u``. ``reuse``: ``grad_cur`` overwrites ``grad_u1`` and ``grad_u`` ``grad_a``
+    (the backward's own temporaries, read where they are written: no stream of fresh memory); not for the
+    custom operator, whose outputs may not alias its inputs."""
     grad_a = grad_a.contiguous()
-    grad_u, grad_cur, grad_w1, grad_b1 = (torch.empty_like(cur), torch.empty_like(cur), torch.empty_like(w1),
-                                          torch.empty_like(w1))
+    grad_cur = grad_u1 if reuse else torch.empty_like(cur)
+    grad_u = (grad_a if reuse else torch.empty_like(cur)) if need_u else cur.new_empty(0)
+    grad_w1, grad_b1 = torch.empty_like(w1), torch.empty_like(w1)
     library().ltc_input_backward(*map(_ptr, (cur, t, grad_u1, grad_a, w1, mean1, rstd1, w2, b2, mean2, rstd2)),
-                                 *_dims(cur), batch_stats, _ptr(grad_u), _ptr(grad_cur), _ptr(grad_w1),
-                                 _ptr(grad_b1), torch.get_num_threads())
+                                 *_dims(cur), batch_stats, _ptr(grad_u) if need_u else None, _ptr(grad_cur),
+                                 _ptr(grad_w1), _ptr(grad_b1), torch.get_num_threads())
     return grad_cur, grad_u, grad_w1, grad_b1
 
 
 @_operator(_input_backward).register_fake
-def _(cur, t, grad_u1, grad_a, w1, mean1, rstd1, w2, b2, mean2, rstd2, batch_stats):
-    return torch.empty_like(cur), torch.empty_like(cur), torch.empty_like(w1), torch.empty_like(w1)
+def _(cur, t, grad_u1, grad_a, w1, mean1, rstd1, w2, b2, mean2, rstd2, batch_stats, need_u, reuse):
+    return torch.empty_like(cur), torch.empty_like(cur) if need_u else cur.new_empty(0), torch.empty_like(w1), \
+        torch.empty_like(w1)
 
 
 class _Cell(torch.autograd.Function):
@@ -230,9 +155,12 @@ class _Cell(torch.autograd.Function):
         padding = settings["padding"]
         grad_a, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad_t, a, tau_weight, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], 1, [True, True, False])
+        need_u = ctx.needs_input_grad[1]  # not where u was cut from the graph (FPTT between updates)
         grad_cur, grad_u, grad_w1, grad_b1 = _call(_input_backward, cur, t, grad_u1, grad_a, w1, mean1, rstd1, w2,
-                                                   b2, mean2, rstd2, batch_stats)
-        return grad_cur, grad_u, grad_w1, grad_b1, grad_weight, grad_w2, grad_b2, None, None, None, None, None
+                                                   b2, mean2, rstd2, batch_stats, need_u,
+                                                   not torch.compiler.is_compiling())
+        return (grad_cur, grad_u if need_u else None, grad_w1, grad_b1, grad_weight, grad_w2, grad_b2, None, None,
+                None, None, None)
 
 
 def _stats(bn: nn.BatchNorm2d, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,15 +22,20 @@ kept, and the same pass over the blocks computes the next step's penalty value (
 between), so the penalty's forward reads nothing and the non-finite guard copies no FPTT state. With
 ``compile`` (the loop's ``compile_step``) the CPU runs the staged update and the penalty's gradient as
 two compiled functions instead, one fused loop per tensor and one call each per update; the state is
-then a tensor per parameter and each update stages new ones.
+then a tensor per parameter and each update stages new ones. With ``native`` the staged update, the next
+penalty value and its gradient are one call of a hand-written CPU kernel over the flat state
+(``spikeloc/kernels/fptt.c``): the compiled path's single pass without its compile time.
 """
 from __future__ import annotations
 
+import ctypes
 import warnings
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
+
+from .. import kernels
 
 CPU_BLOCK = 1 << 18
 """Elements per block on the CPU. There the running average and the trace are views of one flat
@@ -263,10 +268,15 @@ class FPTT:
             penalty's gradient (kept until the next backward: one more copy of the weights in memory) instead
             of reading the weights and the state again for it. The first update compiles them; if
             compiling fails, one warning names the error and FPTT runs blocked from then on.
+        native: on the CPU with float32 parameters, run the staged update as one hand-written kernel
+            (:mod:`spikeloc.kernels`) that, like the compiled path, also writes the next penalty's value
+            and gradient; elsewhere, or without a C compiler (one warning), FPTT runs as without it.
+            ``compile`` takes precedence.
     """
 
     def __init__(self, params: Iterable[Tensor], alpha: float = 0.1, beta: float = 0.5,
-                 update_alpha: float | None = None, compile: bool | dict[str, Any] = False) -> None:
+                 update_alpha: float | None = None, compile: bool | dict[str, Any] = False,
+                 native: bool = False) -> None:
         update_alpha = alpha if update_alpha is None else update_alpha
         if alpha <= 0 or update_alpha <= 0 or not 0 < beta <= 1:
             raise ValueError(f"FPTT needs alpha > 0, update_alpha > 0 and 0 < beta <= 1, got alpha={alpha}, "
@@ -274,7 +284,7 @@ class FPTT:
         self.params = [p for p in params if p.requires_grad]
         self.alpha, self.beta, self.update_alpha = float(alpha), float(beta), float(update_alpha)
         self.block: int | None = CPU_BLOCK  # elements per block on the CPU (None: no blocks)
-        self.compile = compile
+        self.compile, self.native = compile, native
         self._compiled: dict[Callable, Callable] = {}  # formula -> its compiled form
         with torch.no_grad():
             weights = [p.detach() for p in self.params]
@@ -385,6 +395,9 @@ class FPTT:
             weights = [p.detach() for p in self.params]
             self._spare = _flat_views(weights, None), _flat_views(weights, None)
             spare = self._plan(*self._spare)
+        if self.native and (value := self._stage_native()) is not None:
+            self._staged = value
+            return value
         squares, dots = [], []
         for (w, w_bar, lam, difference), (_, new_bar, new_lam, _, _) in zip(blocks, spare.blocks):
             torch.add(lam, difference, alpha=-self.update_alpha, out=new_lam)
@@ -396,6 +409,28 @@ class FPTT:
         value = 0.5 * self.alpha * torch.stack(squares).square().sum() - torch.stack(dots).sum()
         self._staged = value
         return value
+
+    def _stage_native(self) -> Tensor | None:
+        """:meth:`stage` into the spare buffers by the ``fptt_stage`` kernel, which also writes the next
+        penalty's gradient (into new tensors, one per weight: autograd may keep them as ``.grad``, and
+        below 32 MiB they come from the heap, see :mod:`spikeloc.allocator`); the penalty value, or None
+        where the kernel does not apply (not float32, a weight not dense, no kernels)."""
+        params = [p.detach() for p in self.params]
+        state = [_flat_base(t, self.params) for t in (self.running, self.trace, *self._spare)]
+        if params[0].dtype != torch.float32 or not all(map(_dense, params)) or None in state or \
+                not kernels.available():
+            return None
+        grads, value = [torch.empty_like(p) for p in params], torch.empty((), dtype=torch.float64)
+        count = len(params)
+        weights = (ctypes.c_void_p * count)(*(p.data_ptr() for p in params))
+        numels = (ctypes.c_int64 * count)(*(p.numel() for p in params))
+        outputs = (ctypes.c_void_p * count)(*(g.data_ptr() for g in grads))
+        bar, lam, new_bar, new_lam = (t.data_ptr() for t in state)
+        kernels.library().fptt_stage(ctypes.addressof(weights), ctypes.addressof(numels), count, bar, lam, self.alpha,
+                                     self.beta, self.update_alpha, new_bar, new_lam, ctypes.addressof(outputs),
+                                     value.data_ptr(), torch.get_num_threads())
+        self._staged_gradients = grads
+        return value.float()
 
     def accept(self, keep: bool | Tensor) -> None:
         """Make the staged update the state if ``keep`` (a CPU flag is read), else drop it."""

@@ -43,6 +43,7 @@ class FPTTConfig:
     consolidate: bool = True  # copy the running average into the weights after each epoch's last batch
     update_alpha: float | None = None  # alpha of the trace / running-average update (None: alpha)
     compile: bool | None = None  # compile the CPU update and penalty gradient (None: with compile_step; FPTT doc)
+    native: bool | None = None  # the CPU update as a hand-written kernel (None: when the LTC cells are native)
 
 
 def step_weights(num_steps: int, weighting: Weighting = "uniform", start: int = 0) -> list[float]:
@@ -278,8 +279,9 @@ class OnlineModule(pl.LightningModule):
     def _new_fptt(self) -> FPTT:
         """FPTT state that starts at the current weights."""
         config = self.fptt_config
+        native = any(getattr(m, "native", False) for m in self.modules()) if config.native is None else config.native
         return FPTT(self.parameters(), config.alpha, config.beta, config.update_alpha,
-                    compile=self.compile_step if config.compile is None else config.compile)
+                    compile=self.compile_step if config.compile is None else config.compile, native=native)
 
     @property
     def time_steps(self) -> int:

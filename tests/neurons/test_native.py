@@ -11,10 +11,11 @@ import copy
 import pytest
 import torch
 
+from spikeloc import kernels
 from spikeloc.neurons import native
 from spikeloc.neurons.modules import SpikingConv2d
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler for the native kernels")
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
 RTOL = 1e-4
 
 
@@ -84,6 +85,20 @@ def test_native_cell_equals_modules(reset, training, use):
         assert torch.allclose(buffer.float(), ref_buffer.float(), rtol=1e-5, atol=1e-6), name
 
 
+def test_native_cell_without_a_membrane_gradient():
+    """A membrane cut from the graph (FPTT between updates): no gradient for it, the others as the modules'."""
+    ref, nat = cells()
+    x, u, weights = inputs()
+    grads, ref_grads = [], []
+    for cell, out in ((nat, grads), (ref, ref_grads)):
+        x_grad = x.clone().requires_grad_()
+        cell.zero_grad(set_to_none=True)
+        spike, state = cell(x_grad, {"u": u})
+        ((spike * weights[0]).sum() + (state["u"] * weights[1]).sum()).backward()
+        out += [x_grad.grad] + [p.grad for p in cell.parameters()]
+    assert all(close(a, b) for a, b in zip(grads, ref_grads))
+
+
 def test_native_cell_1x1_tau_and_threads():
     """A 1x1 tau convolution; two threads give the same forward and tau-BN gradients (each channel is one
     thread's; the other gradients pass through torch's convolution backward, close but not bitwise)."""
@@ -143,30 +158,30 @@ def test_native_kernels_unavailable_warn_and_fall_back(tmp_path, monkeypatch):
     """Without a compiler: one warning naming the failure, and the cells run the usual modules."""
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path))
-    native.library.cache_clear()
+    kernels.library.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="native LTC cell kernels are unavailable.*no-such-compiler"):
-            assert native.library() is None
+        with pytest.warns(UserWarning, match="native CPU kernels are unavailable.*no-such-compiler"):
+            assert kernels.library() is None
         ref, nat = cells()
         x, u, _ = inputs()
         assert not native.applies(nat, nat.conv(x))
         assert torch.equal(nat(x, {"u": u})[0], ref(x, {"u": u})[0])
     finally:
-        native.library.cache_clear()  # the next call builds with the real environment
+        kernels.library.cache_clear()  # the next call builds with the real environment
 
 
 def test_native_kernels_build_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path))
-    native.library.cache_clear()
+    kernels.library.cache_clear()
     try:
-        assert native.library() is not None
+        assert kernels.library() is not None
         built = list((tmp_path / "kernels").iterdir())
         assert len(built) == 1 and built[0].suffix == ".so"
         stamp = built[0].stat().st_mtime_ns
-        native.library.cache_clear()
-        assert native.library() is not None and built[0].stat().st_mtime_ns == stamp
+        kernels.library.cache_clear()
+        assert kernels.library() is not None and built[0].stat().st_mtime_ns == stamp
     finally:
-        native.library.cache_clear()
+        kernels.library.cache_clear()
 
 
 def test_native_cell_counts_firing_like_the_modules():
@@ -192,3 +207,14 @@ def test_native_is_a_backbone_option_of_ltc_cells_only():
     assert sum(getattr(m, "native", False) for m in backbone.modules()) > 0
     with pytest.raises(ValueError, match="neuron 'lif' has none"):
         timm.create_model("spyv4_tiny", width=0.25, native=True, neuron="lif")
+
+
+@pytest.mark.parametrize("cells, setting, expected", [(False, None, False), (True, None, True), (True, False, False)])
+def test_fptt_update_is_native_with_native_cells_unless_set(tmp_path, cells, setting, expected):
+    """FPTT's ``native`` follows the cells (``fptt.native: null``) unless set; native, every update after the
+    first writes the next penalty's gradient."""
+    from tests.training.tiny import QuadrantData, tiny_classifier, trainer
+    module = tiny_classifier(model_kwargs={"channels": [8, 16], "native": cells}, fptt={"native": setting})
+    trainer(tmp_path, max_steps=2).fit(module, QuadrantData(num_train=32))
+    assert module.fptt.native == expected
+    assert (module.fptt._next_penalty[1] is not None) == expected

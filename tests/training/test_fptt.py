@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from spikeloc import kernels
 from spikeloc.training.fptt import FPTT
 
 ALPHA, BETA = 0.3, 0.4
@@ -318,10 +319,10 @@ def test_failing_compile_warns_once_and_runs_blocked(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-@pytest.mark.parametrize("compile", [False, {"backend": "aot_eager"}])
-def test_staged_value_is_not_finite_when_the_new_state_is_not(compile):
+@pytest.mark.parametrize("compile, native", [(False, False), ({"backend": "aot_eager"}, False), (False, True)])
+def test_staged_value_is_not_finite_when_the_new_state_is_not(compile, native):
     params = [torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.ones(3))]
-    fptt = FPTT(params, ALPHA, BETA, compile=compile)
+    fptt = FPTT(params, ALPHA, BETA, compile=compile, native=native)
     assert torch.isfinite(fptt.stage())
     fptt.accept(True)
     with torch.no_grad():
@@ -333,3 +334,80 @@ def test_staged_value_is_not_finite_when_the_new_state_is_not(compile):
             params[0][4] = bad
         assert not torch.isfinite(fptt.stage())
     assert bool(fptt._compiled) == bool(compile)
+    assert (fptt._staged_gradients is not None) == (bool(compile) or native and kernels.available())
+
+
+def _dense_float_params(seed=6):
+    """float32 parameters the native kernel takes: dense in every layout (contiguous, empty, transposed,
+    channels-last), one large enough to be split over threads."""
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=generator) for s in [(5, 3), (0,), (1,), (70_001,), (6, 7, 2)]]
+    params.append(torch.randn(4, 9, generator=generator).t())
+    params.append(torch.randn(4, 3, 3, 2, generator=generator).contiguous(memory_format=torch.channels_last))
+    return [torch.nn.Parameter(p) for p in params]
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
+def test_native_update_matches_the_equations_on_one_and_two_threads():
+    """``native``: one kernel call stages the update and writes the next penalty's value and gradient; against
+    the docstring's equations in float64 over several updates (a dropped stage changes nothing), and
+    bitwise the same state and gradients on 1 and 2 threads."""
+    runs, threads = [], torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            params = _dense_float_params()
+            fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, native=True)
+            w_bar = [p.detach().double() for p in params]
+            lam = [torch.zeros_like(b) for b in w_bar]
+            grads = []
+            for step in range(4):
+                for p in params:
+                    p.grad = None
+                assert (fptt._next_penalty is not None and fptt._next_penalty[1] is not None) == (step > 0)
+                value = fptt.penalty()
+                scale = 3.0 if step % 2 else 1.0
+                (scale * value).backward()
+                expected = sum(-(w.detach().double() * l).sum() + ALPHA / 2 * ((w.detach().double() - b) ** 2).sum()
+                               for w, b, l in zip(params, w_bar, lam))
+                assert value.dtype == torch.float32 and torch.allclose(value.double(), expected, rtol=1e-5)
+                for w, b, l in zip(params, w_bar, lam):
+                    assert w.grad.stride() == w.stride()
+                    assert torch.allclose(w.grad.double(), scale * (ALPHA * (w.detach().double() - b) - l), atol=1e-5)
+                grads += [p.grad.clone() for p in params]
+                _moved(params, step)
+                before = [t.clone() for t in fptt.running + fptt.trace]
+                fptt.stage()
+                fptt.accept(torch.tensor(False))
+                assert all(torch.equal(a, b) for a, b in zip(fptt.running + fptt.trace, before))
+                fptt.update()
+                for i, w in enumerate(params):
+                    lam[i] = lam[i] - 0.5 * (w.detach().double() - w_bar[i])
+                    w_bar[i] = (1 - BETA) * w_bar[i] + BETA * w.detach().double() - BETA / 0.5 * lam[i]
+                for mine, ref, p in zip(fptt.running + fptt.trace, w_bar + lam, params + params):
+                    assert mine.stride() == p.stride() and torch.allclose(mine.double(), ref, atol=1e-5)
+            assert max(l.abs().max() for l in lam if l.numel()) > 1e-2  # the trace moved
+            runs.append(grads + fptt.running + fptt.trace)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_native_falls_back_where_the_kernel_does_not_apply():
+    """A weight with gaps (or float64) runs the blocked path: the same numbers as FPTT without ``native``."""
+    for params_of in (lambda: _dense_float_params() + [torch.nn.Parameter(torch.ones(4, 18)[:, ::2])],
+                      lambda: [torch.nn.Parameter(p.detach().double()) for p in _dense_float_params()]):
+        runs = []
+        for native in (True, False):
+            params = params_of()
+            fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, native=native)
+            for step in range(3):
+                for p in params:
+                    p.grad = None
+                fptt.penalty().backward()
+                _moved(params, step)
+                fptt.update()
+                assert fptt._next_penalty[1] is None  # the kernel did not run
+            runs.append([p.grad for p in params] + fptt.running + fptt.trace)
+        assert all(torch.equal(a, b) for a, b in zip(*runs))
+

@@ -219,7 +219,7 @@ void ltc_tau_backward(const float *cur, const float *u, const float *t, const fl
     }
 }
 
-/* grad_u, and grad_i (into gc) with its sums, of len elements. */
+/* grad_u (unless gu is NULL), and grad_i (into gc) with its sums, of len elements. */
 INLINE void input_grads(const float *pc, const float *pt, const float *gu1, const float *ga, float m1, float r1,
                         float s2, float h2, i64 len, float *gu, float *gc, double *sum, double *sum_x) {
     double acc = 0, acc_x = 0;
@@ -227,7 +227,7 @@ INLINE void input_grads(const float *pc, const float *pt, const float *gu1, cons
     for (i64 j = 0; j < len; ++j) {
         float tau = sigmoidf(pt[j] * s2 + h2), g = gu1[j];
         float grad_i = g * tau + ga[j];
-        gu[j] = g - g * tau + ga[j];
+        if (gu) gu[j] = g - g * tau + ga[j];
         gc[j] = grad_i;
         acc += grad_i;
         acc_x += grad_i * (pc[j] - m1) * r1;
@@ -236,8 +236,16 @@ INLINE void input_grads(const float *pc, const float *pt, const float *gu1, cons
     *sum_x += acc_x;
 }
 
-/* Backward, second half: with grad_a from tau_conv's backward, the gradients of u and of c (BN's
- * input), and BN's weight and bias gradients. grad_c may alias grad_u1. */
+/* input_grads with gu's absence known at compile time. */
+INLINE void input_grads_any(const float *pc, const float *pt, const float *gu1, const float *ga, float m1, float r1,
+                            float s2, float h2, i64 len, float *gu, float *gc, double *sum, double *sum_x) {
+    if (gu) input_grads(pc, pt, gu1, ga, m1, r1, s2, h2, len, gu, gc, sum, sum_x);
+    else input_grads(pc, pt, gu1, ga, m1, r1, s2, h2, len, 0, gc, sum, sum_x);
+}
+
+/* Backward, second half: with grad_a from tau_conv's backward, the gradients of u (unless grad_u is
+ * NULL: u needs none) and of c (BN's input), and BN's weight and bias gradients. grad_c may alias
+ * grad_u1 and grad_u grad_a: each value is read before it is overwritten. */
 void ltc_input_backward(const float *cur, const float *t, const float *grad_u1, const float *grad_a,
                         const float *w1, const float *mean1, const float *rstd1, const float *w2, const float *b2,
                         const float *mean2, const float *rstd2, i64 N, i64 C, i64 HW, int batch_stats,
@@ -250,13 +258,13 @@ void ltc_input_backward(const float *cur, const float *t, const float *grad_u1, 
         for (i64 n = 0; n < N; ++n) {
             const float *pc = PLANE(cur, n, c), *pt = PLANE(t, n, c), *gu1 = PLANE(grad_u1, n, c);
             const float *ga = PLANE(grad_a, n, c);
-            float *gu = PLANE(grad_u, n, c), *gc = PLANE(grad_c, n, c);
-            input_grads(pc, pt, gu1, ga, m1, r1, s2, h2, body, gu, gc, &sum, &sum_x);
+            float *gu = grad_u ? PLANE(grad_u, n, c) : 0, *gc = PLANE(grad_c, n, c);
+            input_grads_any(pc, pt, gu1, ga, m1, r1, s2, h2, body, gu, gc, &sum, &sum_x);
             if (tail) {
                 float bc[LANES], bt[LANES], bg[LANES], ba[LANES], bu[LANES], bi[LANES];
-                input_grads(pad(bc, pc + body, tail), pad(bt, pt + body, tail), pad(bg, gu1 + body, tail),
-                            pad(ba, ga + body, tail), m1, r1, s2, h2, LANES, bu, bi, &sum, &sum_x);
-                unpad(gu + body, bu, tail);
+                input_grads_any(pad(bc, pc + body, tail), pad(bt, pt + body, tail), pad(bg, gu1 + body, tail),
+                                pad(ba, ga + body, tail), m1, r1, s2, h2, LANES, gu ? bu : 0, bi, &sum, &sum_x);
+                if (gu) unpad(gu + body, bu, tail);
                 unpad(gc + body, bi, tail);
             }
         }
