@@ -162,8 +162,15 @@ def test_spyv4_csp_block_layout():
     shapes = [(cell.conv.in_channels, cell.conv.out_channels, cell.conv.kernel_size[0])
               for cell in (block.conv1, block.conv2, block.conv3, block.conv4)]
     assert shapes == [(16, 16, 3), (8, 8, 3), (8, 8, 3), (16, 16, 1)]
-    out, transition, _ = block(4 * torch.randn(1, 16, 8, 8))
+    x = (4 * torch.randn(1, 16, 8, 8)).requires_grad_()
+    out, transition, _ = block(x)
     assert out.shape == (1, 32, 4, 4) and transition.shape == (1, 16, 8, 8)
+    first, _ = block.conv1(x)  # the output is maxpool2x2 of [conv1's spikes, t], forward and backward
+    reference = torch.nn.functional.max_pool2d(torch.cat([first, transition], dim=1), 2)
+    assert torch.equal(out, reference) and 0 < reference.sum() < reference.numel()
+    weights = torch.randn(out.shape)
+    grads = [torch.autograd.grad((y * weights).sum(), x, retain_graph=True)[0] for y in (out, reference)]
+    assert torch.allclose(*grads, atol=1e-6) and grads[0].abs().sum() > 0  # summed in another order
 
 
 @pytest.mark.parametrize("block_cls", [backbones.BasicBlock, backbones.Bottleneck])

@@ -52,7 +52,7 @@ class CSPBlock(nn.Module):
         else:
             b2, s3 = self.conv3(b1, sub_state(state, "conv3"))
         t, s4 = self.conv4(torch.cat([b2, b1], dim=1), sub_state(state, "conv4"))
-        out = self.pool(torch.cat([a, t], dim=1))
+        out = torch.cat([self.pool(a), self.pool(t)], dim=1)  # maxpool2x2([a, t]): the join on pooled tensors
         return out, t, {"conv1": s1, "conv2": s2, "conv3": s3, "conv4": s4}
 
 
