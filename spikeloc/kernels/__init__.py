@@ -1,5 +1,6 @@
 """Hand-written CPU kernels (README "Speed and many GPUs"): the LTC cell (``ltc_cell.c``, used by
-:mod:`spikeloc.neurons.native`) and FPTT's update (``fptt.c``, used by :mod:`spikeloc.training.fptt`).
+:mod:`spikeloc.neurons.native`), FPTT's update (``fptt.c``, used by :mod:`spikeloc.training.fptt`) and
+2x2 max pooling (``maxpool.c``, :mod:`spikeloc.kernels.maxpool`).
 
 The ``.c`` files of this folder are compiled on first use, as one shared library, with the system C
 compiler (``$CC``, else ``cc``) into ``$SPIKELOC_CACHE`` (else ``~/.cache/spikeloc``), keyed by the
@@ -37,6 +38,8 @@ SIGNATURES = {  # argument types of each kernel, in the C sources' order
     "ltc_tau_backward": [P] * 13 + [I64] * 3 + [INT, F, INT, Surrogate] + [P] * 4 + [INT],
     "ltc_input_backward": [P] * 11 + [I64] * 3 + [INT] + [P] * 4 + [INT],
     "fptt_stage": [P, P, I64, P, P, F, F, F, P, P, P, P, INT],
+    "maxpool2_forward": [P, I64, I64, I64, P, P, INT],
+    "maxpool2_backward": [P, P, I64, I64, I64, P, INT],
 }
 
 

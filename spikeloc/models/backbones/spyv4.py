@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from spikeloc.kernels.maxpool import max_pool2x2
 from spikeloc.neurons import NeuronKind, SpikingConv2d
 
 from .base import SpikingBackbone, State, cell_with_shortcut, check_out_strides, scale_channels, sub_state
@@ -52,8 +53,12 @@ class CSPBlock(nn.Module):
         else:
             b2, s3 = self.conv3(b1, sub_state(state, "conv3"))
         t, s4 = self.conv4(torch.cat([b2, b1], dim=1), sub_state(state, "conv4"))
-        out = torch.cat([self.pool(a), self.pool(t)], dim=1)  # maxpool2x2([a, t]): the join on pooled tensors
+        out = torch.cat([self._pool(a), self._pool(t)], dim=1)  # maxpool2x2([a, t]): the join on pooled tensors
         return out, t, {"conv1": s1, "conv2": s2, "conv3": s3, "conv4": s4}
+
+    def _pool(self, x: Tensor) -> Tensor:
+        """2x2 max pooling: the hand-written CPU kernel where the cells are native (the same numbers)."""
+        return max_pool2x2(x) if getattr(self.conv1.neuron, "native", False) else self.pool(x)
 
 
 class SPYv4Tiny(SpikingBackbone):
