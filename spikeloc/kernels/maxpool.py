@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import available, library
+from . import available, library, scope
 
 
 class _MaxPool2(torch.autograd.Function):
@@ -21,7 +21,7 @@ class _MaxPool2(torch.autograd.Function):
         n, c, height, width = x.shape
         out = x.new_empty(n, c, height // 2, width // 2)
         where = torch.empty(out.shape, dtype=torch.uint8)
-        with torch.profiler.record_function("spikeloc::maxpool2_forward"):
+        with scope("spikeloc::maxpool2_forward"):
             library().maxpool2_forward(x.data_ptr(), n * c, height, width, out.data_ptr(), where.data_ptr(),
                                        torch.get_num_threads())
         ctx.save_for_backward(where)
@@ -34,7 +34,7 @@ class _MaxPool2(torch.autograd.Function):
         n, c, height, width = ctx.input_shape
         grad = grad.contiguous()
         grad_in = grad.new_empty(ctx.input_shape)
-        with torch.profiler.record_function("spikeloc::maxpool2_backward"):
+        with scope("spikeloc::maxpool2_backward"):
             library().maxpool2_backward(grad.data_ptr(), where.data_ptr(), n * c, height, width, grad_in.data_ptr(),
                                         torch.get_num_threads())
         return grad_in

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..kernels import Surrogate, available, library
+from ..kernels import Surrogate, available, library, scope
 from .surrogate import MultiGaussian
 
 
@@ -26,7 +26,7 @@ def _ptr(tensor: Tensor | None) -> int | None:
 
 def _dims(tensor: Tensor) -> tuple[int, int, int]:
     n, c = tensor.shape[:2]
-    return n, c, tensor[0, 0].numel()
+    return n, c, tensor.numel() // max(n * c, 1)
 
 
 # ---- the kernels: plain functions in eager mode, custom operators under torch.compile ---------------
@@ -41,10 +41,10 @@ def _operator(fn):
 
 def _call(fn, *args):
     """``fn(*args)``: through its custom operator while torch.compile traces; eager, without the
-    dispatcher's cost, in a profiler range of the operator's name."""
+    dispatcher's cost, in a profiler range of the operator's name while a profiler runs."""
     if torch.compiler.is_compiling():
         return _OPERATORS[fn](*args)
-    with torch.profiler.record_function(f"spikeloc::ltc{fn.__name__}"):
+    with scope(f"spikeloc::ltc{fn.__name__}"):
         return fn(*args)
 
 
@@ -170,12 +170,16 @@ def _stats(bn: nn.BatchNorm2d, like: Tensor) -> tuple[Tensor, Tensor]:
     return bn.running_mean, bn.running_var
 
 
-def _update_running(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
-    """``nn.BatchNorm2d``'s running-statistics update from the batch's mean and biased ``var``."""
-    bn.num_batches_tracked.add_(1)
-    factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
-    bn.running_mean.lerp_(mean, factor)
-    bn.running_var.lerp_(var * (count / max(count - 1, 1)), factor)
+def _update_running(bns: tuple[nn.BatchNorm2d, ...], means: list[Tensor], variances: list[Tensor], count: int) -> None:
+    """``nn.BatchNorm2d``'s running-statistics update of each of ``bns`` from the batch's mean and biased
+    variance (``_foreach`` kernels: a cell's small tensors cost their calls more than their maths)."""
+    torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
+    for bn, mean, var in zip(bns, means, torch._foreach_mul(variances, count / max(count - 1, 1))):
+        if bn.momentum is None:  # a cumulative average
+            bn.running_mean.lerp_(mean, 1.0 / bn.num_batches_tracked)
+            bn.running_var.lerp_(var, 1.0 / bn.num_batches_tracked)
+        else:
+            torch._foreach_lerp_([bn.running_mean, bn.running_var], [mean, var], bn.momentum)
 
 
 def _hooked(*modules: nn.Module) -> bool:
@@ -191,13 +195,15 @@ def _same_mode(bn: nn.BatchNorm2d, tau_bn: nn.BatchNorm2d) -> bool:
 def applies(cell: nn.Module, current: Tensor) -> bool:
     """Whether :func:`ltc_cell` can run this cell on ``current`` (else: the usual modules)."""
     neuron = cell.neuron
-    return (getattr(neuron, "native", False) and not neuron.twin and current.device.type == "cpu"
-            and current.dtype == torch.float32 and current.dim() == 4 and current.is_contiguous()
-            and not torch.is_autocast_enabled("cpu") and type(neuron.surrogate) is MultiGaussian
-            and not isinstance(neuron.threshold, Tensor) and neuron.tau_conv.stride == (1, 1)
-            and neuron.tau_conv.dilation == (1, 1) and neuron.tau_conv.groups == 1 and cell.bn.affine
-            and neuron.tau_bn.affine and _same_mode(cell.bn, neuron.tau_bn)
-            and not _hooked(cell.bn, neuron, neuron.tau_conv, neuron.tau_bn) and available())
+    if not getattr(neuron, "native", False) or neuron.twin or current.dtype != torch.float32 or \
+            current.device.type != "cpu" or current.dim() != 4 or not current.is_contiguous() or \
+            torch.is_autocast_enabled("cpu"):
+        return False
+    bn, tau_conv, tau_bn = cell.bn, neuron.tau_conv, neuron.tau_bn
+    return (type(neuron.surrogate) is MultiGaussian and not isinstance(neuron.threshold, Tensor)
+            and tau_conv.stride == (1, 1) and tau_conv.dilation == (1, 1) and tau_conv.groups == 1 and bn.affine
+            and tau_bn.affine and _same_mode(bn, tau_bn) and not _hooked(bn, neuron, tau_conv, tau_bn)
+            and available())
 
 
 def ltc_cell(current: Tensor, u: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module) -> tuple[Tensor, Tensor]:
@@ -211,7 +217,5 @@ def ltc_cell(current: Tensor, u: Tensor, bn: nn.BatchNorm2d, neuron: nn.Module) 
         current, u.contiguous(), bn.weight, bn.bias, neuron.tau_conv.weight, tau_bn.weight, tau_bn.bias,
         *_stats(bn, current), *_stats(tau_bn, current), settings)
     if bn.training and bn.track_running_stats:
-        count = current.numel() // current.shape[1]
-        _update_running(bn, mean1, var1, count)
-        _update_running(tau_bn, mean2, var2, count)
+        _update_running((bn, tau_bn), [mean1, mean2], [var1, var2], current.numel() // current.shape[1])
     return spike, u_next
