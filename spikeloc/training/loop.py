@@ -42,7 +42,7 @@ class FPTTConfig:
     parts: int | None = None
     consolidate: bool = True  # copy the running average into the weights after each epoch's last batch
     update_alpha: float | None = None  # alpha of the trace / running-average update (None: alpha)
-    compile: bool | None = None  # compile the CPU update and penalty gradient (None: with compile_step; FPTT doc)
+    compile: bool | None = None  # compile the CPU update and penalty gradient (None: with compile_step unless native)
     native: bool | None = None  # the CPU update as a hand-written kernel (None: when the LTC cells are native)
 
 
@@ -280,8 +280,8 @@ class OnlineModule(pl.LightningModule):
         """FPTT state that starts at the current weights."""
         config = self.fptt_config
         native = any(getattr(m, "native", False) for m in self.modules()) if config.native is None else config.native
-        return FPTT(self.parameters(), config.alpha, config.beta, config.update_alpha,
-                    compile=self.compile_step if config.compile is None else config.compile, native=native)
+        compile = (False if native else self.compile_step) if config.compile is None else config.compile
+        return FPTT(self.parameters(), config.alpha, config.beta, config.update_alpha, compile=compile, native=native)
 
     @property
     def time_steps(self) -> int:

@@ -211,10 +211,13 @@ def test_native_is_a_backbone_option_of_ltc_cells_only():
 
 @pytest.mark.parametrize("cells, setting, expected", [(False, None, False), (True, None, True), (True, False, False)])
 def test_fptt_update_is_native_with_native_cells_unless_set(tmp_path, cells, setting, expected):
-    """FPTT's ``native`` follows the cells (``fptt.native: null``) unless set; native, every update after the
-    first writes the next penalty's gradient."""
+    """FPTT's ``native`` follows the cells (``fptt.native: null``) unless set, and then also wins over
+    ``compile_step``'s compiled update (``fptt.compile: null``); native, every update after the first writes
+    the next penalty's gradient."""
     from tests.training.tiny import QuadrantData, tiny_classifier, trainer
     module = tiny_classifier(model_kwargs={"channels": [8, 16], "native": cells}, fptt={"native": setting})
     trainer(tmp_path, max_steps=2).fit(module, QuadrantData(num_train=32))
     assert module.fptt.native == expected
     assert (module.fptt._next_penalty[1] is not None) == expected
+    module.compile_step = True
+    assert (module._new_fptt().compile, module._new_fptt().native) == (not expected, expected)
