@@ -25,7 +25,7 @@ import torch
 _SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC",
           *(("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()))
-F, I64, INT, P, DOUBLE = ctypes.c_float, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_double
+F, I64, INT, P = ctypes.c_float, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 
 
 class Surrogate(ctypes.Structure):

@@ -221,3 +221,17 @@ def test_fptt_update_is_native_with_native_cells_unless_set(tmp_path, cells, set
     assert (module.fptt._next_penalty[1] is not None) == expected
     module.compile_step = True
     assert (module._new_fptt().compile, module._new_fptt().native) == (not expected, expected)
+
+
+def test_native_cell_running_statistics_as_a_cumulative_average():
+    """``momentum=None`` (a cumulative average over batches): the same running statistics as the modules."""
+    ref, nat = cells()
+    for cell in (ref, nat):
+        cell.bn.momentum = cell.neuron.tau_bn.momentum = None
+    for seed in (1, 2, 3):
+        x, u, weights = inputs(seed=seed)
+        run(nat, x, u, weights)
+        run(ref, x, u, weights)
+    for (name, buffer), ref_buffer in zip(nat.named_buffers(), ref.buffers()):
+        assert torch.allclose(buffer.float(), ref_buffer.float(), rtol=1e-5, atol=1e-6), name
+    assert int(nat.bn.num_batches_tracked) == 3
