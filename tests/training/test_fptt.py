@@ -306,17 +306,22 @@ def test_failing_compile_warns_once_and_runs_blocked(monkeypatch):
         fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, compile=compile)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for step in range(3):
-                for p in params:
-                    p.grad = None
-                fptt.penalty().backward()
-                _moved(params, step)
-                fptt.update()
+            runs.append(_updates(fptt, params))
         assert [str(w.message) for w in caught if "no compiler here" in str(w.message)] == \
             ["FPTT compile: torch.compile failed (RuntimeError: no compiler here); running FPTT eager"] * compile
         assert fptt.blocks() is not None and not fptt.compile
-        runs.append([p.grad for p in params] + fptt.running + fptt.trace)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def _updates(fptt, params, steps=3):
+    """Penalty, backward, a weight move and an update, ``steps`` times: the gradients and the state after."""
+    for step in range(steps):
+        for p in params:
+            p.grad = None
+        fptt.penalty().backward()
+        _moved(params, step)
+        fptt.update()
+    return [p.grad for p in params] + fptt.running + fptt.trace
 
 
 @pytest.mark.parametrize("compile, native", [(False, False), ({"backend": "aot_eager"}, False), (False, True)])
@@ -401,13 +406,7 @@ def test_native_falls_back_where_the_kernel_does_not_apply():
         for native in (True, False):
             params = params_of()
             fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, native=native)
-            for step in range(3):
-                for p in params:
-                    p.grad = None
-                fptt.penalty().backward()
-                _moved(params, step)
-                fptt.update()
-                assert fptt._next_penalty[1] is None  # the kernel did not run
-            runs.append([p.grad for p in params] + fptt.running + fptt.trace)
+            runs.append(_updates(fptt, params))
+            assert fptt._next_penalty[1] is None  # the kernel did not run
         assert all(torch.equal(a, b) for a, b in zip(*runs))
 
