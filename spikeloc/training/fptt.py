@@ -113,14 +113,17 @@ def _flat_views(params: list[Tensor], values: list[Tensor] | None) -> list[Tenso
 
 class _Blocks:
     """The CPU plan: per block, its range of the flat running average and trace, where its ``W`` is
-    read from (a view, or the whole tensors gathered into a scratch) and where its gradient goes."""
+    read from (a view, or the whole tensors gathered into a scratch) and where its gradient goes; also
+    the flat buffers themselves and whether every ``W`` is dense (what the native kernel needs)."""
 
     def __init__(self, params: list[Tensor], running: Tensor, trace: Tensor, block: int) -> None:
-        self.params = params
+        self.params, self.running, self.trace = params, running, trace
         offsets = [0]
         for p in params:
             offsets.append(offsets[-1] + p.numel())
-        plans = plan_blocks([p.numel() for p in params], [_dense(p) for p in params], block)
+        dense = [_dense(p) for p in params]
+        self.dense = all(dense)
+        plans = plan_blocks([p.numel() for p in params], dense, block)
         size = max(sum(n for _, _, n in plan) for plan in plans)  # above block: a tensor that cannot be cut
         self.scratch_w, self.scratch_d = running.new_empty(size), running.new_empty(size)
         self.blocks = []
@@ -395,7 +398,7 @@ class FPTT:
             weights = [p.detach() for p in self.params]
             self._spare = _flat_views(weights, None), _flat_views(weights, None)
             spare = self._plan(*self._spare)
-        if self.native and (value := self._stage_native()) is not None:
+        if self.native and (value := self._stage_native(blocks, spare)) is not None:
             self._staged = value
             return value
         squares, dots = [], []
@@ -410,21 +413,20 @@ class FPTT:
         self._staged = value
         return value
 
-    def _stage_native(self) -> Tensor | None:
-        """:meth:`stage` into the spare buffers by the ``fptt_stage`` kernel, which also writes the next
-        penalty's gradient (into new tensors, one per weight: autograd may keep them as ``.grad``, and
-        below 32 MiB they come from the heap, see :mod:`spikeloc.allocator`); the penalty value, or None
-        where the kernel does not apply (not float32, a weight not dense, no kernels)."""
-        params = [p.detach() for p in self.params]
-        state = [_flat_base(t, self.params) for t in (self.running, self.trace, *self._spare)]
-        if params[0].dtype != torch.float32 or not all(map(_dense, params)) or None in state or \
-                not kernels.available():
+    def _stage_native(self, blocks: _Blocks, spare: _Blocks) -> Tensor | None:
+        """:meth:`stage` from the state's plan into the spare's by the ``fptt_stage`` kernel, which also
+        writes the next penalty's gradient (into new tensors, one per weight: autograd may keep them as
+        ``.grad``, and below 32 MiB they come from the heap, see :mod:`spikeloc.allocator`); the penalty
+        value, or None where the kernel does not apply (not float32, a weight not dense, no kernels)."""
+        params = blocks.params
+        if params[0].dtype != torch.float32 or not blocks.dense or not kernels.available():
             return None
         grads, value = [torch.empty_like(p) for p in params], torch.empty((), dtype=torch.float64)
         count = len(params)
         weights = (ctypes.c_void_p * count)(*(p.data_ptr() for p in params))
         numels = (ctypes.c_int64 * count)(*(p.numel() for p in params))
         outputs = (ctypes.c_void_p * count)(*(g.data_ptr() for g in grads))
+        state = blocks.running, blocks.trace, spare.running, spare.trace
         bar, lam, new_bar, new_lam = (t.data_ptr() for t in state)
         kernels.library().fptt_stage(ctypes.addressof(weights), ctypes.addressof(numels), count, bar, lam, self.alpha,
                                      self.beta, self.update_alpha, new_bar, new_lam, ctypes.addressof(outputs),

@@ -220,7 +220,8 @@ def test_fptt_update_is_native_with_native_cells_unless_set(tmp_path, cells, set
     assert module.fptt.native == expected
     assert (module.fptt._next_penalty[1] is not None) == expected
     module.compile_step = True
-    assert (module._new_fptt().compile, module._new_fptt().native) == (not expected, expected)
+    fptt = module._new_fptt()
+    assert (fptt.compile, fptt.native) == (not expected, expected)
 
 
 def test_native_cell_running_statistics_as_a_cumulative_average():
