@@ -353,7 +353,15 @@ class OnlineModule(pl.LightningModule):
         if not _unscaled(precision):  # 16-mixed, FSDP ...: Lightning's own
             self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
         elif self.gradient_clip_algorithm == "norm":  # what the plugin does, keeping the norm for the guard
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(precision.main_params(optimizer), self.gradient_clip_val)
+            params = list(precision.main_params(optimizer))
+            inner = getattr(optimizer, "optimizer", optimizer)
+            if not _scales_gradients(inner):
+                self.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
+                return
+            # A fused torch optimizer divides each gradient by its ``grad_scale`` on the way (and stores the
+            # result): clipping's multiplication, one pass over the gradients, is folded into the step.
+            self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            inner.grad_scale = ((self.grad_norm + 1e-6) / self.gradient_clip_val).clamp_(min=1.0)
         else:
             Precision.clip_gradients(precision, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
         # Both also clip a fused optimizer under bf16-mixed, which scales nothing: Lightning refuses it under
@@ -381,7 +389,10 @@ class OnlineModule(pl.LightningModule):
             self.manual_backward(loss)
             self.grad_norm = None  # set by clipping (on_before_optimizer_step) where it computes the norm
             self._update_loss = loss
-            optimizer.step()
+            try:
+                optimizer.step()
+            finally:
+                getattr(optimizer, "optimizer", optimizer).__dict__.pop("grad_scale", None)  # set by _clip
             self._update_loss = None
             staged = self.fptt.stage() if self.fptt is not None else None
             ok = guard.commit(loss, staged, self.grad_norm)  # a non-finite update is undone (or was skipped)
@@ -498,6 +509,13 @@ class OnlineModule(pl.LightningModule):
         self._pending_fptt_state = checkpoint.get("fptt")
         # Before configure_optimizers on resume: it picks the schedule the checkpoint's state belongs to.
         self.spiking_phase_started = checkpoint.get("spiking_phase_started", False)
+
+
+def _scales_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` is a fused ``torch.optim`` one (every group ``fused``), which divides the
+    gradients by its ``grad_scale`` attribute, and nothing else (a gradient scaler) set that attribute."""
+    return (f"{type(optimizer).__module__}.".startswith("torch.optim.") and "grad_scale" not in optimizer.__dict__
+            and all(group.get("fused") for group in optimizer.param_groups))
 
 
 def _unscaled(precision: Any) -> bool:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from spikeloc.training import FPTTConfig, split_steps, step_weights
+from spikeloc.training import FPTTConfig, loop, split_steps, step_weights
 from .tiny import QuadrantData, tiny_classifier, trainer
 
 
@@ -59,6 +59,24 @@ def test_gradients_are_clipped(tmp_path, precision, fused):
     moved = torch.stack([(p.detach() - b).norm() for p, b in zip(module.parameters(), before)]).norm()
     assert 0 < moved <= clip * lr * 1.0001
     assert module.grad_norm > clip  # the total norm clipping computed, which the non-finite guard reuses
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.Adam(ps, lr=0.01, fused=True),
+                                  lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, fused=True)])
+def test_fused_optimizer_clips_in_its_step(tmp_path, monkeypatch, make):
+    """A fused optimizer's ``grad_scale`` does the clipping's multiplication: the same training as clipping
+    the gradients first (to float rounding), with the norm kept for the guard and nothing left behind."""
+    results = []
+    for fold in (True, False):
+        monkeypatch.setattr(loop, "_scales_gradients", loop._scales_gradients if fold else lambda optimizer: False)
+        torch.manual_seed(0)
+        module = tiny_classifier(fptt=FPTTConfig(parts=2), gradient_clip_val=1e-2, optimizer=make)
+        trainer(tmp_path, limit_train_batches=3, limit_val_batches=0).fit(module, datamodule=QuadrantData())
+        assert "grad_scale" not in module.optimizers().optimizer.__dict__ and module.grad_norm > 1e-2
+        results.append([p.detach().clone() for p in module.parameters()])
+    assert not all(torch.equal(a, b) for a, b in zip(*results))  # the two paths round differently ...
+    for folded, plain in zip(*results):  # ... and agree
+        torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_step_scheduler_advances_once_per_batch(tmp_path):
