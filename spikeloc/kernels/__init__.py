@@ -1,6 +1,7 @@
 """Hand-written CPU kernels (README "Speed and many GPUs"): the LTC cell (``ltc_cell.c``, used by
-:mod:`spikeloc.neurons.native`), FPTT's update (``fptt.c``, used by :mod:`spikeloc.training.fptt`) and
-2x2 max pooling (``maxpool.c``, :mod:`spikeloc.kernels.maxpool`).
+:mod:`spikeloc.neurons.native`), FPTT's update (``fptt.c``, used by :mod:`spikeloc.training.fptt`),
+2x2 max pooling (``maxpool.c``, :mod:`spikeloc.kernels.maxpool`) and a layout change for strided
+convolutions' input gradients (``layout.c``, :mod:`spikeloc.kernels.strided_conv`).
 
 The ``.c`` files of this folder are compiled on first use, as one shared library, with the system C
 compiler (``$CC``, else ``cc``) into ``$SPIKELOC_CACHE`` (else ``~/.cache/spikeloc``), keyed by the
@@ -41,6 +42,7 @@ SIGNATURES = {  # argument types of each kernel, in the C sources' order
     "fptt_stage": [P, P, I64, P, P, F, F, F, P, P, P, P, INT],
     "maxpool2_forward": [P, I64, I64, I64, P, P, INT],
     "maxpool2_backward": [P, P, I64, I64, I64, P, INT],
+    "nhwc_to_nchw": [P, P, I64, I64, I64, INT],
 }
 
 

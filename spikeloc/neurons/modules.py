@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..kernels import strided_conv
 from . import functional as F
 from . import native
 from .fused import fused_lif_step, fused_ltc_step
@@ -268,7 +269,7 @@ class SpikingConv2d(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        current = self.conv(x)
+        current = strided_conv.conv2d(self.conv, x) if getattr(self.neuron, "native", False) else self.conv(x)
         if native.applies(self, current):
             u = _membrane(state, current, self.neuron.init_state)
             spike, u = native.ltc_cell(current, u, self.bn, self.neuron)
