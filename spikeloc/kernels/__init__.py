@@ -37,7 +37,7 @@ class Surrogate(ctypes.Structure):
 SIGNATURES = {  # argument types of each kernel, in the C sources' order
     "ltc_input_forward": [P] * 4 + [I64] * 3 + [INT, F] + [P] * 4 + [INT],
     "ltc_tau_forward": [P] * 9 + [I64] * 3 + [INT, F, F, INT] + [P] * 5 + [INT],
-    "ltc_tau_backward": [P] * 13 + [I64] * 3 + [INT, F, INT, Surrogate] + [P] * 4 + [INT],
+    "ltc_tau_backward": [P] * 13 + [I64] * 3 + [INT, F, INT, INT, Surrogate] + [P] * 4 + [INT],
     "ltc_input_backward": [P] * 11 + [I64] * 3 + [INT] + [P] * 4 + [INT],
     "fptt_stage": [P, P, I64, P, P, F, F, F, P, P, P, P, INT],
     "maxpool2_forward": [P, I64, I64, I64, P, P, INT],

@@ -158,10 +158,11 @@ void ltc_tau_forward(const float *cur, const float *u, const float *t, const flo
     }
 }
 
-/* d(loss)/d(u1) and d(loss)/d(BN' output) of len elements; grad_spike / grad_next may be absent (zero). */
+/* d(loss)/d(u1) (times tau where scaled) and d(loss)/d(BN' output) of len elements; grad_spike /
+ * grad_next may be absent (zero). */
 INLINE void tau_grads(const float *pc, const float *pu, const float *pt, const float *gs, const float *gn,
-                      float s1, float h1, float s2, float h2, float m2, float r2, float theta, int hard, surrogate_t g,
-                      i64 len, float *gu1, float *gz, double *sum, double *sum_x) {
+                      float s1, float h1, float s2, float h2, float m2, float r2, float theta, int hard, int scaled,
+                      surrogate_t g, i64 len, float *gu1, float *gz, double *sum, double *sum_x) {
     double acc = 0, acc_x = 0;
     #pragma omp simd reduction(+:acc, acc_x)
     for (i64 j = 0; j < len; ++j) {
@@ -171,7 +172,7 @@ INLINE void tau_grads(const float *pc, const float *pu, const float *pt, const f
         float grad_v = (grad_s - grad_n * (hard ? u1 : theta)) * surrogate(v, g);
         float grad_u1 = (hard && v > 0.0f ? 0.0f : grad_n) + grad_v;
         float grad_z = grad_u1 * d * tau * (1.0f - tau);
-        gu1[j] = grad_u1;
+        gu1[j] = scaled ? grad_u1 * tau : grad_u1;
         gz[j] = grad_z;
         acc += grad_z;
         acc_x += grad_z * (pt[j] - m2) * r2;
@@ -183,18 +184,21 @@ INLINE void tau_grads(const float *pc, const float *pu, const float *pt, const f
 /* tau_grads with the absent gradient known at compile time (one vector loop per case). */
 INLINE void tau_grads_any(const float *pc, const float *pu, const float *pt, const float *gs, const float *gn,
                           float s1, float h1, float s2, float h2, float m2, float r2, float theta, int hard,
-                          surrogate_t g, i64 len, float *gu1, float *gz, double *sum, double *sum_x) {
-    if (gs && gn) tau_grads(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, g, len, gu1, gz, sum, sum_x);
-    else if (gs) tau_grads(pc, pu, pt, gs, 0, s1, h1, s2, h2, m2, r2, theta, hard, g, len, gu1, gz, sum, sum_x);
-    else tau_grads(pc, pu, pt, 0, gn, s1, h1, s2, h2, m2, r2, theta, hard, g, len, gu1, gz, sum, sum_x);
+                          int scaled, surrogate_t g, i64 len, float *gu1, float *gz, double *sum, double *sum_x) {
+    if (gs && gn) tau_grads(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, len, gu1, gz, sum,
+                            sum_x);
+    else if (gs) tau_grads(pc, pu, pt, gs, 0, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, len, gu1, gz, sum,
+                           sum_x);
+    else tau_grads(pc, pu, pt, 0, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, len, gu1, gz, sum, sum_x);
 }
 
-/* Backward, first half: grad_u1 (for ltc_input_backward) and grad_t (into tau_conv's backward), with
- * BN' weight and bias gradients. grad_spike or grad_next may be NULL (no gradient reached them). */
+/* Backward, first half: grad_u1 (for ltc_input_backward; grad_u1 * tau where scaled, all that the
+ * gradient of c needs when u needs none) and grad_t (into tau_conv's backward), with BN' weight and bias
+ * gradients. grad_spike or grad_next may be NULL (no gradient reached them). */
 void ltc_tau_backward(const float *cur, const float *u, const float *t, const float *grad_spike,
                       const float *grad_next, const float *w1, const float *b1, const float *mean1,
                       const float *rstd1, const float *w2, const float *b2, const float *mean2, const float *rstd2,
-                      i64 N, i64 C, i64 HW, int batch_stats, float theta, int hard, surrogate_t g,
+                      i64 N, i64 C, i64 HW, int batch_stats, float theta, int hard, int scaled, surrogate_t g,
                       float *grad_u1, float *grad_t, float *grad_w2, float *grad_b2, int threads) {
     i64 body = HW - HW % LANES, tail = HW - body;
     CHANNELS {
@@ -205,12 +209,13 @@ void ltc_tau_backward(const float *cur, const float *u, const float *t, const fl
             const float *pc = PLANE(cur, n, c), *pu = PLANE(u, n, c), *pt = PLANE(t, n, c);
             const float *gs = grad_spike ? PLANE(grad_spike, n, c) : 0, *gn = grad_next ? PLANE(grad_next, n, c) : 0;
             float *gu1 = PLANE(grad_u1, n, c), *gz = PLANE(grad_t, n, c);
-            tau_grads_any(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, g, body, gu1, gz, &sum, &sum_x);
+            tau_grads_any(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, body, gu1, gz, &sum,
+                          &sum_x);
             if (tail) {
                 float bc[LANES], bu[LANES], bt[LANES], bs[LANES], bn[LANES], bg[LANES], bz[LANES];
                 tau_grads_any(pad(bc, pc + body, tail), pad(bu, pu + body, tail), pad(bt, pt + body, tail),
                               pad(bs, gs ? gs + body : 0, tail), pad(bn, gn ? gn + body : 0, tail), s1, h1, s2, h2,
-                              m2, r2, theta, hard, g, LANES, bg, bz, &sum, &sum_x);
+                              m2, r2, theta, hard, scaled, g, LANES, bg, bz, &sum, &sum_x);
                 unpad(gu1 + body, bg, tail);
                 unpad(gz + body, bz, tail);
             }
@@ -219,13 +224,14 @@ void ltc_tau_backward(const float *cur, const float *u, const float *t, const fl
     }
 }
 
-/* grad_u (unless gu is NULL), and grad_i (into gc) with its sums, of len elements. */
+/* grad_u (unless gu is NULL, when gu1 holds grad_u1 * tau and tau is not needed), and grad_i (into gc)
+ * with its sums, of len elements. */
 INLINE void input_grads(const float *pc, const float *pt, const float *gu1, const float *ga, float m1, float r1,
                         float s2, float h2, i64 len, float *gu, float *gc, double *sum, double *sum_x) {
     double acc = 0, acc_x = 0;
     #pragma omp simd reduction(+:acc, acc_x)
     for (i64 j = 0; j < len; ++j) {
-        float tau = sigmoidf(pt[j] * s2 + h2), g = gu1[j];
+        float g = gu1[j], tau = gu ? sigmoidf(pt[j] * s2 + h2) : 1.0f;
         float grad_i = g * tau + ga[j];
         if (gu) gu[j] = g - g * tau + ga[j];
         gc[j] = grad_i;
@@ -244,8 +250,8 @@ INLINE void input_grads_any(const float *pc, const float *pt, const float *gu1, 
 }
 
 /* Backward, second half: with grad_a from tau_conv's backward, the gradients of u (unless grad_u is
- * NULL: u needs none) and of c (BN's input), and BN's weight and bias gradients. grad_c may alias
- * grad_u1 and grad_u grad_a: each value is read before it is overwritten. */
+ * NULL: u needs none, and grad_u1 comes scaled by tau) and of c (BN's input), and BN's weight and bias
+ * gradients. grad_c may alias grad_u1 and grad_u grad_a: each value is read before it is overwritten. */
 void ltc_input_backward(const float *cur, const float *t, const float *grad_u1, const float *grad_a,
                         const float *w1, const float *mean1, const float *rstd1, const float *w2, const float *b2,
                         const float *mean2, const float *rstd2, i64 N, i64 C, i64 HW, int batch_stats,
@@ -256,14 +262,14 @@ void ltc_input_backward(const float *cur, const float *t, const float *grad_u1, 
         float s2 = w2[c] * rstd2[c], h2 = b2[c] - mean2[c] * s2;
         double sum = 0, sum_x = 0;
         for (i64 n = 0; n < N; ++n) {
-            const float *pc = PLANE(cur, n, c), *pt = PLANE(t, n, c), *gu1 = PLANE(grad_u1, n, c);
+            const float *pc = PLANE(cur, n, c), *pt = grad_u ? PLANE(t, n, c) : 0, *gu1 = PLANE(grad_u1, n, c);
             const float *ga = PLANE(grad_a, n, c);
             float *gu = grad_u ? PLANE(grad_u, n, c) : 0, *gc = PLANE(grad_c, n, c);
             input_grads_any(pc, pt, gu1, ga, m1, r1, s2, h2, body, gu, gc, &sum, &sum_x);
             if (tail) {
                 float bc[LANES], bt[LANES], bg[LANES], ba[LANES], bu[LANES], bi[LANES];
-                input_grads_any(pad(bc, pc + body, tail), pad(bt, pt + body, tail), pad(bg, gu1 + body, tail),
-                                pad(ba, ga + body, tail), m1, r1, s2, h2, LANES, gu ? bu : 0, bi, &sum, &sum_x);
+                input_grads_any(pad(bc, pc + body, tail), pad(bt, pt ? pt + body : 0, tail),
+                                pad(bg, gu1 + body, tail), pad(ba, ga + body, tail), m1, r1, s2, h2, LANES, gu ? bu : 0, bi, &sum, &sum_x);
                 if (gu) unpad(gu + body, bu, tail);
                 unpad(gc + body, bi, tail);
             }

@@ -84,21 +84,22 @@ def _(cur, u, t, w1, b1, mean1, rstd1, w2, b2, mean, var, batch_stats, eps, thre
 
 def _tau_backward(cur: Tensor, u: Tensor, t: Tensor, grad_spike: Tensor | None, grad_next: Tensor | None,
                   w1: Tensor, b1: Tensor, mean1: Tensor, rstd1: Tensor, w2: Tensor, b2: Tensor, mean2: Tensor,
-                  rstd2: Tensor, batch_stats: bool, threshold: float, hard: bool,
+                  rstd2: Tensor, batch_stats: bool, threshold: float, hard: bool, scaled: bool,
                   surrogate: list[float]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(grad_u1, grad_t, grad_w2, grad_b2)``; a missing incoming gradient counts as zero."""
+    """``(grad_u1, grad_t, grad_w2, grad_b2)``, ``grad_u1`` times ``tau`` where ``scaled`` (what
+    :func:`_input_backward` takes where ``u`` needs no gradient); a missing incoming gradient counts as zero."""
     grads = [None if g is None else g.contiguous() for g in (grad_spike, grad_next)]
     grad_u1, grad_t, grad_w2, grad_b2 = (torch.empty_like(cur), torch.empty_like(cur), torch.empty_like(w2),
                                          torch.empty_like(b2))
     library().ltc_tau_backward(*map(_ptr, (cur, u, t, *grads, w1, b1, mean1, rstd1, w2, b2, mean2, rstd2)),
-                               *_dims(cur), batch_stats, threshold, hard, Surrogate(*surrogate),
+                               *_dims(cur), batch_stats, threshold, hard, scaled, Surrogate(*surrogate),
                                _ptr(grad_u1), _ptr(grad_t), _ptr(grad_w2), _ptr(grad_b2), torch.get_num_threads())
     return grad_u1, grad_t, grad_w2, grad_b2
 
 
 @_operator(_tau_backward).register_fake
 def _(cur, u, t, grad_spike, grad_next, w1, b1, mean1, rstd1, w2, b2, mean2, rstd2, batch_stats, threshold, hard,
-      surrogate):
+      scaled, surrogate):
     return torch.empty_like(cur), torch.empty_like(cur), torch.empty_like(w2), torch.empty_like(b2)
 
 
@@ -106,7 +107,7 @@ def _input_backward(cur: Tensor, t: Tensor, grad_u1: Tensor, grad_a: Tensor, w1:
                     rstd1: Tensor, w2: Tensor, b2: Tensor, mean2: Tensor, rstd2: Tensor, batch_stats: bool,
                     need_u: bool, reuse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(grad_cur, grad_u, grad_w1, grad_b1)`` given ``grad_a`` from the tau convolution's backward; ``grad_u``
-    is empty unless ``need_u``. ``reuse``: ``grad_cur`` overwrites ``grad_u1`` and ``grad_u`` ``grad_a``
+    is empty unless ``need_u`` (and ``grad_u1`` then comes scaled by ``tau``: ``t`` is not read). ``reuse``: ``grad_cur`` overwrites ``grad_u1`` and ``grad_u`` ``grad_a``
     (the backward's own temporaries, read where they are written: no stream of fresh memory); not for the
     custom operator, whose outputs may not alias its inputs."""
     grad_a = grad_a.contiguous()
@@ -149,13 +150,13 @@ class _Cell(torch.autograd.Function):
         if grad_spike is None and grad_next is None:
             return (None,) * 12
         batch_stats = settings["batch_stats"]
+        need_u = ctx.needs_input_grad[1]  # not where u was cut from the graph (FPTT between updates)
         grad_u1, grad_t, grad_w2, grad_b2 = _call(
             _tau_backward, cur, u, t, grad_spike, grad_next, w1, b1, mean1, rstd1, w2, b2, mean2, rstd2, batch_stats,
-            settings["threshold"], settings["hard"], settings["surrogate"])
+            settings["threshold"], settings["hard"], not need_u, settings["surrogate"])
         padding = settings["padding"]
         grad_a, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad_t, a, tau_weight, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], 1, [True, True, False])
-        need_u = ctx.needs_input_grad[1]  # not where u was cut from the graph (FPTT between updates)
         grad_cur, grad_u, grad_w1, grad_b1 = _call(_input_backward, cur, t, grad_u1, grad_a, w1, mean1, rstd1, w2,
                                                    b2, mean2, rstd2, batch_stats, need_u,
                                                    not torch.compiler.is_compiling())
