@@ -23,8 +23,7 @@ def _to_nchw(x: Tensor) -> Tensor:
     """A channels-last ``x`` as a contiguous NCHW tensor."""
     n, c, height, width = x.shape
     out = x.new_empty(x.shape)
-    with scope("spikeloc::nhwc_to_nchw"):
-        library().nhwc_to_nchw(x.data_ptr(), out.data_ptr(), n, c, height * width, torch.get_num_threads())
+    library().nhwc_to_nchw(x.data_ptr(), out.data_ptr(), n, c, height * width, torch.get_num_threads())
     return out
 
 
@@ -37,6 +36,11 @@ class _StridedConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
+        with scope("spikeloc::strided_conv_backward"):  # layout changes included: a convolution to the profiler
+            return _StridedConv._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor) -> tuple:
         x, weight = ctx.saved_tensors
         conv, (need_x, need_weight, _) = ctx.conv, ctx.needs_input_grad
         settings = (conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups)
