@@ -40,8 +40,8 @@ SIGNATURES = {  # argument types of each kernel, in the C sources' order
     "ltc_tau_backward": [P] * 13 + [I64] * 3 + [INT, F, INT, INT, Surrogate] + [P] * 4 + [INT],
     "ltc_input_backward": [P] * 11 + [I64] * 3 + [INT] + [P] * 4 + [INT],
     "fptt_stage": [P, P, I64, P, P, F, F, F, P, P, P, P, INT],
-    "maxpool2_forward": [P, I64, I64, I64, P, P, INT],
-    "maxpool2_backward": [P, P, I64, I64, I64, P, INT],
+    "maxpool2_forward": [P] + [I64] * 6 + [P, P, INT],
+    "maxpool2_backward": [P, P] + [I64] * 6 + [P, INT],
     "nhwc_to_nchw": [P, P, I64, I64, I64, INT],
 }
 

@@ -4,6 +4,9 @@
  * NaN of a window wins). Instead of torch's int64 index per output, the forward keeps the window
  * position (0..3) in one byte; the backward writes every input gradient (the maximum's gets the
  * output's gradient, the others zero) without a separate zeroing pass.
+ * The pooled planes may lie inside a larger output, so that pooled tensors are joined along channels
+ * without a copy: input plane p = n * group + c is output plane n * out_group + offset + c (the same
+ * for the gradients); group = out_group and offset 0 is plain pooling.
  */
 #include <stdint.h>
 
@@ -11,6 +14,7 @@ typedef int64_t i64;
 
 #define PLANES _Pragma("omp parallel for num_threads(threads) if(threads > 1) schedule(static)") \
     for (i64 p = 0; p < planes; ++p)
+#define OUT_PLANE(p) (((p) / group) * out_group + offset + (p) % group)
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
 
@@ -47,12 +51,13 @@ INLINE void copy(float *dst, const float *src, i64 count) {
     for (i64 j = 0; j < count; ++j) dst[j] = src[j];
 }
 
-void maxpool2_forward(const float *x, i64 planes, i64 H, i64 W, float *out, uint8_t *where, int threads) {
+void maxpool2_forward(const float *x, i64 planes, i64 H, i64 W, i64 group, i64 out_group, i64 offset, float *out,
+                      uint8_t *where, int threads) {
     const i64 h = H / 2, w = W / 2, body = w - w % LANES, tail = w - body;
     PLANES {
         for (i64 i = 0; i < h; ++i) {
             const float *top = x + (p * H + 2 * i) * W, *bottom = top + W;
-            float *o = out + (p * h + i) * w;
+            float *o = out + (OUT_PLANE(p) * h + i) * w;
             uint8_t *k = where + (p * h + i) * w;
             for (i64 j = 0; j < body; j += LANES) pool_lanes(top + 2 * j, bottom + 2 * j, o + j, k + j);
             if (tail) {
@@ -68,8 +73,8 @@ void maxpool2_forward(const float *x, i64 planes, i64 H, i64 W, float *out, uint
     }
 }
 
-void maxpool2_backward(const float *grad_out, const uint8_t *where, i64 planes, i64 H, i64 W, float *grad_in,
-                       int threads) {
+void maxpool2_backward(const float *grad_out, const uint8_t *where, i64 planes, i64 H, i64 W, i64 group,
+                       i64 out_group, i64 offset, float *grad_in, int threads) {
     const i64 h = H / 2, w = W / 2, body = w - w % LANES, tail = w - body;
     PLANES {
         for (i64 r = 0; r < H; ++r) {
@@ -78,7 +83,7 @@ void maxpool2_backward(const float *grad_out, const uint8_t *where, i64 planes, 
                 for (i64 c = 0; c < W; ++c) g[c] = 0.0f;
                 continue;
             }
-            const float *go = grad_out + (p * h + r / 2) * w;
+            const float *go = grad_out + (OUT_PLANE(p) * h + r / 2) * w;
             const uint8_t *k = where + (p * h + r / 2) * w;
             const int row = (int)(r & 1) * 2;
             for (i64 j = 0; j < body; j += LANES) unpool_lanes(go + j, k + j, row, g + 2 * j);

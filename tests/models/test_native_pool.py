@@ -1,22 +1,22 @@
-"""The native 2x2 max pooling against torch's max_pool2d: bit for bit, forward and backward."""
+"""The native 2x2 max pooling (and join) against torch's max_pool2d and cat: bit for bit, forward and backward."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from spikeloc import kernels
-from spikeloc.kernels.maxpool import applies, max_pool2x2
+from spikeloc.kernels.maxpool import applies, max_pool2x2_cat
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
 
 
-def both(x, weights):
-    """Output and input gradient of the kernel and of torch for the same input and upstream gradient."""
+def both(xs, weights):
+    """Output and input gradients of the kernel and of torch for the same inputs and upstream gradient."""
     results = []
-    for pool in (max_pool2x2, lambda t: F.max_pool2d(t, 2)):
-        leaf = x.clone().requires_grad_()
-        out = pool(leaf)
+    for pool in (max_pool2x2_cat, lambda ts: torch.cat([F.max_pool2d(t, 2) for t in ts], 1)):
+        leaves = [x.clone().requires_grad_() for x in xs]
+        out = pool(leaves)
         out.backward(weights)
-        results.append((out, leaf.grad))
+        results.append((out, *(leaf.grad for leaf in leaves)))
     return results
 
 
@@ -31,30 +31,42 @@ def inputs():
     return [spikes, floats, special, torch.zeros(2, 1, 4, 4), torch.randn(1, 1, 3, 2)]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_pool_equals_torch_bit_for_bit(index, threads):
-    x = inputs()[index]
-    assert applies(x)
-    weights = torch.randn(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2,
+    """Each input alone, and (index 5) two inputs of different channel counts joined."""
+    xs = [inputs()[index]] if index < 5 else [inputs()[1], torch.randn(2, 5, 7, 9)]
+    assert all(applies(x) for x in xs)
+    x = xs[0]
+    channels = sum(t.shape[1] for t in xs)
+    weights = torch.randn(x.shape[0], channels, x.shape[2] // 2, x.shape[3] // 2,
                           generator=torch.Generator().manual_seed(index))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        (out, grad), (ref_out, ref_grad) = both(x, weights)
+        (out, *grads), (ref_out, *ref_grads) = both(xs, weights)
     finally:
         torch.set_num_threads(previous)
     assert torch.equal(out.isnan(), ref_out.isnan()) and torch.equal(out.nan_to_num(), ref_out.nan_to_num())
-    assert torch.equal(grad, ref_grad)
+    assert all(torch.equal(grad, ref) for grad, ref in zip(grads, ref_grads))
     if index == 0:  # with ties, torch picks the first largest of each window: the gradient lands there alone
-        assert (grad != 0).sum() == weights.numel()
+        assert (grads[0] != 0).sum() == weights.numel()
+
+
+def test_native_join_of_an_input_without_gradient():
+    a, b = torch.randn(2, 3, 6, 6, requires_grad=True), torch.randn(2, 4, 6, 6)
+    out = max_pool2x2_cat([a, b])
+    out.backward(torch.ones_like(out))
+    assert b.grad is None and torch.equal(a.grad, torch.autograd.grad(F.max_pool2d(a, 2).sum(), a)[0])
 
 
 def test_native_pool_falls_back_to_torch():
     x = torch.randn(2, 3, 8, 8)
     assert not applies(x.double()) and not applies(x.contiguous(memory_format=torch.channels_last))
     assert not applies(x.bfloat16()) and not applies(x[0]) and not applies(x[:, :, :1])  # torch: too small
-    assert torch.equal(max_pool2x2(x.double()), F.max_pool2d(x.double(), 2))
+    assert torch.equal(max_pool2x2_cat([x.double()]), F.max_pool2d(x.double(), 2))
+    strided = x.contiguous(memory_format=torch.channels_last)  # one input torch's: all are
+    assert torch.equal(max_pool2x2_cat([x, strided]), torch.cat([F.max_pool2d(x, 2)] * 2, 1))
 
 
 def test_native_cells_pool_natively(monkeypatch):
@@ -71,8 +83,8 @@ def test_native_cells_pool_natively(monkeypatch):
         if hasattr(module, "native"):
             module.native = True
     calls = []
-    monkeypatch.setattr(maxpool._MaxPool2, "apply", lambda x, apply=maxpool._MaxPool2.apply: calls.append(1) or apply(x))
+    monkeypatch.setattr(maxpool._PoolJoin, "apply", lambda *xs, apply=maxpool._PoolJoin.apply: calls.append(1) or apply(*xs))
     x = 3 * torch.randn(2, 4, 8, 8)
     out, _, _ = native(x)
     ref, _, _ = block(x)
-    assert len(calls) == 2 and out.shape == ref.shape and (out - ref).abs().max() < 1e-4 * ref.abs().max()
+    assert len(calls) == 1 and out.shape == ref.shape and (out - ref).abs().max() < 1e-4 * ref.abs().max()
