@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 CATEGORIES = ("conv", "batchnorm", "neuron", "compiled", "model_other", "loss", "optimizer", "fptt", "guard", "other")
 SCOPES = {"spikeloc::neuron": "neuron", "spikeloc::model": "model_other", "spikeloc::loss": "loss",
@@ -129,10 +129,11 @@ def attribute(events: list[Any]) -> dict[str, float]:
     return totals
 
 
-def profiler_callback(batch_index: int) -> Any:
-    """A Lightning callback that installs the scopes and profiles batch ``batch_index``.
+def profiler_callback(batch_indices: Collection[int]) -> Any:
+    """A Lightning callback that installs the scopes and profiles the batches ``batch_indices``.
 
-    After the fit its ``totals`` hold the microseconds per category (see :func:`attribute`).
+    After the fit its ``totals`` hold the microseconds per category (see :func:`attribute`) of the
+    profiled batches' mean (None if none was profiled).
     """
     import lightning.pytorch as pl
     import torch
@@ -140,6 +141,8 @@ def profiler_callback(batch_index: int) -> Any:
     class StepProfiler(pl.Callback):
         def __init__(self) -> None:
             self.totals: dict[str, float] | None = None
+            self._sums = dict.fromkeys(CATEGORIES, 0.0)
+            self._count = 0
             self._profile: Any = None
             self._range: Any = None
 
@@ -147,17 +150,20 @@ def profiler_callback(batch_index: int) -> Any:
             install_scopes(pl_module, trainer)
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, index: int) -> None:
-            if index == batch_index:
+            if index in batch_indices:
                 self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
                 self._profile.__enter__()
                 self._range = torch.profiler.record_function("spikeloc::batch")
                 self._range.__enter__()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, index: int) -> None:
-            if index == batch_index:
+            if index in batch_indices:
                 self._range.__exit__(None, None, None)
                 self._profile.__exit__(None, None, None)
-                self.totals = attribute(list(self._profile.events()))
+                for category, value in attribute(list(self._profile.events())).items():
+                    self._sums[category] += value
+                self._count += 1
+                self.totals = {category: value / self._count for category, value in self._sums.items()}
 
     return StepProfiler()
 

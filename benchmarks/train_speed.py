@@ -2,10 +2,11 @@
 
 Each case trains a fresh ``SpikingDetector`` (``spyv4_tiny``) through a Lightning ``Trainer`` on
 random images with random boxes: ``--warmup`` untimed batches, ``--batches`` timed batches
-(median seconds per batch), then one profiled batch (FPTT at ``--options-steps`` only) whose
-CPU time is split by :mod:`breakdown` into conv, batchnorm, neuron (+ surrogate), compiled
-kernels, other model ops, loss (+ target assignment), optimizer (+ clipping), FPTT (penalty +
-update), the non-finite guard and other.
+(median seconds per batch), then ``--profiled`` profiled batches (FPTT at ``--options-steps``
+only) whose mean CPU time is split by :mod:`breakdown` into conv, batchnorm, neuron (+ surrogate),
+compiled kernels, other model ops, loss (+ target assignment), optimizer (+ clipping), FPTT
+(penalty + update), the non-finite guard and other (one batch's shares moved by 2 points from
+run to run on a shared 2-core VM; the mean of three steadies them).
 Throughput is ``batch_size * T / seconds per batch`` (samples x time steps per second); the
 peak is the memory training adds over the footprint at the first batch, approximate: as in
 ``tools/train.py``, glibc keeps freed tensors for the next step (:mod:`spikeloc.allocator`;
@@ -113,11 +114,13 @@ def run_case(size: str, algorithm: str, num_steps: int, option: str, profile: bo
     image_size, width = SIZES[size]
     module = common.make_detector(algorithm, num_steps, image_size, width)
     precision = common.apply_option(module, option)
-    batches = args.warmup + args.batches + int(profile)
-    timer = timer_callback(set(range(args.warmup)) | {batches - 1} if profile else set(range(args.warmup)))
+    timed = args.warmup + args.batches
+    batches = timed + (args.profiled if profile else 0)
+    profiled = range(timed, batches)
+    timer = timer_callback(set(range(args.warmup)) | set(profiled))
     meter = common.Meter(args.device)
     probe = common.memory_probe(meter, last_batch=args.warmup + args.batches - 1)
-    profiler = profiler_callback(batches - 1 if profile else -1)
+    profiler = profiler_callback(profiled)
     trainer = common.make_trainer(args.device, batches, [timer, probe, profiler], precision)
     trainer.fit(module, train_dataloaders=common.detection_loader(batches, args.batch_size, image_size))
     seconds = common.median(timer.times)
@@ -373,6 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--batches", type=int, default=3, help="timed batches per case (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches first")
+    parser.add_argument("--profiled", type=int, default=3,
+                        help="profiled batches after the timed ones (the breakdown of their mean)")
     parser.add_argument("--cell-shapes", type=lambda s: [int(v) for v in s.split(",")], nargs="*",
                         default=[[2, 64, 104, 104], [2, 256, 26, 26]], help="e.g. 2,64,104,104 (none: skip)")
     parser.add_argument("--cell-repeats", type=int, default=10)

@@ -64,6 +64,18 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
     assert floor["best_conv_share"] == floor["options"]["default"]["best_conv_share"]
 
 
+def test_breakdown_is_the_mean_of_the_profiled_batches(benchmarks, monkeypatch):
+    import breakdown
+    per_batch = iter([{**dict.fromkeys(breakdown.CATEGORIES, 0.0), "conv": 3.0, "loss": 1.0},
+                      {**dict.fromkeys(breakdown.CATEGORIES, 0.0), "conv": 5.0, "loss": 3.0}])
+    monkeypatch.setattr(breakdown, "attribute", lambda events: next(per_batch))
+    callback = breakdown.profiler_callback(range(1, 3))
+    for index in range(4):  # batches 0 and 3 are not profiled
+        callback.on_train_batch_start(None, None, None, index)
+        callback.on_train_batch_end(None, None, None, None, index)
+    assert callback.totals["conv"] == 4.0 and callback.totals["loss"] == 2.0 and callback.totals["fptt"] == 0.0
+
+
 def test_infer_speed_tiny_json(benchmarks, capsys):
     _, infer_speed = benchmarks
     infer_speed.main(["--models", "spyv4_tiny", "srnn_ltc", "--steps", "1", "2", "--image-size", "32",
