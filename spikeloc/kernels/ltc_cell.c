@@ -228,8 +228,8 @@ INLINE void tau_grads_any(const float *pc, const float *pu, const float *pt, con
 }
 
 #ifdef __AVX512F__
-/* 2^t of 16 lanes: 2^f by the polynomial of exp2_inline, then times 2^n by vscalefps, which gives 0 below
- * the smallest float, inf above the largest and keeps NaN (no clamping, no integer arithmetic). */
+/* 2^t of 16 lanes for finite t: 2^f by the polynomial of exp2_inline, then times 2^n by vscalefps (no
+ * integer arithmetic; NaN stays NaN). */
 INLINE __m512 exp2_v(__m512 t) {
     __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, n);
     __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.32764715e-3f), f, _mm512_set1_ps(9.67554133e-3f));
@@ -239,6 +239,9 @@ INLINE __m512 exp2_v(__m512 t) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.00000007f));
     return _mm512_scalef_ps(p, n);
 }
+
+/* 2^t for t <= 0, as exp2_neg: no smaller than 2^-126 (max keeps a NaN t, its second operand). */
+INLINE __m512 exp2_neg_v(__m512 t) { return exp2_v(_mm512_max_ps(_mm512_set1_ps(-126.0f), t)); }
 
 /* tau_grads of a whole plane in AVX-512 intrinsics, its ragged end under a lane mask (zeros loaded there
  * give zero gradients). The backward's tau kernel is the one bound by arithmetic rather than memory (four
@@ -259,15 +262,15 @@ INLINE void tau_grads_v(const float *pc, const float *pu, const float *pt, const
             __mmask16 m = end - j >= LANES ? 0xFFFF : (__mmask16)((1u << (end - j)) - 1);
             __m512 c = _mm512_maskz_loadu_ps(m, pc + j), u = _mm512_maskz_loadu_ps(m, pu + j);
             __m512 t = _mm512_maskz_loadu_ps(m, pt + j);
-            /* tau = 1 / (1 + exp(-(s2 t + h2))), the exponent within +-80 as sigmoidf's (min/max keep NaN) */
+            /* tau = 1 / (1 + exp(-(s2 t + h2))), the exponent within +-80 as sigmoidf's (NaN kept) */
             __m512 e = _mm512_min_ps(lim, _mm512_max_ps(_mm512_sub_ps(zero, lim), _mm512_fmadd_ps(t, vs2, vh2)));
             __m512 tau = _mm512_div_ps(one, _mm512_add_ps(one, exp2_v(e)));
             __m512 d = _mm512_sub_ps(_mm512_fmadd_ps(c, vs1, vh1), u);
             __m512 u1 = _mm512_fmadd_ps(tau, d, u), v = _mm512_sub_ps(u1, vth);
             __m512 lo = _mm512_sub_ps(v, sigma), hi = _mm512_add_ps(v, sigma);
-            __m512 wide = _mm512_add_ps(exp2_v(_mm512_mul_ps(c1, _mm512_mul_ps(lo, lo))),
-                                        exp2_v(_mm512_mul_ps(c1, _mm512_mul_ps(hi, hi))));
-            __m512 surrogate = _mm512_fmsub_ps(k0, exp2_v(_mm512_mul_ps(c0, _mm512_mul_ps(v, v))),
+            __m512 wide = _mm512_add_ps(exp2_neg_v(_mm512_mul_ps(c1, _mm512_mul_ps(lo, lo))),
+                                        exp2_neg_v(_mm512_mul_ps(c1, _mm512_mul_ps(hi, hi))));
+            __m512 surrogate = _mm512_fmsub_ps(k0, exp2_neg_v(_mm512_mul_ps(c0, _mm512_mul_ps(v, v))),
                                                _mm512_mul_ps(k1, wide));
             __m512 grad_s = gs ? _mm512_maskz_loadu_ps(m, gs + j) : zero;
             __m512 grad_n = gn ? _mm512_maskz_loadu_ps(m, gn + j) : zero;
@@ -294,7 +297,6 @@ void ltc_tau_backward(const float *cur, const float *u, const float *t, const fl
                       const float *rstd1, const float *w2, const float *b2, const float *mean2, const float *rstd2,
                       i64 N, i64 C, i64 HW, int batch_stats, float theta, int hard, int scaled, surrogate_t g,
                       float *grad_u1, float *grad_t, float *grad_w2, float *grad_b2, int threads) {
-    i64 body = HW - HW % LANES, tail = HW - body;
     g = base2(g);
     CHANNELS {
         float s1 = w1[c] * rstd1[c], h1 = b1[c] - mean1[c] * s1;
@@ -312,6 +314,7 @@ void ltc_tau_backward(const float *cur, const float *u, const float *t, const fl
             else tau_grads_v(pc, pu, pt, 0, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, HW, gu1, gz, &sum,
                              &sum_x);
 #else
+            i64 body = HW - HW % LANES, tail = HW - body;
             tau_grads_any(pc, pu, pt, gs, gn, s1, h1, s2, h2, m2, r2, theta, hard, scaled, g, body, gu1, gz, &sum,
                           &sum_x);
             if (tail) {

@@ -14,6 +14,7 @@ import torch
 from spikeloc import kernels
 from spikeloc.neurons import native
 from spikeloc.neurons.modules import SpikingConv2d
+from spikeloc.neurons.surrogate import MultiGaussian
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
 RTOL = 1e-4
@@ -142,6 +143,30 @@ def test_native_cell_propagates_nan():
     assert state["u"].isnan().any()
 
 
+@pytest.mark.parametrize("portable", [False, True])
+def test_native_gradient_stays_finite_for_a_huge_membrane(portable, tmp_path, monkeypatch):
+    """A membrane so far beyond the threshold that v^2 overflows float32: the surrogate is as good as zero
+    there (the modules' exp(-inf) = 0), not NaN; the backward tau kernel called directly, also as built
+    without AVX-512."""
+    if portable:
+        if not _has_avx512():
+            pytest.skip("the default build is the portable one here")
+        _use_portable_build(tmp_path, monkeypatch)
+    shape, channels = (2, 3, 5, 7), 3  # 35 values per plane: the ragged end of a vector too
+    cur, t, grad_spike = torch.zeros(shape), torch.zeros(shape), torch.ones(shape)
+    u = torch.zeros(shape)
+    u[0, 1, 2] = 1e20  # tau = sigmoid(b2) = 0.5 below: u1 = 5e19, v^2 = inf
+    ones, zeros = torch.ones(channels), torch.zeros(channels)
+    surrogate = [*MultiGaussian().constants(), MultiGaussian().sigma]
+    try:
+        grads = native._tau_backward(cur, u, t, grad_spike, None, ones, zeros, zeros, ones, ones, zeros, zeros, ones,
+                                     True, 0.5, True, True, surrogate)
+    finally:
+        kernels.library.cache_clear()  # the next call loads the usual build
+    assert all(grad.isfinite().all() for grad in grads)
+    assert grads[0][0, 1, 2].abs().max() < 1e-30 and grads[0][0, 0].abs().min() > 1e-3
+
+
 def test_native_cell_compiles_without_graph_breaks(fresh_dynamo):
     """Under torch.compile the kernels are opaque custom operators: one graph, the same numbers."""
     _, nat = cells()
@@ -245,6 +270,14 @@ def _has_avx512() -> bool:
         return False
 
 
+def _use_portable_build(tmp_path, monkeypatch) -> None:
+    """Load the kernels built without AVX-512 (into ``tmp_path``) until ``kernels.library.cache_clear()``."""
+    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_FLAGS", kernels._FLAGS + ("-mno-avx512f",))
+    kernels.library.cache_clear()
+    assert kernels.library() is not None
+
+
 @pytest.mark.skipif(not _has_avx512(), reason="without AVX-512 the portable loops are what every test runs")
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 def test_portable_loops_equal_the_avx512_ones(tmp_path, monkeypatch, reset):
@@ -262,11 +295,8 @@ def test_portable_loops_equal_the_avx512_ones(tmp_path, monkeypatch, reset):
         return [leaf.grad] + [p.grad for p in nat.parameters()]
 
     expected = run(nat, x, u, weights), without_u()
-    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path))
-    monkeypatch.setattr(kernels, "_FLAGS", kernels._FLAGS + ("-mno-avx512f",))
-    kernels.library.cache_clear()
+    _use_portable_build(tmp_path, monkeypatch)
     try:
-        assert kernels.library() is not None
         actual = run(nat, x, u, weights), without_u()
     finally:
         kernels.library.cache_clear()  # the next call loads the usual build
