@@ -107,9 +107,10 @@ def _input_backward(cur: Tensor, t: Tensor, grad_u1: Tensor, grad_a: Tensor, w1:
                     rstd1: Tensor, w2: Tensor, b2: Tensor, mean2: Tensor, rstd2: Tensor, batch_stats: bool,
                     need_u: bool, reuse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(grad_cur, grad_u, grad_w1, grad_b1)`` given ``grad_a`` from the tau convolution's backward; ``grad_u``
-    is empty unless ``need_u`` (and ``grad_u1`` then comes scaled by ``tau``: ``t`` is not read). ``reuse``: ``grad_cur`` overwrites ``grad_u1`` and ``grad_u`` ``grad_a``
-    (the backward's own temporaries, read where they are written: no stream of fresh memory); not for the
-    custom operator, whose outputs may not alias its inputs."""
+    is empty unless ``need_u``, and without it ``grad_u1`` comes scaled by ``tau`` (``t`` is not read).
+    ``reuse``: ``grad_cur`` overwrites ``grad_u1`` and ``grad_u`` ``grad_a`` (the backward's own temporaries,
+    read where they are written: no stream of fresh memory); not for the custom operator, whose outputs
+    may not alias its inputs."""
     grad_a = grad_a.contiguous()
     grad_cur = grad_u1 if reuse else torch.empty_like(cur)
     grad_u = (grad_a if reuse else torch.empty_like(cur)) if need_u else cur.new_empty(0)
