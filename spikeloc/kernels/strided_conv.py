@@ -57,10 +57,12 @@ class _StridedConv(torch.autograd.Function):
 
 def applies(conv: nn.Conv2d, x: Tensor) -> bool:
     """Whether ``conv`` of ``x`` is a strided, bias-free convolution of a float32 NCHW CPU tensor that needs
-    an input gradient (with the kernels built, and not while ``torch.compile`` traces)."""
+    an input gradient, without forward hooks (firing statistics count through them), with the kernels
+    built and not while ``torch.compile`` traces."""
     return (not torch.compiler.is_compiling() and conv.stride != (1, 1) and conv.bias is None and x.requires_grad
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and x.device.type == "cpu"
-            and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous() and available())
+            and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
+            and not (conv._forward_hooks or conv._forward_pre_hooks) and available())
 
 
 def conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:

@@ -47,6 +47,10 @@ def test_only_strided_convolutions_needing_an_input_gradient():
     assert not strided_conv.applies(nn.Conv2d(4, 4, 3, bias=False), x.requires_grad_())
     assert not strided_conv.applies(nn.Conv2d(4, 4, 3, stride=2), x)  # a bias
     assert not strided_conv.applies(conv, x.double())
+    handle = conv.register_forward_hook(lambda *args: None)  # firing statistics count through hooks
+    assert strided_conv.applies(conv, x) is False
+    handle.remove()
+    assert strided_conv.applies(conv, x)
 
 
 def test_native_strided_cell_matches_the_modules(monkeypatch):
@@ -68,3 +72,20 @@ def test_native_strided_cell_matches_the_modules(monkeypatch):
     assert len(calls) == 1  # the native cell's
     for native, modules in zip(*grads):
         torch.testing.assert_close(native, modules, rtol=1e-4, atol=1e-5)
+
+
+def test_firing_statistics_count_a_native_strided_cell():
+    """Firing statistics hook the convolution: a hooked strided cell counts its operations as the modules do."""
+    from spikeloc.metrics.firing import FiringStats
+    torch.manual_seed(0)
+    cells = [SpikingConv2d(6, 8, 3, stride=2, native=native) for native in (True, False)]
+    cells[1].load_state_dict(cells[0].state_dict())
+    x = torch.rand(2, 6, 12, 12).requires_grad_()  # in training the input needs a gradient
+    counts = []
+    for cell in cells:
+        stats = FiringStats(cell)
+        cell(x)
+        counts.append((stats.spikes.clone(), stats.ops.clone()))
+        stats.remove()
+    assert counts[0][1].sum() > 0
+    assert all(torch.equal(a, b) for a, b in zip(*counts))
