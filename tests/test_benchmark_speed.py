@@ -26,7 +26,7 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
     train_speed.main(["--sizes", "tiny", "--algorithms", "fptt", "bptt", "--steps", "2", "--options-steps", "2",
                       "--options", "default", "fused+channels_last", "--batches", "1", "--warmup", "0", "--batch-size", "1",
                       "--cell-shapes", "1,4,8,8", "--cell-repeats", "1", "--loader-batches", "2", "--loader-warmup", "1",
-                      "--floor", "--json", "--plot", str(plot)])
+                      "--profiled", "1", "--floor", "--json", "--plot", str(plot)])
     result = last_json(capsys)
     assert {"device", "threads", "torch", "runs", "options", "breakdown", "conv_share", "fptt_share", "cell",
             "compile", "loader_samples_per_s", "loader_vs_train", "loader_main_ms", "loader",
