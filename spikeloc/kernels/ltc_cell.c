@@ -37,14 +37,12 @@ typedef struct {
 /* 2^t for |t| <= 126, inline so that loops vectorise without calls: 2^n 2^f, n = round(t), 2^f by a
  * degree-5 polynomial on |f| <= 1/2 fitted to its relative error (7.5e-8; evaluated in float32 below
  * 2.4e-7, as the degree-6 Taylor polynomial, one multiply-add more, was). */
+static const float EXP2_POLY[] = {1.32764715e-3f, 9.67554133e-3f, 5.55071327e-2f, 2.40221197e-1f,
+                                  6.93146967e-1f, 1.00000007f};  /* highest degree first */
+
 static inline float exp2_inline(float t) {
-    float n = floorf(t + 0.5f), f = t - n;
-    float p = 1.32764715e-3f;
-    p = p * f + 9.67554133e-3f;
-    p = p * f + 5.55071327e-2f;
-    p = p * f + 2.40221197e-1f;
-    p = p * f + 6.93146967e-1f;
-    p = p * f + 1.00000007f;
+    float n = floorf(t + 0.5f), f = t - n, p = EXP2_POLY[0];
+    for (int k = 1; k < 6; ++k) p = p * f + EXP2_POLY[k];
     union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
     return p * scale.f;
 }
@@ -232,11 +230,8 @@ INLINE void tau_grads_any(const float *pc, const float *pu, const float *pt, con
  * integer arithmetic; NaN stays NaN). */
 INLINE __m512 exp2_v(__m512 t) {
     __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.32764715e-3f), f, _mm512_set1_ps(9.67554133e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55071327e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40221197e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93146967e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.00000007f));
+    __m512 p = _mm512_set1_ps(EXP2_POLY[0]);
+    for (int k = 1; k < 6; ++k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_POLY[k]));
     return _mm512_scalef_ps(p, n);
 }
 
