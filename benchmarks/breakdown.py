@@ -9,8 +9,10 @@ CPU time then goes to:
    when ``torch._inductor.config.cpp.enable_kernel_profile`` is on): batch norm and neuron maths
    fused together, which no name can split (one run within the loss, optimizer, FPTT or guard scope,
    such as FPTT's compiled update, goes to that scope); ``conv`` / ``batchnorm`` when it or an ancestor is a
-   convolution / batch-norm op or its backward (``aten::mkldnn_convolution``,
-   ``aten::convolution_backward``, ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...);
+   convolution / batch-norm op or its backward node (``aten::mkldnn_convolution``,
+   ``aten::convolution_backward``, ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...),
+   not the engine's wrapper around the node, where gradients that meet at one tensor are added
+   (FPTT's penalty gradient and a weight's own, for one: rule 2 places those);
    ``neuron`` when it is a kernel of the native LTC cell (``spikeloc::ltc_...``: batch norm and neuron
    maths together);
 2. else the innermost scope around it; a backward node (``evaluate_function: XBackward0``) goes
@@ -35,6 +37,8 @@ _BACKWARD = "autograd::engine::evaluate_function"
 def by_name(name: str) -> str | None:
     """``compiled`` / ``neuron`` / ``conv`` / ``batchnorm`` / ``optimizer`` for ops recognised by name alone,
     else None."""
+    if name.startswith(_BACKWARD):  # the engine's wrapper: its node's name, but also the adds of gradients
+        return None                 # that meet at one input (the wrapper goes to the forward op's scope)
     lower = name.lower()
     if "cpp_fused" in lower:  # before the others: its name lists the ops fused into it, convolutions' too
         return "compiled"

@@ -210,6 +210,28 @@ def test_compiled_kernels_outside_the_model_go_to_their_scope(benchmarks):
     assert (totals["fptt"], totals["compiled"], totals["model_other"]) == (33.0, 40.0, 1.0)
 
 
+def test_gradients_adding_up_in_a_conv_wrapper_are_not_convolution_time(benchmarks):
+    """The engine adds a weight's convolution gradient and FPTT's penalty gradient inside the wrapper it runs
+    the convolution's node in: that add goes to the scope of the op that made the node, the node's own
+    work to ``conv``."""
+    from types import SimpleNamespace
+
+    from breakdown import attribute
+
+    def event(name, parent=None, sequence_nr=-1, start=0, us=1.0):
+        return SimpleNamespace(name=name, cpu_parent=parent, sequence_nr=sequence_nr, self_cpu_time_total=us,
+                               time_range=SimpleNamespace(start=start))
+
+    model = event("spikeloc::model", start=1)
+    forward = event("aten::convolution", model, sequence_nr=3, start=2, us=100.0)
+    wrapper = event("autograd::engine::evaluate_function: ConvolutionBackward0", sequence_nr=3, start=5, us=2.0)
+    node = event("ConvolutionBackward0", wrapper, sequence_nr=3, start=6, us=4.0)
+    events = [model, forward, wrapper, node, event("aten::convolution_backward", node, start=7, us=200.0),
+              event("aten::add_", wrapper, start=8, us=10.0)]
+    totals = attribute(events)
+    assert (totals["conv"], totals["model_other"]) == (304.0, 13.0)
+
+
 def test_the_floor_counts_each_pass_at_its_tensors_own_speed(benchmarks):
     """Hand-computed: 2 cells of 10 elements and 1 of 20, parameters of 3 + 3 + 5, T = 2, 2 updates, with a
     stub that reads n elements in n s and writes them in w n s; each size takes its cheaper order."""
