@@ -2,6 +2,7 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,12 @@ def benchmarks(monkeypatch):
     import infer_speed
     import train_speed
     return train_speed, infer_speed
+
+
+def event(name, parent=None, sequence_nr=-1, start=0, us=1.0):
+    """A stand-in for a profiler event: what ``breakdown.attribute`` reads."""
+    return SimpleNamespace(name=name, cpu_parent=parent, sequence_nr=sequence_nr, self_cpu_time_total=us,
+                           time_range=SimpleNamespace(start=start))
 
 
 def last_json(capsys) -> dict:
@@ -191,13 +198,7 @@ def test_the_optimizer_and_guard_options(benchmarks, monkeypatch):
 def test_compiled_kernels_outside_the_model_go_to_their_scope(benchmarks):
     """A kernel torch.compile made for FPTT (its update, or its gradient in a backward node) is FPTT's time,
     one made for the model step the model's ``compiled``."""
-    from types import SimpleNamespace
-
     from breakdown import attribute
-
-    def event(name, parent=None, sequence_nr=-1, start=0, us=1.0):
-        return SimpleNamespace(name=name, cpu_parent=parent, sequence_nr=sequence_nr, self_cpu_time_total=us,
-                               time_range=SimpleNamespace(start=start))
 
     fptt = event("spikeloc::fptt", start=1)
     penalty = event("_Penalty", fptt, sequence_nr=7, start=2)
@@ -214,13 +215,7 @@ def test_gradients_adding_up_in_a_conv_wrapper_are_not_convolution_time(benchmar
     """The engine adds a weight's convolution gradient and FPTT's penalty gradient inside the wrapper it runs
     the convolution's node in: that add goes to the scope of the op that made the node, the node's own
     work to ``conv``."""
-    from types import SimpleNamespace
-
     from breakdown import attribute
-
-    def event(name, parent=None, sequence_nr=-1, start=0, us=1.0):
-        return SimpleNamespace(name=name, cpu_parent=parent, sequence_nr=sequence_nr, self_cpu_time_total=us,
-                               time_range=SimpleNamespace(start=start))
 
     model = event("spikeloc::model", start=1)
     forward = event("aten::convolution", model, sequence_nr=3, start=2, us=100.0)
