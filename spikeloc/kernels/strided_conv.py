@@ -36,22 +36,19 @@ class _StridedConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
-        with scope("spikeloc::strided_conv_backward"):  # layout changes included: a convolution to the profiler
-            return _StridedConv._backward(ctx, grad)
-
-    @staticmethod
-    def _backward(ctx, grad: Tensor) -> tuple:
         x, weight = ctx.saved_tensors
         conv, (need_x, need_weight, _) = ctx.conv, ctx.needs_input_grad
         settings = (conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups)
         grad_x = grad_weight = None
-        if need_weight:
-            grad_weight = torch.ops.aten.convolution_backward(grad, x, weight, None, *settings, [False, True, False])[1]
-        if need_x:  # x's values are not read: only its shape and layout
-            shape_only = torch.empty(x.shape, dtype=x.dtype, memory_format=_LAST)
-            grad_x = _to_nchw(torch.ops.aten.convolution_backward(
-                grad.contiguous(memory_format=_LAST), shape_only, weight.contiguous(memory_format=_LAST), None,
-                *settings, [True, False, False])[0])
+        with scope("spikeloc::strided_conv_backward"):  # layout changes included: a convolution to the profiler
+            if need_weight:
+                grad_weight = torch.ops.aten.convolution_backward(grad, x, weight, None, *settings,
+                                                                  [False, True, False])[1]
+            if need_x:  # x's values are not read: only its shape and layout
+                shape_only = torch.empty(x.shape, dtype=x.dtype, memory_format=_LAST)
+                grad_x = _to_nchw(torch.ops.aten.convolution_backward(
+                    grad.contiguous(memory_format=_LAST), shape_only, weight.contiguous(memory_format=_LAST), None,
+                    *settings, [True, False, False])[0])
         return grad_x, grad_weight, None
 
 
