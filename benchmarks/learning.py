@@ -1,0 +1,149 @@
+"""The learning suite: does a detector recipe learn data it was not tuned on? (docs/learning.md)
+
+Trains a config (default ``configs/quickstart_detect.yaml``: its model, optimizer and phase split) on
+each set of :mod:`learning_sets` through the COCO datamodule, the way a user trains their own data,
+at the same number of optimizer batches for every variant:
+
+- ``twin``: the ANN twin alone (``neuron: ann``, T = 1) for the whole budget: the control;
+- ``snn``: the SNN from scratch for the whole budget;
+- ``recipe``: the config as it is (twin phase, then the SNN from the twin's weights).
+
+Each run is ``tools/train.py`` in a subprocess, validated every epoch; the table gives mAP@0.5 and
+@0.75 at the end, for ``recipe`` also the twin's mAP@0.5 at the switch and the SNN's after its first
+spiking epoch, the ratio to the twin, and the wall time. ``--set key=value`` adds command-line
+overrides to every run (what an experiment changes).
+
+Usage::
+
+    python benchmarks/learning.py                              # every set, twin + recipe
+    python benchmarks/learning.py --variants twin snn recipe --json
+    python benchmarks/learning.py --sets pip_tiles --set model.init_args.loss_kwargs.box_weight=2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import learning_sets  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "twin": ["--model.init_args.neuron", "ann", "--model.init_args.num_steps", "1",
+             "--model.init_args.twin_fraction", "0"],
+    "snn": ["--model.init_args.twin_fraction", "0"],
+    "recipe": [],
+}
+
+
+def data_config(folder: Path, batch_size: int) -> str:
+    """The datamodule of a suite set: the COCO reader with its defaults, as a user would point it."""
+    return json.dumps({"class_path": "datamodules.coco.COCODetectionDataModule", "init_args": {
+        "root": str(folder), "train_ann": "annotations/instances_train.json", "train_images": "train",
+        "val_ann": "annotations/instances_val.json", "val_images": "val", "image_size": learning_sets.SIZE,
+        "batch_size": batch_size, "num_workers": 1}})
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """Validation rows of a run's ``metrics.csv`` (one per validated epoch), as floats."""
+    rows = []
+    with open(run_dir / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/map_50"):
+                rows.append({k: float(v) for k, v in row.items() if v})
+    return rows
+
+
+def run(name: str, variant: str, args: argparse.Namespace) -> dict:
+    """Train one (set, variant) and summarise its validation curve."""
+    spec = learning_sets.SETS[name]
+    folder = learning_sets.write_set(name, args.data)
+    per_epoch = math.ceil(spec.num_train / args.batch_size)
+    epochs = max(1, round(args.batches / per_epoch))
+    tag = f"{name}-{variant}{args.tag}"
+    command = [sys.executable, str(ROOT / "tools/train.py"), "--config", str(args.config),
+               "--data", data_config(folder, args.batch_size), "--trainer.max_epochs", str(epochs),
+               "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+               "--trainer.logger.init_args.save_dir", str(args.out), "--trainer.logger.init_args.name", tag,
+               "--seed_everything", str(args.seed), *VARIANTS[variant]]
+    for item in args.set:
+        key, _, value = item.partition("=")
+        command += [f"--{key}", value]
+    start = time.perf_counter()
+    log = args.out / f"{tag}.log"
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        return {"set": name, "variant": variant, "error": f"exit {done.returncode}, see {log}"}
+    run_dir = max((args.out / tag).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    rows = read_metrics(run_dir)
+    curve = [round(r["val/map_50"], 4) for r in rows]
+    result = {"set": name, "variant": variant, "batches": epochs * per_epoch, "epochs": epochs,
+              "map_50": curve[-1], "map_75": round(rows[-1]["val/map_75"], 4), "seconds": round(seconds),
+              "curve": curve, "run": str(run_dir)}
+    switch = twin_epochs_of(log)
+    if switch and 0 < switch < len(curve):
+        result.update(twin_at_switch=curve[switch - 1], snn_first_epoch=curve[switch])
+    return result
+
+
+def twin_epochs_of(log: Path) -> int | None:
+    """The twin phase's length in epochs, as the run logged it."""
+    for line in log.read_text().splitlines():
+        if "twin phase:" in line and "epochs" in line:
+            return int(line.split("twin phase:")[1].split()[0])
+    return None
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table; ``ratio`` is each run's mAP@0.5 over its set's twin."""
+    twin = {r["set"]: r["map_50"] for r in results if r["variant"] == "twin" and "map_50" in r}
+    lines = ["| set | variant | batches | mAP@0.5 | mAP@0.75 | / twin | twin at switch -> SNN 1st epoch | time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['set']} | {r['variant']} | - | {r['error']} | | | | |")
+            continue
+        ratio = f"{r['map_50'] / twin[r['set']]:.2f}" if twin.get(r["set"]) else "-"
+        switch = (f"{r['twin_at_switch']:.3f} -> {r['snn_first_epoch']:.3f}" if "twin_at_switch" in r else "-")
+        lines.append(f"| {r['set']} | {r['variant']} | {r['batches']} | {r['map_50']:.3f} | {r['map_75']:.3f} | "
+                     f"{ratio} | {switch} | {r['seconds'] // 60} min {r['seconds'] % 60:02d} s |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/quickstart_detect.yaml")
+    parser.add_argument("--sets", nargs="+", default=sorted(learning_sets.SETS), choices=sorted(learning_sets.SETS))
+    parser.add_argument("--variants", nargs="+", default=["twin", "recipe"], choices=list(VARIANTS))
+    parser.add_argument("--batches", type=int, default=1520, help="optimizer batches per run (default 1520)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a command-line override for every run, e.g. model.init_args.num_steps=3")
+    parser.add_argument("--tag", default="", help="suffix of the run names (keeps experiments apart)")
+    parser.add_argument("--data", type=Path, default=ROOT / "runs/learning_sets", help="where the sets are written")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/learning")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line per run")
+    args = parser.parse_args()
+    results = []
+    for name in args.sets:
+        for variant in args.variants:
+            results.append(run(name, variant, args))
+            if args.json:
+                print(json.dumps(results[-1]), flush=True)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
