@@ -102,9 +102,11 @@ class OnlineModule(pl.LightningModule):
         backbone_lr: learning rate of the backbone group (None: the optimizer's).
         max_nonfinite_steps: a step with a non-finite loss, gradient or weight is skipped (see
             :mod:`spikeloc.training.guard`); this many in a row stop training (0: never stop).
-        twin_epochs: train the first N epochs as the network's ANN twin (every spiking neuron
-            ``leaky_relu``, one time step, FPTT with K = 1), then as the SNN from those weights: ANN->SNN
-            initialisation in one run (README "Learning: SNN vs ANN twin").
+        twin_fraction: train the first ``round(twin_fraction * max_epochs)`` epochs as the network's ANN
+            twin (every spiking neuron ``leaky_relu``, one time step, FPTT with K = 1), then as the SNN from
+            those weights: ANN->SNN initialisation in one run (docs/learning.md). A fraction, so the split
+            holds whatever ``max_epochs`` is.
+        twin_epochs: the twin phase as a number of epochs instead (not with ``twin_fraction``).
         twin_scheduler: the learning-rate schedule of the twin epochs. Given, the spiking phase then
             starts like a run of its own initialised from the twin (``init_from``): fresh optimizer
             and FPTT state, the learning rate back at its initial value and ``scheduler`` from its
@@ -125,7 +127,7 @@ class OnlineModule(pl.LightningModule):
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
-                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_epochs: int = 0,
+                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_fraction: float = 0.0, twin_epochs: int = 0,
                  twin_scheduler: LRSchedulerCallable | None = None,
                  compile_step: bool | dict[str, Any] = False, channels_last: bool = False) -> None:
         super().__init__()
@@ -154,7 +156,10 @@ class OnlineModule(pl.LightningModule):
         self.firing_stats: FiringStats | None = None
         if twin_epochs < 0:
             raise ValueError(f"twin_epochs must be >= 0, got {twin_epochs}")
-        self.twin_epochs, self.twin_active = twin_epochs, False
+        if not 0 <= twin_fraction < 1 or (twin_fraction and twin_epochs):
+            raise ValueError(f"twin_fraction must be in [0, 1) and not given with twin_epochs; got twin_fraction="
+                             f"{twin_fraction}, twin_epochs={twin_epochs}")
+        self.twin_fraction, self.twin_epochs, self.twin_active = twin_fraction, twin_epochs, False
         self.twin_scheduler_factory = twin_scheduler
         self.spiking_phase_started = False  # the spiking phase has begun with its own optimizer state and schedule
         self.compile_step = compile_step
@@ -165,6 +170,11 @@ class OnlineModule(pl.LightningModule):
         self.channels_last = channels_last
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.twin_fraction:
+            self.twin_epochs = round(self.twin_fraction * self.trainer.max_epochs)
+        if stage == "fit" and self.twin_epochs:
+            rank_zero_info(f"twin phase: {self.twin_epochs} epochs of {self.trainer.max_epochs}, then "
+                           f"{max(self.trainer.max_epochs - self.twin_epochs, 0)} spiking epochs")
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
