@@ -151,3 +151,28 @@ def test_coco_results_file_and_duplicate_ids(tmp_path):
 def test_prints_are_silenced(capsys):
     _metric(PREDS, TARGETS).compute()
     assert capsys.readouterr().out == ""
+
+
+def test_paper_rule_and_writing_reach_the_voc_aps():
+    # ground truth XML (1, 1, 10, 10) -> spikeloc's (0, 0, 10, 10); detection (1, 1, 5.5, 10): IoU 0.55,
+    # written by the paper's code as (1, 1, 5, 10): IoU 0.5 exactly
+    targets = [_target(1, [[0, 0, 10, 10]], [0])]
+    preds = [_pred([[1, 1, 5.5, 10]], [0.9], [0])]
+    results = {}
+    for rule, det_format in ((">", "float"), (">", "paper"), (">=", "paper")):
+        metric = DetectionMAP(NAMES, iou_rule=rule, det_format=det_format)
+        metric.update(preds, targets)
+        results[rule, det_format] = metric.compute()
+    assert [results[key]["voc_ap"] for key in results] == [1.0, 0.0, 1.0]
+    assert [results[key]["voc07"] for key in results] == [1.0, 0.0, 1.0]
+    assert results[">", "paper"]["per_class_voc_ap"]["cat"] == 0.0
+    written = DetectionMAP(NAMES, det_format="paper")
+    written.update(preds, targets)
+    assert written.to_coco_results()[0]["bbox"] == [1.0, 1.0, 4.0, 9.0]  # the cut box, for COCO too
+
+
+def test_bad_rule_or_format_is_refused():
+    with pytest.raises(ValueError, match="iou_rule"):
+        DetectionMAP(NAMES, iou_rule="=")
+    with pytest.raises(ValueError, match="det_format"):
+        DetectionMAP(NAMES, det_format="int")
