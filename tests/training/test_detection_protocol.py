@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -88,12 +89,18 @@ def test_fit_with_the_reference_options(tmp_path):
         backbone="spyv4_tiny", backbone_kwargs={"width": 0.125}, num_classes=data.num_classes, image_size=64,
         num_steps=2, init_state="uniform", input_dropout=0.1, weight_init="xavier_normal", scale_xy=1.0,
         log_wh_clamp=None, fptt=FPTTConfig(alpha=0.1, update_alpha=0.5, parts=2, consolidate=False),
-        loss_kwargs=dict(assign="best", normalize="positives", box_area_weight=True, ciou_alpha_grad=True,
-                         ignore_iou=0.5, box_weight=1.0),
+        loss_kwargs=dict(assign="best", normalize="positives_per_scale", box_area_weight=True, ciou_alpha_grad=True,
+                         ignore_iou=0.5, box_weight=1.0, bce_clamp=1e-7), head_init="default",
         conf_threshold=0.001, iou_threshold=0.5, max_detections=None, pre_nms_top_k=None, multi_label=False,
+        clip_boxes=False, map_kwargs=dict(iou_rule=">=", det_format="paper"),
         optimizer=functools.partial(torch.optim.Adam, lr=0.01))
     fit = trainer(tmp_path, max_epochs=1, limit_val_batches=0)
     fit.fit(module, train_dataloaders=DataLoader([batch] * 2, batch_size=None))
+    logged = trainer(tmp_path).validate(module, dataloaders=DataLoader([batch], batch_size=None), verbose=False)[0]
+    assert 0 <= logged["val/voc_ap"] <= 1 and module.maps[-1].iou_rule == ">="
+    written = module.maps[-1].gathered().dets[:, 1:6]
+    assert np.array_equal(written[:, :4], np.trunc(written[:, :4]))  # the paper's integer boxes
+    assert len(written) and np.allclose(written[:, 4] * 1e4, np.round(written[:, 4] * 1e4))  # 4-decimal scores
     assert fit.global_step == 4 and module.fptt.update_alpha == 0.5 and module.fptt.alpha == 0.1
     assert all(torch.isfinite(p).all() for p in module.parameters())
     module.eval()
