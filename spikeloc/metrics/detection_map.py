@@ -13,6 +13,8 @@ Conventions:
   nothing. Crowd matching uses intersection over the detection's area;
 * a class with no (non-difficult) ground truth has AP -1 and is left out of every mean;
 * no detections at all gives AP 0 (``COCO.loadRes([])`` would raise, so it is never called then);
+* the VOC APs see ground truth and detections alike in the VOC XML's convention, inclusive 1-based
+  pixel indices (:func:`~spikeloc.metrics.voc.xml_boxes`), as the devkit expects both;
 * ``iou_rule`` and ``det_format="paper"`` select the paper's AP code (docs/paper.md): a VOC match at
   IoU >= 0.5, and detections cut as its result files hold them (integer boxes, 4-decimal scores).
 """
@@ -62,8 +64,8 @@ class DetectionMAP(Metric):
         max_detections: detections per image and class that COCOeval considers.
         verbose: let pycocotools print (and print its summary).
         iou_rule: the VOC APs' match rule: ``">"`` (the devkit's, default) or ``">="`` (the paper's code).
-        det_format: ``"float"`` (detections as given) or ``"paper"`` (as the paper's code writes them,
-            :func:`~spikeloc.metrics.voc.paper_written`), for every metric.
+        det_format: the VOC APs' detections: ``"float"`` (as given) or ``"paper"`` (as the paper's code
+            writes them, :func:`~spikeloc.metrics.voc.paper_written`).
         **kwargs: ``torchmetrics.Metric`` options (``sync_on_compute``, ``process_group`` ...).
 
     ``compute()`` returns COCO's ``map`` (AP@[.5:.95]), ``map_50`` (101-point AP@.5), ``map_75``, the
@@ -116,7 +118,6 @@ class DetectionMAP(Metric):
 
         Rows are concatenated in the same (rank, update) order in every state, so the per-image
         counts say which rows belong to which image copy; only the first copy of an id is kept.
-        Detections are cut as ``det_format`` says.
         """
         images = _rows(self.images, 5).astype(np.int64)
         gts, dets = _rows(self.gts, 6), _rows(self.dets, 6)
@@ -128,9 +129,7 @@ class DetectionMAP(Metric):
             owner = np.repeat(np.arange(len(images)), counts)
             return np.column_stack([images[owner, 0], rows])[keep[owner]]
 
-        dets = owned(dets, images[:, 4])
-        dets = paper_written(dets) if self.det_format == "paper" else dets
-        return Gathered(images[np.sort(first), :3], owned(gts, images[:, 3]), dets)
+        return Gathered(images[np.sort(first), :3], owned(gts, images[:, 3]), owned(dets, images[:, 4]))
 
     def to_coco_ground_truth(self, data: Gathered | None = None) -> dict:
         """The ground truth as a COCO dataset dict (of ``data``, default this rank's state)."""
@@ -188,6 +187,14 @@ class DetectionMAP(Metric):
         area_all = list(evaluator.params.areaRngLbl).index("all")
         return evaluator.eval["precision"][:, :, :, area_all, -1], iou_thrs, rec_thrs
 
+    def voc_rows(self, data: Gathered) -> tuple[np.ndarray, np.ndarray]:
+        """Ground truth ``[G, 7]`` and detections ``[D, 7]`` as the VOC APs read them: boxes in the VOC
+        XML's inclusive pixel values (a detection as a network trained on spikeloc's continuous boxes
+        gives it, moved as those boxes were), detections then cut as ``det_format`` says."""
+        gts, dets = data.gts.copy(), data.dets.copy()
+        gts[:, 1:5], dets[:, 1:5] = xml_boxes(gts[:, 1:5]), xml_boxes(dets[:, 1:5])
+        return gts, paper_written(dets) if self.det_format == "paper" else dets
+
     def compute(self) -> dict[str, Any]:
         """The metrics as Python floats (see the class docstring), on all ranks' images."""
         data = self.gathered()
@@ -195,12 +202,10 @@ class DetectionMAP(Metric):
         valid = precision[0, 0] > MISSING  # [K] classes with ground truth
         ap = precision.mean(axis=1)  # [T, K]
         t50, t75 = int(np.argmin(abs(iou_thrs - 0.5))), int(np.argmin(abs(iou_thrs - 0.75)))
-        # The VOC devkit's own matching and AP rules (docs/paper.md): ground truth as the XML's
-        # inclusive pixel values, detections as they are, as the reference compares them.
-        voc_gts = data.gts.copy()
-        voc_gts[:, 1:5] = xml_boxes(voc_gts[:, 1:5])
-        voc07 = voc_ap(data.dets, voc_gts, len(self.class_names), use_07_metric=True, iou_rule=self.iou_rule)  # [K]
-        all_point = voc_ap(data.dets, voc_gts, len(self.class_names), iou_rule=self.iou_rule)  # [K]
+        # The VOC devkit's own matching and AP rules (docs/paper.md), on its inclusive pixel values
+        voc_gts, voc_dets = self.voc_rows(data)
+        voc07 = voc_ap(voc_dets, voc_gts, len(self.class_names), use_07_metric=True, iou_rule=self.iou_rule)  # [K]
+        all_point = voc_ap(voc_dets, voc_gts, len(self.class_names), iou_rule=self.iou_rule)  # [K]
 
         def mean(values: np.ndarray) -> float:
             return float(values[valid].mean()) if valid.any() else MISSING

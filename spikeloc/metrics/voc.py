@@ -61,8 +61,9 @@ def voc_ap(dets: np.ndarray, gts: np.ndarray, num_classes: int, use_07_metric: b
 
 def xml_boxes(boxes: np.ndarray) -> np.ndarray:
     """spikeloc's continuous xyxy ``[N, 4]`` (``xmin - 1, ymin - 1, xmax, ymax``) -> the VOC XML's
-    inclusive 1-based values ``(xmin, ymin, xmax, ymax)``, which the reference compares its
-    detections with: pass ground truth through this to reproduce its numbers exactly."""
+    inclusive 1-based values ``(xmin, ymin, xmax, ymax)``, the convention of the devkit's input: pass
+    ground truth and detections in spikeloc's convention through this (a network trained on XML
+    values, as the paper's, predicts these directly)."""
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.array([1.0, 1.0, 0.0, 0.0])
 
 
