@@ -98,7 +98,8 @@ def test_fit_with_the_reference_options(tmp_path):
     fit.fit(module, train_dataloaders=DataLoader([batch] * 2, batch_size=None))
     logged = trainer(tmp_path).validate(module, dataloaders=DataLoader([batch], batch_size=None), verbose=False)[0]
     assert 0 <= logged["val/voc_ap"] <= 1 and module.maps[-1].iou_rule == ">="
-    written = module.maps[-1].gathered().dets[:, 1:6]
+    metric = module.maps[-1]
+    written = metric.voc_rows(metric.gathered())[1][:, 1:6]
     assert np.array_equal(written[:, :4], np.trunc(written[:, :4]))  # the paper's integer boxes
     assert len(written) and np.allclose(written[:, 4] * 1e4, np.round(written[:, 4] * 1e4))  # 4-decimal scores
     assert fit.global_step == 4 and module.fptt.update_alpha == 0.5 and module.fptt.alpha == 0.1
