@@ -13,7 +13,7 @@ and returns ``image`` float ``[3, S, S]`` in [0, 1] with the target's boxes in i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import PIL.Image
 import torch
@@ -178,28 +178,59 @@ class RandomAspectScale(v2.Transform):
         return tv_tensors.wrap(canvas, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else canvas
 
 
-def hsv_jitter(image: torch.Tensor, hue: float, saturation: float, value: float) -> torch.Tensor:
+HueRule = Literal["wrap", "reference"]
+
+
+def rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RGB ``[..., 3, H, W]`` in [0, 1] -> hue in degrees [0, 360), saturation and value ``[..., H, W]``."""
+    r, g, b = x.unbind(-3)
+    v = x.amax(dim=-3)
+    c = v - x.amin(dim=-3)
+    safe = torch.where(c > 0, c, torch.ones_like(c))
+    sector = torch.where(v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(c > 0, 60 * sector, torch.zeros_like(c))
+    return h, c / torch.where(v > 0, v, torch.ones_like(v)), v
+
+
+def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Hue in degrees (360 is 0), saturation, value ``[..., H, W]`` -> RGB ``[..., 3, H, W]``."""
+    k = (h.new_tensor([5.0, 3.0, 1.0]).view(3, 1, 1) + h.unsqueeze(-3) / 60) % 6
+    return v.unsqueeze(-3) * (1 - s.unsqueeze(-3) * torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+def hsv_jitter(image: torch.Tensor, hue: float, saturation: float, value: float,
+               hue_rule: HueRule = "wrap") -> torch.Tensor:
     """Shift the hue by ``hue`` turns, multiply saturation and value (each clipped to 1) of an RGB
-    image ``[..., 3, H, W]`` in [0, 1] (float) or uint8; returns the same dtype."""
+    image ``[..., 3, H, W]`` in [0, 1] (float) or uint8; returns the same dtype.
+
+    ``hue_rule="wrap"``: the hue wraps around the colour circle. ``"reference"``: as the paper's code
+    does it on OpenCV's hue in degrees: add ``360 hue``, then subtract 1 where the sum is above 1 and add
+    1 where it is below 0, then clip to [0, 360] (360 is red, as 0) instead of wrapping.
+    """
     dtype = image.dtype
-    x = F.adjust_hue(F.to_dtype(image, torch.float32, scale=True), hue)
-    peak = x.amax(dim=-3, keepdim=True)  # V
-    spread = peak - x.amin(dim=-3, keepdim=True)  # V - min = S V
-    stretch = torch.minimum(torch.full_like(peak, saturation), peak / spread.clamp(min=1e-12))  # S' = min(S s, 1)
-    x = peak - stretch * (peak - x)
-    x = x * torch.minimum(torch.full_like(peak, value), 1 / peak.clamp(min=1e-12))  # V' = min(V v, 1)
+    h, s, v = rgb_to_hsv(F.to_dtype(image, torch.float32, scale=True))
+    if hue_rule == "wrap":
+        h = (h + 360 * hue) % 360
+    elif hue_rule == "reference":
+        h = h + 360 * hue
+        h = torch.where(h > 1, h - 1, torch.where(h < 0, h + 1, h)).clamp(0, 360)
+    else:
+        raise ValueError(f"hue_rule must be 'wrap' or 'reference', got {hue_rule!r}")
+    x = hsv_to_rgb(h, (s * saturation).clamp(max=1), (v * value).clamp(max=1))
     return F.to_dtype(x.clamp(0, 1), dtype, scale=True)
 
 
 class HSVJitter(v2.Transform):
     """The reference's colour augmentation: hue shift ``U(-hue, hue)`` turns, saturation and value
-    factors each ``U(1, s)`` or its inverse with probability 1/2 (see :func:`hsv_jitter`)."""
+    factors each ``U(1, s)`` or its inverse with probability 1/2 (see :func:`hsv_jitter`, whose
+    ``hue_rule`` it passes on)."""
 
     _transformed_types = (tv_tensors.Image,)
 
-    def __init__(self, hue: float = 0.1, saturation: float = 1.5, value: float = 1.5) -> None:
+    def __init__(self, hue: float = 0.1, saturation: float = 1.5, value: float = 1.5,
+                 hue_rule: HueRule = "wrap") -> None:
         super().__init__()
-        self.hue, self.saturation, self.value = hue, saturation, value
+        self.hue, self.saturation, self.value, self.hue_rule = hue, saturation, value, hue_rule
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         def factor(high: float) -> float:
@@ -210,16 +241,17 @@ class HSVJitter(v2.Transform):
                     value=factor(self.value))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        out = hsv_jitter(inpt.as_subclass(torch.Tensor), params["hue"], params["saturation"], params["value"])
+        out = hsv_jitter(inpt.as_subclass(torch.Tensor), params["hue"], params["saturation"], params["value"],
+                         self.hue_rule)
         return tv_tensors.wrap(out, like=inpt)
 
 
-def reference_train_transform(size: int) -> v2.Compose:
+def reference_train_transform(size: int, hue_rule: HueRule = "reference") -> v2.Compose:
     """The reference's training augmentation: :class:`RandomAspectScale` (aspect jitter 0.3, scale
-    0.25-2, grey canvas), horizontal flip (p=0.5), :class:`HSVJitter` (0.1, 1.5, 1.5), then boxes
-    clamped and those under one pixel wide or high dropped. (The reference's optional mosaic is
-    :mod:`datamodules.mosaic`, applied before this pipeline.)"""
-    return v2.Compose([RandomAspectScale(size), v2.RandomHorizontalFlip(p=0.5), HSVJitter(),
+    0.25-2, grey canvas), horizontal flip (p=0.5), :class:`HSVJitter` (0.1, 1.5, 1.5, the reference's
+    clipped hue unless ``hue_rule="wrap"``), then boxes clamped and those under one pixel wide or high
+    dropped. (The reference's optional mosaic is :mod:`datamodules.mosaic`, applied before this pipeline.)"""
+    return v2.Compose([RandomAspectScale(size), v2.RandomHorizontalFlip(p=0.5), HSVJitter(hue_rule=hue_rule),
                        v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1, labels_getter=target_fields),
                        v2.ToDtype(torch.float32, scale=True)])
 

@@ -12,7 +12,11 @@ Conventions:
   with ``iscrowd``), so a detection on one is neither a hit nor a false positive and missing it costs
   nothing. Crowd matching uses intersection over the detection's area;
 * a class with no (non-difficult) ground truth has AP -1 and is left out of every mean;
-* no detections at all gives AP 0 (``COCO.loadRes([])`` would raise, so it is never called then).
+* no detections at all gives AP 0 (``COCO.loadRes([])`` would raise, so it is never called then);
+* the VOC APs see ground truth and detections alike in the VOC XML's convention, inclusive 1-based
+  pixel indices (:func:`~spikeloc.metrics.voc.xml_boxes`), as the devkit expects both;
+* ``iou_rule`` and ``det_format="paper"`` select the paper's AP code (docs/paper.md): a VOC match at
+  IoU >= 0.5, and detections cut as its result files hold them (integer boxes, 4-decimal scores).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +34,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from .voc import voc_ap, xml_boxes
+from .voc import IOU_RULES, IoURule, paper_written, voc_ap, xml_boxes
 
 MISSING = -1.0  # AP of a class without ground truth (pycocotools' convention)
 
@@ -59,6 +63,9 @@ class DetectionMAP(Metric):
         class_names: K names; label k is ``class_names[k]``.
         max_detections: detections per image and class that COCOeval considers.
         verbose: let pycocotools print (and print its summary).
+        iou_rule: the VOC APs' match rule: ``">"`` (the devkit's, default) or ``">="`` (the paper's code).
+        det_format: the VOC APs' detections: ``"float"`` (as given) or ``"paper"`` (as the paper's code
+            writes them, :func:`~spikeloc.metrics.voc.paper_written`).
         **kwargs: ``torchmetrics.Metric`` options (``sync_on_compute``, ``process_group`` ...).
 
     ``compute()`` returns COCO's ``map`` (AP@[.5:.95]), ``map_50`` (101-point AP@.5), ``map_75``, the
@@ -71,10 +78,14 @@ class DetectionMAP(Metric):
     higher_is_better = True
 
     def __init__(self, class_names: Sequence[str], max_detections: int = 100, verbose: bool = False,
-                 **kwargs: Any) -> None:
+                 iou_rule: IoURule = ">", det_format: Literal["float", "paper"] = "float", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if iou_rule not in IOU_RULES or det_format not in ("float", "paper"):
+            raise ValueError(f"iou_rule must be one of {IOU_RULES} and det_format 'float' or 'paper', "
+                             f"got {iou_rule!r}, {det_format!r}")
         self.class_names = list(class_names)
         self.max_detections, self.verbose = max_detections, verbose
+        self.iou_rule, self.det_format = iou_rule, det_format
         # one row per image: image_id, height, width, number of ground-truth boxes, number of detections
         self.add_state("images", default=[], dist_reduce_fx="cat")
         self.add_state("gts", default=[], dist_reduce_fx="cat")  # [N, 6]: x1, y1, x2, y2, label, difficult
@@ -176,6 +187,14 @@ class DetectionMAP(Metric):
         area_all = list(evaluator.params.areaRngLbl).index("all")
         return evaluator.eval["precision"][:, :, :, area_all, -1], iou_thrs, rec_thrs
 
+    def voc_rows(self, data: Gathered) -> tuple[np.ndarray, np.ndarray]:
+        """Ground truth ``[G, 7]`` and detections ``[D, 7]`` as the VOC APs read them: boxes in the VOC
+        XML's inclusive pixel values (a detection as a network trained on spikeloc's continuous boxes
+        gives it, moved as those boxes were), detections then cut as ``det_format`` says."""
+        gts, dets = data.gts.copy(), data.dets.copy()
+        gts[:, 1:5], dets[:, 1:5] = xml_boxes(gts[:, 1:5]), xml_boxes(dets[:, 1:5])
+        return gts, paper_written(dets) if self.det_format == "paper" else dets
+
     def compute(self) -> dict[str, Any]:
         """The metrics as Python floats (see the class docstring), on all ranks' images."""
         data = self.gathered()
@@ -183,12 +202,10 @@ class DetectionMAP(Metric):
         valid = precision[0, 0] > MISSING  # [K] classes with ground truth
         ap = precision.mean(axis=1)  # [T, K]
         t50, t75 = int(np.argmin(abs(iou_thrs - 0.5))), int(np.argmin(abs(iou_thrs - 0.75)))
-        # The VOC devkit's own matching and AP rules (README, "VOC and the paper's protocol"): ground
-        # truth as the XML's inclusive pixel values, detections as they are, as the reference compares them.
-        voc_gts = data.gts.copy()
-        voc_gts[:, 1:5] = xml_boxes(voc_gts[:, 1:5])
-        voc07 = voc_ap(data.dets, voc_gts, len(self.class_names), use_07_metric=True)  # [K]
-        all_point = voc_ap(data.dets, voc_gts, len(self.class_names))  # [K]
+        # The VOC devkit's own matching and AP rules (docs/paper.md), on its inclusive pixel values
+        voc_gts, voc_dets = self.voc_rows(data)
+        voc07 = voc_ap(voc_dets, voc_gts, len(self.class_names), use_07_metric=True, iou_rule=self.iou_rule)  # [K]
+        all_point = voc_ap(voc_dets, voc_gts, len(self.class_names), iou_rule=self.iou_rule)  # [K]
 
         def mean(values: np.ndarray) -> float:
             return float(values[valid].mean()) if valid.any() else MISSING

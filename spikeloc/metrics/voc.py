@@ -3,24 +3,31 @@
 Per class, detections are sorted by score (descending, ties kept in input order); each is matched
 to the ground truth of largest IoU in its image, IoU computed with +1-pixel box sizes
 (``w = x2 - x1 + 1``: inclusive integer pixel indices, as VOC XML stores them). If that IoU
-exceeds the threshold, a difficult box makes the detection ignored (neither true nor false
+exceeds the threshold (``iou_rule=">"``, the devkit's; ``">="``: reaches it, the rule of the
+paper's released AP code), a difficult box makes the detection ignored (neither true nor false
 positive), an unmatched box makes it a true positive (the box is now matched), an already
 matched box a false positive; otherwise it is a false positive. There is no cap per image.
 
 AP from the precision/recall curve: ``use_07_metric=False`` is the all-point interpolated AP of
-VOC2010+ (area under the monotone precision envelope) — the metric of the paper's 53.17 (README,
-"VOC and the paper's protocol"); ``True`` is VOC2007's 11-point rule (mean over
+VOC2010+ (area under the monotone precision envelope) — the metric of the paper's 53.17, with
+``iou_rule=">="`` (docs/paper.md); ``True`` is VOC2007's 11-point rule (mean over
 ``t = 0, 0.1, ..., 1`` of the best precision at recall >= t).
+
+:func:`paper_written` rounds detections as the paper's code writes them to its result files.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
 MISSING = -1.0  # AP of a class with no non-difficult ground truth
+IoURule = Literal[">", ">="]
+IOU_RULES = (">", ">=")
 
 
 def voc_ap(dets: np.ndarray, gts: np.ndarray, num_classes: int, use_07_metric: bool = False,
-           iou_threshold: float = 0.5) -> np.ndarray:
+           iou_threshold: float = 0.5, iou_rule: IoURule = ">") -> np.ndarray:
     """Per-class AP ``[K]`` (``-1.0`` for a class with no non-difficult ground truth).
 
     Args:
@@ -28,8 +35,11 @@ def voc_ap(dets: np.ndarray, gts: np.ndarray, num_classes: int, use_07_metric: b
         gts: ``[G, 7]`` rows ``(image_id, x1, y1, x2, y2, label, difficult)``.
         num_classes: K; labels are ``0..K-1``.
         use_07_metric: VOC2007 11-point AP instead of the all-point AP.
-        iou_threshold: a match needs IoU strictly above it.
+        iou_threshold: a match needs IoU above it (``iou_rule=">"``, the devkit) or at least it
+            (``">="``, the paper's code).
     """
+    if iou_rule not in IOU_RULES:
+        raise ValueError(f"iou_rule must be '>' (the VOC devkit) or '>=' (the paper's code), got {iou_rule!r}")
     dets = np.asarray(dets, dtype=np.float64).reshape(-1, 7)
     gts = np.asarray(gts, dtype=np.float64).reshape(-1, 7)
     out = np.full(num_classes, MISSING)
@@ -40,7 +50,8 @@ def voc_ap(dets: np.ndarray, gts: np.ndarray, num_classes: int, use_07_metric: b
             continue
         class_dets = dets[dets[:, 6] == k]
         class_dets = class_dets[np.argsort(-class_dets[:, 5], kind="stable")]
-        tp, fp = match_class(class_dets[:, :5], class_gts[:, :5], class_gts[:, 6] != 0, iou_threshold)
+        tp, fp = match_class(class_dets[:, :5], class_gts[:, :5], class_gts[:, 6] != 0, iou_threshold,
+                             iou_rule)
         tp, fp = np.cumsum(tp), np.cumsum(fp)
         recall = tp / positives
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
@@ -50,13 +61,14 @@ def voc_ap(dets: np.ndarray, gts: np.ndarray, num_classes: int, use_07_metric: b
 
 def xml_boxes(boxes: np.ndarray) -> np.ndarray:
     """spikeloc's continuous xyxy ``[N, 4]`` (``xmin - 1, ymin - 1, xmax, ymax``) -> the VOC XML's
-    inclusive 1-based values ``(xmin, ymin, xmax, ymax)``, which the reference compares its
-    detections with: pass ground truth through this to reproduce its numbers exactly."""
+    inclusive 1-based values ``(xmin, ymin, xmax, ymax)``, the convention of the devkit's input: pass
+    ground truth and detections in spikeloc's convention through this (a network trained on XML
+    values, as the paper's, predicts these directly)."""
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.array([1.0, 1.0, 0.0, 0.0])
 
 
-def match_class(dets: np.ndarray, gts: np.ndarray, difficult: np.ndarray,
-                iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def match_class(dets: np.ndarray, gts: np.ndarray, difficult: np.ndarray, iou_threshold: float,
+                iou_rule: IoURule = ">") -> tuple[np.ndarray, np.ndarray]:
     """True / false positive flags ``[D]`` of score-sorted ``dets`` ``[D, 5]`` (image_id, xyxy)
     against one class's ``gts`` ``[G, 5]`` with ``difficult`` ``[G]`` bool.
 
@@ -82,7 +94,8 @@ def match_class(dets: np.ndarray, gts: np.ndarray, difficult: np.ndarray,
     image = where[rows]
     ious = np.nan_to_num(devkit_iou(dets[rows, 1:5], padded[image]), nan=-np.inf)  # [R, M]
     best = ious.argmax(axis=1)
-    over = ious[np.arange(len(rows)), best] > iou_threshold
+    best_iou = ious[np.arange(len(rows)), best]
+    over = best_iou >= iou_threshold if iou_rule == ">=" else best_iou > iou_threshold
     hard = padded_difficult[image, best]
     fp[rows[~over]] = 1
     scoring = rows[over & ~hard]
@@ -93,6 +106,16 @@ def match_class(dets: np.ndarray, gts: np.ndarray, difficult: np.ndarray,
     tp[scoring[is_first]] = 1
     fp[scoring[~is_first]] = 1
     return tp, fp
+
+
+def paper_written(dets: np.ndarray) -> np.ndarray:
+    """Detections ``[D, 7]`` (image_id, x1, y1, x2, y2, score, label) as the paper's code writes them:
+    each coordinate cut to an integer toward zero (Python's ``int``, boxes not clipped to the image)
+    and the float32 score's shortest decimal text cut to 6 characters (``0.86771`` -> ``0.8677``)."""
+    out = np.array(dets, dtype=np.float64).reshape(-1, 7)
+    out[:, 1:5] = np.trunc(out[:, 1:5])
+    out[:, 5] = [float(str(np.float32(score))[:6]) for score in out[:, 5]]
+    return out
 
 
 def devkit_iou(boxes: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -38,8 +38,9 @@ class SpikingDetector(OnlineModule):
         class_names: names for the metric; ``None``: the datamodule's ``class_names`` at setup.
         anchors: per scale a list of (w, h) in input pixels (or, with ``anchor_masks``, one flat list);
             ``None``: SPYv4's six scaled to ``image_size``.
-        anchor_masks, scale_xy, log_wh_clamp, neck_upsample, init_state, input_dropout, weight_init:
-            see :class:`SpikingYOLO` (the README's "VOC and the paper's protocol" gives the reference).
+        anchor_masks, scale_xy, log_wh_clamp, neck_upsample, init_state, input_dropout, weight_init,
+            head_init, eval_seed: see :class:`SpikingYOLO` (docs/paper.md gives the reference);
+            ``eval_seed: null`` evaluates with unseeded initial membranes, another draw each time.
         readout: ``last`` (the head's output of each step), ``leaky`` (integrated over steps) or ``mean``
             (their running mean: with spiking neck outputs, the head of the spike counts).
         image_size: network input side (anchor scaling, head bias priors).
@@ -53,6 +54,8 @@ class SpikingDetector(OnlineModule):
         loss_kwargs: extra :class:`YOLOLoss` arguments (``box_weight``, ``ignore_iou``, ``assign`` ...).
         conf_threshold / iou_threshold / max_detections / pre_nms_top_k / multi_label: post-processing
             for evaluation, see :class:`YOLOPostprocess`.
+        clip_boxes: clip detections to the original image (``False``: as the paper's code).
+        map_kwargs: extra :class:`DetectionMAP` arguments (``iou_rule``, ``det_format``).
         **kwargs: the loop's settings (``num_steps``, ``algorithm``, ``fptt`` ...), see :class:`OnlineModule`.
     """
 
@@ -68,7 +71,9 @@ class SpikingDetector(OnlineModule):
                  neck_upsample: Literal["current", "spikes"] = "current",
                  init_state: Literal["zeros", "uniform"] = "zeros", input_dropout: float = 0.0,
                  weight_init: Literal["default", "xavier_normal"] = "default", neuron: str | None = None,
-                 init_from: str | None = None, check_anchors: bool = True, **kwargs: Any) -> None:
+                 init_from: str | None = None, check_anchors: bool = True,
+                 head_init: Literal["default", "priors", "xavier_normal"] | None = None, eval_seed: int | None = 0,
+                 clip_boxes: bool = True, map_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         backbone_kwargs, neck_kwargs = dict(backbone_kwargs or {}), dict(neck_kwargs or {})
         if neuron is not None:
@@ -78,7 +83,7 @@ class SpikingDetector(OnlineModule):
         self.model = SpikingYOLO(net, num_classes, anchors, readout, image_size=image_size, anchor_masks=anchor_masks,
                                  scale_xy=scale_xy, log_wh_clamp=log_wh_clamp, neck_upsample=neck_upsample,
                                  init_state=init_state, input_dropout=input_dropout, weight_init=weight_init,
-                                 **neck_kwargs)
+                                 head_init=head_init, eval_seed=eval_seed, **neck_kwargs)
         if pretrained:  # after weight_init, which covers the whole network
             rank_zero_info(load_pretrained(net, pretrained).summary())
         if init_from:
@@ -87,6 +92,7 @@ class SpikingDetector(OnlineModule):
         self.postprocess = YOLOPostprocess(conf_threshold, iou_threshold, max_detections, self.model.geometry,
                                            pre_nms_top_k, multi_label)
         self.num_classes, self.image_size, self.check_anchors = num_classes, image_size, check_anchors
+        self.clip_boxes, self.map_kwargs = clip_boxes, dict(map_kwargs or {})
         self._prepared: dict | None = None  # the batch's prepared targets by grid sizes, during training_step
         self.class_names = list(class_names) if class_names is not None else None
         self._check_class_names()
@@ -170,12 +176,12 @@ class SpikingDetector(OnlineModule):
         if not targets:
             return detections
         if all("scale" in target for target in targets):
-            detections = detections_to_original(detections, targets)
+            detections = detections_to_original(detections, targets, self.clip_boxes)
         return [{**found, "image_id": target.get("image_id")} for found, target in zip(detections, targets)]
 
     # ---- evaluation ----------------------------------------------------------------------
     def _new_map(self) -> DetectionMAP:
-        return DetectionMAP(self.class_names or [f"class_{k}" for k in range(self.num_classes)])
+        return DetectionMAP(self.class_names or [f"class_{k}" for k in range(self.num_classes)], **self.map_kwargs)
 
     def start_evaluation(self) -> None:
         super().start_evaluation()
@@ -190,7 +196,7 @@ class SpikingDetector(OnlineModule):
             self.maps.append(self._new_map().to(self.device))
         detections = [self.postprocess(raw) for raw in outputs]
         for metric, found in zip(self.maps, detections):
-            metric.update(detections_to_original(found, targets), targets)
+            metric.update(detections_to_original(found, targets, self.clip_boxes), targets)
         loss, _ = self.loss(outputs[-1], targets)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(targets))
         return {"detections": detections[-1]}

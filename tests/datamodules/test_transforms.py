@@ -185,6 +185,37 @@ def test_hsv_jitter_matches_colorsys() -> None:
     assert as_uint8.dtype == torch.uint8 and (as_uint8.float() - (pixels * 255).round()).abs().max() <= 1
 
 
+def test_reference_hue_rule_matches_a_plain_loop_of_the_papers_steps() -> None:
+    import colorsys
+
+    from datamodules.transforms import hsv_jitter
+
+    pixels = torch.rand(3, 6, 7, generator=torch.Generator().manual_seed(1))
+    pixels[:, 0, 0] = torch.tensor([1.0, 0.0, 0.02])  # hue 358.8 degrees: shifted up, clipped at 360 (red)
+    pixels[:, 0, 1] = torch.tensor([1.0, 0.02, 0.0])  # hue 1.2 degrees: shifted down, clipped at 0
+    pixels[:, 0, 2] = 0.4  # grey: any hue is the same colour
+    far = 0
+    for hue, sat, val in ((0.08, 1.2, 0.9), (-0.05, 0.8, 1.3), (0.0, 1.0, 1.0)):
+        out = hsv_jitter(pixels, hue, sat, val, hue_rule="reference")
+        wrapped = hsv_jitter(pixels, hue, sat, val)
+        for y in range(6):
+            for x in range(7):
+                h, s, v = colorsys.rgb_to_hsv(*pixels[:, y, x].tolist())
+                degrees = h * 360 + hue * 360  # the paper: OpenCV's hue in degrees, + hue * 360
+                degrees = degrees - 1 if degrees > 1 else degrees + 1 if degrees < 0 else degrees
+                degrees = min(max(degrees, 0.0), 360.0)  # clipped, not wrapped
+                expected = colorsys.hsv_to_rgb(degrees / 360, min(s * sat, 1.0), min(v * val, 1.0))
+                assert out[:, y, x].tolist() == pytest.approx(expected, abs=2e-3), (hue, y, x)
+        far += int(((out - wrapped).abs().amax(dim=0) > 10 / 255).sum())
+    assert far >= 2  # the clipped corner pixels differ from the wrapped hue by far more than the 1 degree
+    with pytest.raises(ValueError, match="hue_rule"):
+        hsv_jitter(pixels, 0.1, 1.0, 1.0, hue_rule="cyclic")
+    from datamodules.transforms import HSVJitter, reference_train_transform
+    steps = [[t for t in reference_train_transform(96, **kw).transforms if isinstance(t, HSVJitter)][0]
+             for kw in ({}, {"hue_rule": "wrap"})]
+    assert [step.hue_rule for step in steps] == ["reference", "wrap"]  # the reference pipeline: the paper's
+
+
 def test_reference_augmentation_keeps_boxes_valid_and_aligned() -> None:
     from datamodules.transforms import reference_train_transform
 

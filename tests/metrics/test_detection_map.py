@@ -151,3 +151,37 @@ def test_coco_results_file_and_duplicate_ids(tmp_path):
 def test_prints_are_silenced(capsys):
     _metric(PREDS, TARGETS).compute()
     assert capsys.readouterr().out == ""
+
+
+def test_voc_aps_read_detections_in_the_xml_convention_too():
+    # a 2x2-pixel object (XML 1..2): spikeloc holds (0, 0, 2, 2) for it and so does a perfect detection;
+    # read as the XML's (1, 1, 2, 2) both match at IoU 1 (the detection as given, (0, 0, 2, 2) in
+    # inclusive pixels, would cover 3x3 pixels: IoU 4 / 9, a miss)
+    result = _metric([_pred([[0, 0, 2, 2]], [0.9], [0])], [_target(1, [[0, 0, 2, 2]], [0])]).compute()
+    assert [result[key] for key in ("voc_ap", "voc07", "map_50")] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_paper_rule_and_writing_reach_the_voc_aps():
+    # ground truth XML (1, 1, 10, 10) -> spikeloc's (0, 0, 10, 10); a detection (0, 0, 5.5, 10) reads
+    # (1, 1, 5.5, 10) in the XML's convention: IoU 0.55; the paper's code writes it (1, 1, 5, 10): IoU 0.5
+    targets = [_target(1, [[0, 0, 10, 10]], [0])]
+    preds = [_pred([[0, 0, 5.5, 10]], [0.86771], [0])]
+    results = {}
+    for rule, det_format in ((">", "float"), (">", "paper"), (">=", "paper")):
+        metric = DetectionMAP(NAMES, iou_rule=rule, det_format=det_format)
+        metric.update(preds, targets)
+        results[rule, det_format] = metric.compute()
+        if det_format == "paper":
+            _, dets = metric.voc_rows(metric.gathered())
+            assert dets[:, 1:6].tolist() == [[1.0, 1.0, 5.0, 10.0, 0.8677]]
+    assert [results[key]["voc_ap"] for key in results] == [1.0, 0.0, 1.0]
+    assert [results[key]["voc07"] for key in results] == [1.0, 0.0, 1.0]
+    assert results[">", "paper"]["per_class_voc_ap"]["cat"] == 0.0
+    assert len({results[key]["map_50"] for key in results}) == 1  # COCO's metrics read the detections as given
+
+
+def test_bad_rule_or_format_is_refused():
+    with pytest.raises(ValueError, match="iou_rule"):
+        DetectionMAP(NAMES, iou_rule="=")
+    with pytest.raises(ValueError, match="det_format"):
+        DetectionMAP(NAMES, det_format="int")

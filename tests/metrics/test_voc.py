@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spikeloc.metrics.voc import voc_ap, xml_boxes
+from spikeloc.metrics.voc import paper_written, voc_ap, xml_boxes
 
 
 def _gt(image, box, label=0, difficult=0):
@@ -141,3 +141,109 @@ def test_xml_boxes_recover_the_annotation_values():
     assert xml_boxes(continuous).tolist() == [[1.0, 5.0, 10.0, 20.0]]
     gts = np.array([_gt(1, xml_boxes(continuous)[0])])
     assert voc_ap(np.array([_det(1, (1, 5, 10, 20), 0.9)]), gts, 1) == pytest.approx([1.0])
+
+
+# ---- the paper's AP code: IoU >= 0.5, and its result files' rounding ------------------------------
+
+def paper_loop(dets, gts, num_classes, threshold=0.5):
+    """All-point AP as the paper's released AP code computes it, written out from its rules: per
+    detection (score order), the best IoU (+1-pixel sizes) over the boxes it overlaps (-1 if none);
+    a match when that IoU reaches the threshold; recall and precision over max(count, 1)."""
+    out = []
+    for k in range(num_classes):
+        boxes = [dict(image=r[0], box=r[1:5], difficult=bool(r[6]), used=False) for r in gts if r[5] == k]
+        npos = sum(not b["difficult"] for b in boxes)
+        if npos == 0:
+            out.append(-1.0)
+            continue
+        order = sorted(range(len(dets)), key=lambda i: -dets[i][5])  # Python's sort is stable
+        tp, fp = [], []
+        for d in (dets[i] for i in order if dets[i][6] == k):
+            ovmax, match = -1.0, None
+            for g in (b for b in boxes if b["image"] == d[0]):
+                iw = min(d[3], g["box"][2]) - max(d[1], g["box"][0]) + 1
+                ih = min(d[4], g["box"][3]) - max(d[2], g["box"][1]) + 1
+                if iw > 0 and ih > 0:
+                    ua = (d[3] - d[1] + 1) * (d[4] - d[2] + 1) + (g["box"][2] - g["box"][0] + 1) * (
+                        g["box"][3] - g["box"][1] + 1) - iw * ih
+                    if iw * ih / ua > ovmax:
+                        ovmax, match = iw * ih / ua, g
+            reached = ovmax >= threshold
+            ignored = reached and match["difficult"]
+            hit = reached and not match["difficult"] and not match["used"]
+            if hit:
+                match["used"] = True
+            tp.append(int(hit))
+            fp.append(int(not hit and not ignored))
+        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        recall = list(tp / max(npos, 1))
+        precision = list(tp / np.maximum(tp + fp, 1))
+        mrec, mpre = [0.0] + recall + [1.0], [0.0] + precision + [0.0]
+        for i in range(len(mpre) - 2, -1, -1):
+            mpre[i] = max(mpre[i], mpre[i + 1])
+        out.append(sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]))
+    return np.array(out)
+
+
+def test_iou_exactly_at_the_threshold_matches_only_with_the_papers_rule():
+    gts = np.array([_gt(1, (0, 0, 9, 4))])
+    dets = np.array([_det(1, (0, 0, 9, 9), 0.9)])  # +1-pixel sizes: 50 / 100 = 0.5 exactly
+    assert voc_ap(dets, gts, 1).tolist() == [0.0]  # the devkit: IoU must exceed 0.5
+    assert voc_ap(dets, gts, 1, iou_rule=">=").tolist() == [1.0]  # the paper's code: reaching it is enough
+    assert voc_ap(dets, gts, 1, use_07_metric=True, iou_rule=">=").tolist() == [1.0]
+    with pytest.raises(ValueError, match="iou_rule"):
+        voc_ap(dets, gts, 1, iou_rule="=>")
+
+
+def _integer_case(seed: int, images: int = 10, classes: int = 3):
+    """Integer boxes with many detections at IoU exactly 0.5 (half the height of a box)."""
+    rng = np.random.default_rng(seed)
+    gts, dets = [], []
+    for image in range(1, images + 1):
+        for _ in range(rng.integers(1, 5)):
+            x, y = rng.integers(0, 60, 2)
+            w, h = rng.integers(2, 20), 2 * rng.integers(2, 12)
+            label = rng.integers(classes)
+            gts.append(_gt(image, (x, y, x + w - 1, y + h - 1), label, int(rng.random() < 0.15)))
+            for _ in range(rng.integers(0, 3)):
+                if rng.random() < 0.5:
+                    dets.append(_det(image, (x, y, x + w - 1, y + h // 2 - 1), rng.random(), label))  # IoU 0.5
+                else:
+                    dets.append(_det(image, (x, y, x + w - 1, y + h - 1) + rng.integers(-2, 3, 4), rng.random(), label))
+    return np.array(dets), np.array(gts)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_papers_rule_equals_a_plain_loop_of_the_papers_code(seed):
+    dets, gts = _integer_case(seed)
+    expected = paper_loop(dets.tolist(), gts.tolist(), 3)
+    np.testing.assert_allclose(voc_ap(dets, gts, 3, iou_rule=">="), expected, rtol=0, atol=1e-12)
+    assert not np.allclose(voc_ap(dets, gts, 3), expected)  # the devkit's rule gives other numbers here
+    assert (expected > 0).sum() >= 2
+
+
+def test_paper_written_cuts_as_the_papers_result_files():
+    dets = np.array([_det(1, (10.9, -0.7, 99.99, 5.0), 0.86771), _det(2, (0.2, 3.5, 7.5, 8.999), 0.0012399)])
+    # the paper's writing, from its facts: "%s %s %s %s %s %s" % (name, str(score)[:6], int(left), ...)
+    lines = ["c %s %s %s %s %s" % (str(np.float32(d[5]))[:6], *(int(v) for v in d[1:5])) for d in dets]
+    parsed = [[float(v) for v in line.split()[1:]] for line in lines]
+    written = paper_written(dets)
+    assert written[:, [5, 1, 2, 3, 4]].tolist() == parsed
+    assert written[:, 5].tolist() == [0.8677, 0.0012] and written[:, 1:5].tolist()[0] == [10, 0, 99, 5]
+
+
+def test_paper_writing_changes_matches_and_ties():
+    gts = np.array([_gt(1, (1, 1, 10, 10)), _gt(3, (1, 1, 10, 10))])
+    # (1, 1, 5.5, 10): IoU 0.55 as a float; cut to (1, 1, 5, 10): 0.5, a hit only with ">="
+    cut = np.array([_det(1, (1, 1, 5.5, 10), 0.9)])
+    assert voc_ap(cut, gts[:1], 1).tolist() == [1.0]
+    assert voc_ap(paper_written(cut), gts[:1], 1).tolist() == [0.0]
+    assert voc_ap(paper_written(cut), gts[:1], 1, iou_rule=">=").tolist() == [1.0]
+    # scores 0.12341 (a hit) and 0.12349 (a miss, ranked first): cut to 4 decimals they tie and keep
+    # the input order, the hit first
+    tie = np.array([_det(1, (1, 1, 10, 10), 0.12341), _det(2, (1, 1, 10, 10), 0.12349),
+                    _det(3, (1, 1, 10, 10), 0.1)])
+    # float: miss, hit, hit -> precision 0, 1/2, 2/3 at recall 0, 1/2, 1 -> AP 2/3; cut: hit, miss, hit ->
+    # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> AP 1/2 + 1/3
+    assert voc_ap(tie, gts, 1).tolist() == pytest.approx([2 / 3])
+    assert voc_ap(paper_written(tie), gts, 1).tolist() == pytest.approx([0.5 + 1 / 3])

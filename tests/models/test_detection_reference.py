@@ -3,6 +3,7 @@
 Same weights, same initial membranes: the re-computation below is written from the paper's
 description (conv, BN, tau-conv LTC-SN cells; CSPDarknet-tiny; the neck's 1x1 cell upsampling its
 current before its neuron; non-spiking 1x1 heads read at every step) with plain torch functions.
+The model is built with the reference's options, the heads' PyTorch default init (biases) included.
 """
 from __future__ import annotations
 
@@ -68,7 +69,9 @@ def ref_step(model: SpikingYOLO, x, u):
 def _model(upsample: str) -> SpikingYOLO:
     torch.manual_seed(0)
     model = SpikingYOLO(SPYv4Tiny(num_classes=0, width=0.25), K, neck_upsample=upsample, init_state="uniform",
-                        weight_init="xavier_normal").double().eval()
+                        weight_init="xavier_normal", head_init="default", eval_seed=None,
+                        scale_xy=1.0, log_wh_clamp=None).double().eval()
+    assert all((conv.bias != 0).all() for conv in model.head.convs)
     with torch.no_grad():  # a livelier operating point than fresh BN statistics, so spikes do fire
         for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
             bn.weight.uniform_(0.5, 2.0)

@@ -85,6 +85,9 @@ def test_to_original_inverts_letterbox_and_clips():
     mapped = detections_to_original(dets, [{"scale": scale, "pad": pad, "orig_size": size}])
     torch.testing.assert_close(mapped[0]["boxes"], back)
     assert mapped[0]["scores"] is dets[0]["scores"]
+    # clip=False (the paper's code): the box past the right edge keeps its 330
+    unclipped = detections_to_original(dets, [{"scale": scale, "pad": pad, "orig_size": size}], clip=False)
+    torch.testing.assert_close(unclipped[0]["boxes"], orig)
 
 
 def test_reference_protocol_threshold_inclusive_one_label_no_cap():

@@ -9,11 +9,12 @@ from .pretrained import LoadReport, ann_to_cell_key, load_pretrained, match_stat
 from .resnet import BasicBlock, Bottleneck, LTCResNet
 from .small import LTCConvNet, LTCRecurrentNet
 from .spyv4 import CSPBlock, SPYv4Tiny
+from .yolov4_tiny import from_yolov4_tiny, is_yolov4_tiny, yolov4_tiny_name
 
 BACKBONES = ("ltc_resnet18", "ltc_resnet34", "ltc_resnet50", "spyv4_tiny")
 
 __all__ = [
     "BACKBONES", "BasicBlock", "Bottleneck", "CSPBlock", "LTCConvNet", "LTCRecurrentNet", "LTCResNet", "LoadReport",
-    "SPYv4Tiny", "SpikingBackbone", "ann_to_cell_key", "load_pretrained", "match_state_dict", "read_state_dict",
-    "scale_channels",
+    "SPYv4Tiny", "SpikingBackbone", "ann_to_cell_key", "from_yolov4_tiny", "is_yolov4_tiny", "load_pretrained",
+    "match_state_dict", "read_state_dict", "scale_channels", "yolov4_tiny_name",
 ]

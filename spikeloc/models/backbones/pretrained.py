@@ -9,6 +9,9 @@ Three sources are understood, all read with ``torch.load(..., weights_only=True)
 * an ANN timm/torchvision checkpoint of the matching architecture: ``...convN.weight`` maps to the
   cell's ``...convN.conv.weight`` and ``...bnN.*`` to ``...convN.bn.*``; the neurons' tau-convs
   keep their fresh initialisation and are reported missing.
+* a non-spiking YOLOv4-tiny in the common PyTorch layout, whole detector or backbone
+  (:mod:`~spikeloc.models.backbones.yolov4_tiny`): renamed onto SPYv4's backbone, neck and heads
+  (its BatchNorm step counters are left out and counted).
 
 The input conv and the classifier are timm's business: the registered models name them in their
 ``pretrained_cfg`` (``first_conv``, ``classifier``), and timm's ``load_pretrained`` adapts a stem
@@ -29,6 +32,8 @@ from torch import Tensor, nn
 
 from spikeloc.checkpoints import load_checkpoint
 
+from .yolov4_tiny import from_yolov4_tiny, is_yolov4_tiny
+
 logger = logging.getLogger(__name__)
 
 _ANN_CONV = re.compile(r"(^|\.)conv(\d+)\.(weight|bias)$")
@@ -41,6 +46,7 @@ class LoadReport:
 
     source: str
     prefix: str = ""
+    layout: str = "spikeloc or timm"
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
@@ -49,12 +55,15 @@ class LoadReport:
     input_adapted: list[str] = field(default_factory=list)
     renamed_from_ann: int = 0
     ignored_outside_prefix: int = 0
+    counters_skipped: int = 0
 
     def summary(self) -> str:
         """Readable multi-line description for logs."""
-        lines = [f"pretrained weights from {self.source} (prefix {self.prefix!r}): "
+        lines = [f"pretrained weights from {self.source} ({self.layout} layout, prefix {self.prefix!r}): "
                  f"{len(self.loaded)} tensors loaded, {self.renamed_from_ann} renamed from ANN layout, "
                  f"{self.ignored_outside_prefix} outside the prefix ignored"]
+        if self.counters_skipped:
+            lines[0] += f", {self.counters_skipped} BatchNorm step counters (num_batches_tracked) left out"
         for title, keys in (("missing (left at init)", self.missing), ("unexpected (dropped)", self.unexpected),
                             ("classifier skipped, shape differs", self.head_skipped),
                             ("input conv adapted to the model's input channels", self.input_adapted)):
@@ -135,8 +144,11 @@ def match_state_dict(state_dict: dict[str, Tensor], model: nn.Module, strict_sha
     target = model.state_dict()
     model_keys, head = set(target), _classifier_prefix(model)
     stem = next((key for key, value in target.items() if value.dim() == 4), None)  # the input conv
+    layout, counters = "spikeloc or timm", 0
+    if is_yolov4_tiny(list(state_dict)):
+        (state_dict, counters), layout = from_yolov4_tiny(state_dict, prefix or ""), "YOLOv4-tiny"
     prefix = detect_prefix(list(state_dict), model_keys) if prefix is None else prefix
-    report = LoadReport(source=source, prefix=prefix)
+    report = LoadReport(source=source, prefix=prefix, layout=layout, counters_skipped=counters)
     matched: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if not key.startswith(prefix):

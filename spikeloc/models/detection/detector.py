@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ...neurons import NeuronKind
 from ...neurons.modules import InitState
 from .geometry import DEFAULT_SCALE_XY, LOG_WH_RANGE, Anchors, YOLOGeometry
-from .head import Readout, YOLOHead
+from .head import HeadInit, Readout, YOLOHead
 from .neck import SpikingYOLONeck, Upsample
 
 WeightInit = Literal["default", "xavier_normal"]
@@ -38,10 +38,14 @@ class SpikingYOLO(nn.Module):
         init_state: fresh membrane of every spiking neuron: ``"zeros"`` or ``"uniform"`` U[0, 1)
             (reference). Training draws from the global RNG; in eval mode a sequence that starts
             from ``state=None`` draws with the RNG seeded by ``eval_seed`` (then restored), so an
-            evaluation batch gives the same result whatever ran before it.
+            evaluation batch gives the same result whatever ran before it; ``eval_seed=None`` draws
+            from the global RNG in eval mode too (the reference: each evaluation another draw).
         input_dropout: ``Dropout2d`` probability on the input at every step in training (reference 0.1).
         weight_init: ``"default"`` (PyTorch's) or ``"xavier_normal"``: Xavier-normal weights and
-            zero biases on every conv of the whole network (reference; no head bias priors).
+            zero biases on every conv of the whole network (the reference's cells; no head bias priors).
+        head_init: ``None`` (as ``weight_init``: bias priors with ``default``, Xavier with
+            ``xavier_normal``) or how the 1x1 heads start, see :meth:`YOLOHead.initialise`; the
+            reference's is ``"default"`` (PyTorch's init, non-zero biases).
 
     ``forward(x_t, state=None)``: ``x_t`` ``[B, 3, S, S]`` -> raw outputs, per scale
     ``[B, A_i, S / s_i, S / s_i, 5 + K]``, and state ``{"backbone", "neck", "head"}``.
@@ -52,8 +56,8 @@ class SpikingYOLO(nn.Module):
                  image_size: int = 416, anchor_masks: Sequence[Sequence[int]] | None = None,
                  scale_xy: float = DEFAULT_SCALE_XY, log_wh_clamp: tuple[float, float] | None = LOG_WH_RANGE,
                  neck_upsample: Upsample = "current", init_state: InitState = "zeros", input_dropout: float = 0.0,
-                 weight_init: WeightInit = "default", eval_seed: int = 0,
-                 output_neuron: NeuronKind | None = None) -> None:
+                 weight_init: WeightInit = "default", eval_seed: int | None = 0,
+                 output_neuron: NeuronKind | None = None, head_init: HeadInit | None = None) -> None:
         super().__init__()
         self.geometry = make_geometry([int(s) for s in backbone.strides], anchors, anchor_masks, image_size,
                                       scale_xy=scale_xy, log_wh_clamp=log_wh_clamp)
@@ -72,6 +76,8 @@ class SpikingYOLO(nn.Module):
         self.input_dropout = nn.Dropout2d(input_dropout) if input_dropout > 0 else nn.Identity()
         if weight_init == "xavier_normal":
             xavier_init(self)
+        if head_init is not None and head_init != ("priors" if weight_init == "default" else "xavier_normal"):
+            self.head.initialise(head_init)
 
     @property
     def anchors(self) -> list[list[tuple[float, float]]]:
@@ -97,7 +103,7 @@ class SpikingYOLO(nn.Module):
 
     def _seeded(self, device: torch.device, fresh: bool) -> contextlib.AbstractContextManager:
         """RNG seeded with ``eval_seed`` for a fresh uniform state in eval mode, else nothing."""
-        if not fresh or self.training or self.init_state != "uniform":
+        if not fresh or self.training or self.init_state != "uniform" or self.eval_seed is None:
             return contextlib.nullcontext()
         return seeded_rng(device, self.eval_seed)
 

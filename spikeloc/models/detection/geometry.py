@@ -9,7 +9,7 @@ the decoding constants::
 
 SPYv4 (YOLOv4-tiny) has six anchors ``10,14 23,27 37,58 81,82 135,169 344,319`` at 416x416 with
 masks ``(1, 2, 3)`` at stride 16 and ``(3, 4, 5)`` at stride 32: anchor 0 belongs to no scale and
-anchor 3 to both (README, "VOC and the paper's protocol").
+anchor 3 to both (docs/paper.md).
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from ...neurons import LeakyReadout
 from ..backbones.base import sub_state
 
 Readout = Literal["last", "leaky", "mean"]
+HeadInit = Literal["default", "priors", "xavier_normal"]
 
 
 def mean_readout(z: Tensor, state: dict | None) -> tuple[Tensor, dict]:
@@ -38,6 +39,8 @@ class YOLOHead(nn.Module):
         strides, image_size: when given, the objectness and class biases start at YOLOv5's priors
             (about 8 objects per image, class prob ~0.6/K) so the loss starts small.
 
+    :meth:`initialise` re-initialises the 1x1 convs another way.
+
     ``forward(features, state)``: ``features`` ``[B, C_i, H_i, W_i]`` per scale -> raw outputs
     ``[B, A_i, H_i, W_i, 5 + K]`` per scale and state (per scale ``{"u"}`` for ``leaky``, ``{"sum",
     "count"}`` for ``mean``, ``None`` for ``last``).
@@ -54,11 +57,29 @@ class YOLOHead(nn.Module):
         outputs = [a * (5 + num_classes) for a in num_anchors]
         self.convs = nn.ModuleList(nn.Conv2d(c, o, 1) for c, o in zip(in_channels, outputs))
         self.readouts = nn.ModuleList(LeakyReadout(o) for o in outputs) if readout == "leaky" else None
+        self.strides, self.image_size = strides, image_size
         if strides is not None:
-            self._init_biases(strides, image_size)
+            self._init_biases()
 
-    def _init_biases(self, strides: Sequence[int], image_size: int) -> None:
-        for conv, anchors, stride in zip(self.convs, self.num_anchors, strides):
+    @torch.no_grad()
+    def initialise(self, how: HeadInit) -> None:
+        """Re-initialise the 1x1 convs: ``"default"`` (PyTorch's ``Conv2d`` init, weights and biases
+        uniform in +-1/sqrt(fan_in): the reference), ``"priors"`` (PyTorch's weights, the bias priors;
+        needs ``strides``) or ``"xavier_normal"`` (Xavier-normal weights, zero biases)."""
+        if how not in ("default", "priors", "xavier_normal") or (how == "priors" and self.strides is None):
+            raise ValueError(f"head init must be 'default', 'priors' (with strides) or 'xavier_normal', got {how!r}")
+        for conv in self.convs:
+            if how == "xavier_normal":
+                nn.init.xavier_normal_(conv.weight)
+                nn.init.zeros_(conv.bias)
+            else:
+                conv.reset_parameters()
+        if how == "priors":
+            self._init_biases()
+
+    def _init_biases(self) -> None:
+        image_size = self.image_size
+        for conv, anchors, stride in zip(self.convs, self.num_anchors, self.strides):
             bias = conv.bias.detach().view(anchors, 5 + self.num_classes)
             bias[:, 4] = math.log(8 / (image_size / stride) ** 2)
             bias[:, 5:] = math.log(0.6 / max(self.num_classes - 0.99, 0.01))

@@ -1,10 +1,11 @@
 """YOLO loss: CIoU box loss, BCE objectness with an ignore region, BCE classification.
 
 Every term is a sum over the batch, divided by the batch size (``normalize="batch"``, darknet
-style) or by the number of positive anchors summed over scales (``"positives"``, the reference).
-It is computed densely over all cells with masks, so it has no host syncs, no per-box Python
-loops, and is finite (with exactly zero box/class gradients) when a batch holds no objects.
-The README's "VOC and the paper's protocol" lists which settings are the paper's.
+style), by the number of positive anchors summed over scales, at least 1 (``"positives"``), or by
+the sum over scales of each scale's positives, at least 1 each (``"positives_per_scale"``, the
+reference: one more per scale without positives). It is computed densely over all cells with
+masks, so it has no host syncs, no per-box Python loops, and is finite (with exactly zero box/class
+gradients) when a batch holds no objects. docs/paper.md lists which settings are the paper's.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from torchvision.ops import box_iou
 from .anchors import Assign, PaddedTargets, ScaleTargets, build_targets, decode_scale, pad_targets
 from .geometry import YOLOGeometry
 
-Normalize = Literal["batch", "positives"]
+Normalize = Literal["batch", "positives", "positives_per_scale"]
+NORMALIZE = ("batch", "positives", "positives_per_scale")
 
 
 @dataclass
@@ -79,8 +81,12 @@ class YOLOLoss(nn.Module):
         match_iou: the wh-IoU threshold of ``assign="threshold"``.
         ignore_iou: a non-assigned prediction whose decoded box has IoU above this with any
             ground truth of its image is not trained as background (reference 0.5).
-        normalize: divide by the batch size (``"batch"``) or by the number of positives summed
-            over scales, at least 1 (``"positives"``, the reference).
+        normalize: divide by the batch size (``"batch"``), by the number of positives summed over
+            scales, at least 1 (``"positives"``), or by the sum of each scale's positives, at least 1
+            each (``"positives_per_scale"``, the reference).
+        bce_clamp: ``None``: BCE on the logits (exact for any logit); a number ``eps`` (reference
+            1e-7): BCE of the probability clamped to ``[eps, 1 - eps]`` in float32, so a logit beyond
+            about +-16 costs at most ``-log(eps)`` and gets no gradient.
         box_area_weight: weight each box term by ``2 - w h / (W H)`` (box over input area; reference).
         ciou_alpha_grad: back-propagate through CIoU's ``alpha`` (reference), see :func:`ciou_loss`.
         scale_balance: optional per-scale weights of the objectness term.
@@ -90,20 +96,30 @@ class YOLOLoss(nn.Module):
                  obj_weight: float = 1.0, cls_weight: float = 1.0, assign: Assign = "threshold",
                  match_iou: float = 0.213, ignore_iou: float = 0.7, normalize: Normalize = "batch",
                  box_area_weight: bool = False, ciou_alpha_grad: bool = False,
-                 scale_balance: Sequence[float] | None = None) -> None:
+                 scale_balance: Sequence[float] | None = None, bce_clamp: float | None = None) -> None:
         super().__init__()
         self.geometry = geometry if geometry is not None else YOLOGeometry.spyv4()
         self.num_classes = num_classes
         self.box_weight, self.obj_weight, self.cls_weight = box_weight, obj_weight, cls_weight
-        if assign not in ("threshold", "best") or normalize not in ("batch", "positives"):
-            raise ValueError(f"assign must be 'threshold' or 'best' and normalize 'batch' or 'positives', "
+        if assign not in ("threshold", "best") or normalize not in NORMALIZE:
+            raise ValueError(f"assign must be 'threshold' or 'best' and normalize one of {NORMALIZE}, "
                              f"got {assign!r}, {normalize!r}")
+        if bce_clamp is not None and not 0 < bce_clamp < 0.5:
+            raise ValueError(f"bce_clamp must be None or in (0, 0.5), got {bce_clamp!r}")
+        self.bce_clamp = bce_clamp
         self.assign, self.match_iou, self.ignore_iou, self.normalize = assign, match_iou, ignore_iou, normalize
         self.box_area_weight, self.ciou_alpha_grad = box_area_weight, ciou_alpha_grad
         scales = len(self.geometry.strides)
         self.scale_balance = list(scale_balance) if scale_balance is not None else [1.0] * scales
         if len(self.scale_balance) != scales:
             raise ValueError("scale_balance needs one weight per scale")
+
+    def bce(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Element-wise binary cross-entropy of ``logits`` against ``target`` (same shape), see ``bce_clamp``."""
+        if self.bce_clamp is None:
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        p = torch.sigmoid(logits).clamp(self.bce_clamp, 1.0 - self.bce_clamp)
+        return -(target * torch.log(p) + (1.0 - target) * torch.log(1.0 - p))
 
     def prepare(self, targets: Sequence[dict], sizes: Sequence[tuple[int, int]], like: Tensor) -> PreparedTargets:
         """Pad ``targets`` and assign them to anchors for outputs of grid ``sizes`` on ``like``'s device:
@@ -136,7 +152,7 @@ class YOLOLoss(nn.Module):
             raise ValueError(f"targets were prepared for grid sizes {targets.sizes}, the outputs have {sizes}")
         gt, scale_targets = targets.gt, targets.scales
         input_area = sizes[0][0] * sizes[0][1] * geometry.strides[0] ** 2
-        box = obj = cls = num_pos = raw_outputs[0].new_zeros(())
+        box = obj = cls = num_pos = per_scale = raw_outputs[0].new_zeros(())
         for index, (raw, target) in enumerate(zip(raw_outputs, scale_targets)):
             pred = decode_scale(raw, geometry, index)  # [B, A, H, W, 4]
             pos = target.positive
@@ -148,14 +164,15 @@ class YOLOLoss(nn.Module):
                 area = (target.boxes[..., 2] - target.boxes[..., 0]) * (target.boxes[..., 3] - target.boxes[..., 1])
                 box_weight = posf * (2 - area / input_area)
             box = box + (ciou_loss(pred, goal, self.ciou_alpha_grad) * box_weight).sum()
-            cls = cls + (F.binary_cross_entropy_with_logits(raw[..., 5:], target.classes, reduction="none")
-                         .sum(-1) * posf).sum()
+            cls = cls + (self.bce(raw[..., 5:], target.classes).sum(-1) * posf).sum()
             best = max_iou_with_targets(pred.detach().flatten(1, 3), gt).view_as(posf)
             weight = (pos | (best <= self.ignore_iou)).to(raw.dtype)
             obj = obj + self.scale_balance[index] * (
-                F.binary_cross_entropy_with_logits(raw[..., 4], posf, reduction="none") * weight).sum()
+                self.bce(raw[..., 4], posf) * weight).sum()
             num_pos = num_pos + posf.sum()
-        norm = num_pos.clamp(min=1) if self.normalize == "positives" else raw_outputs[0].shape[0]
+            per_scale = per_scale + posf.sum().clamp(min=1)
+        norm = {"batch": raw_outputs[0].shape[0], "positives": num_pos.clamp(min=1),
+                "positives_per_scale": per_scale}[self.normalize]
         parts = {"box": self.box_weight * box / norm, "obj": self.obj_weight * obj / norm,
                  "cls": self.cls_weight * cls / norm}
         total = parts["box"] + parts["obj"] + parts["cls"]

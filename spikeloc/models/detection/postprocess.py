@@ -80,20 +80,20 @@ def _pair(value) -> tuple[float, float]:
 
 
 def to_original_boxes(boxes: Tensor, scale: float | Sequence[float] | Tensor, pad: Sequence[float] | Tensor,
-                      orig_size: Sequence[int] | Tensor) -> Tensor:
+                      orig_size: Sequence[int] | Tensor, clip: bool = True) -> Tensor:
     """Input-pixel boxes ``[M, 4]`` -> original-image boxes, inverting ``input = orig * scale + pad``
-    and clipping to ``orig_size`` = (h, w). ``scale`` is one factor (letterbox) or ``(s_x, s_y)``
-    (a plain resize to the square input)."""
+    and, with ``clip`` (``False``: as the paper's code), clipping to ``orig_size`` = (h, w). ``scale`` is
+    one factor (letterbox) or ``(s_x, s_y)`` (a plain resize to the square input)."""
     pad_x, pad_y = _pair(pad)
     scale_x, scale_y = _pair(scale)
     height, width = _pair(orig_size)
     offset = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
     original = (boxes - offset) / boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
-    return clip_boxes_to_image(original, (int(height), int(width)))
+    return clip_boxes_to_image(original, (int(height), int(width))) if clip else original
 
 
-def detections_to_original(detections: Detections, targets: Sequence[dict]) -> Detections:
+def detections_to_original(detections: Detections, targets: Sequence[dict], clip: bool = True) -> Detections:
     """Map every image's detections to its original coordinates using the target's
-    ``scale``, ``pad`` and ``orig_size``; scores and labels are kept."""
-    return [{**det, "boxes": to_original_boxes(det["boxes"], tgt["scale"], tgt["pad"], tgt["orig_size"])}
+    ``scale``, ``pad`` and ``orig_size`` (clipped to the image with ``clip``); scores and labels are kept."""
+    return [{**det, "boxes": to_original_boxes(det["boxes"], tgt["scale"], tgt["pad"], tgt["orig_size"], clip)}
             for det, tgt in zip(detections, targets)]
