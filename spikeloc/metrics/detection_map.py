@@ -13,8 +13,11 @@ Conventions:
   nothing. Crowd matching uses intersection over the detection's area;
 * a class with no (non-difficult) ground truth has AP -1 and is left out of every mean;
 * no detections at all gives AP 0 (``COCO.loadRes([])`` would raise, so it is never called then);
-* the VOC APs see ground truth and detections alike in the VOC XML's convention, inclusive 1-based
-  pixel indices (:func:`~spikeloc.metrics.voc.xml_boxes`), as the devkit expects both;
+* the VOC APs see boxes in the VOC XML's convention, inclusive 1-based pixel indices, as the devkit
+  expects: ground truth (spikeloc's continuous ``(xmin - 1, ymin - 1, xmax, ymax)``) is moved there by
+  :func:`~spikeloc.metrics.voc.xml_boxes`; detections are taken as given (``det_boxes="xml"``: result
+  files, detectors trained on the XML values) or moved the same way (``"continuous"``: a network trained
+  on spikeloc's boxes, as :class:`~spikeloc.training.SpikingDetector` evaluates its own);
 * ``iou_rule`` and ``det_format="paper"`` select the paper's AP code (docs/paper.md): a VOC match at
   IoU >= 0.5, and detections cut as its result files hold them (integer boxes, 4-decimal scores).
 """
@@ -66,6 +69,8 @@ class DetectionMAP(Metric):
         iou_rule: the VOC APs' match rule: ``">"`` (the devkit's, default) or ``">="`` (the paper's code).
         det_format: the VOC APs' detections: ``"float"`` (as given) or ``"paper"`` (as the paper's code
             writes them, :func:`~spikeloc.metrics.voc.paper_written`).
+        det_boxes: the convention of the detections' boxes for the VOC APs: ``"xml"`` (the VOC XML's
+            values, as given) or ``"continuous"`` (spikeloc's, moved like the ground truth).
         **kwargs: ``torchmetrics.Metric`` options (``sync_on_compute``, ``process_group`` ...).
 
     ``compute()`` returns COCO's ``map`` (AP@[.5:.95]), ``map_50`` (101-point AP@.5), ``map_75``, the
@@ -78,14 +83,15 @@ class DetectionMAP(Metric):
     higher_is_better = True
 
     def __init__(self, class_names: Sequence[str], max_detections: int = 100, verbose: bool = False,
-                 iou_rule: IoURule = ">", det_format: Literal["float", "paper"] = "float", **kwargs: Any) -> None:
+                 iou_rule: IoURule = ">", det_format: Literal["float", "paper"] = "float",
+                 det_boxes: Literal["xml", "continuous"] = "xml", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if iou_rule not in IOU_RULES or det_format not in ("float", "paper"):
-            raise ValueError(f"iou_rule must be one of {IOU_RULES} and det_format 'float' or 'paper', "
-                             f"got {iou_rule!r}, {det_format!r}")
+        if iou_rule not in IOU_RULES or det_format not in ("float", "paper") or det_boxes not in ("xml", "continuous"):
+            raise ValueError(f"iou_rule must be one of {IOU_RULES}, det_format 'float' or 'paper' and det_boxes "
+                             f"'xml' or 'continuous'; got {iou_rule!r}, {det_format!r}, {det_boxes!r}")
         self.class_names = list(class_names)
         self.max_detections, self.verbose = max_detections, verbose
-        self.iou_rule, self.det_format = iou_rule, det_format
+        self.iou_rule, self.det_format, self.det_boxes = iou_rule, det_format, det_boxes
         # one row per image: image_id, height, width, number of ground-truth boxes, number of detections
         self.add_state("images", default=[], dist_reduce_fx="cat")
         self.add_state("gts", default=[], dist_reduce_fx="cat")  # [N, 6]: x1, y1, x2, y2, label, difficult
@@ -189,10 +195,11 @@ class DetectionMAP(Metric):
 
     def voc_rows(self, data: Gathered) -> tuple[np.ndarray, np.ndarray]:
         """Ground truth ``[G, 7]`` and detections ``[D, 7]`` as the VOC APs read them: boxes in the VOC
-        XML's inclusive pixel values (a detection as a network trained on spikeloc's continuous boxes
-        gives it, moved as those boxes were), detections then cut as ``det_format`` says."""
+        XML's inclusive pixel values (see ``det_boxes``), detections then cut as ``det_format`` says."""
         gts, dets = data.gts.copy(), data.dets.copy()
-        gts[:, 1:5], dets[:, 1:5] = xml_boxes(gts[:, 1:5]), xml_boxes(dets[:, 1:5])
+        gts[:, 1:5] = xml_boxes(gts[:, 1:5])
+        if self.det_boxes == "continuous":
+            dets[:, 1:5] = xml_boxes(dets[:, 1:5])
         return gts, paper_written(dets) if self.det_format == "paper" else dets
 
     def compute(self) -> dict[str, Any]:

@@ -181,7 +181,8 @@ class SpikingDetector(OnlineModule):
 
     # ---- evaluation ----------------------------------------------------------------------
     def _new_map(self) -> DetectionMAP:
-        return DetectionMAP(self.class_names or [f"class_{k}" for k in range(self.num_classes)], **self.map_kwargs)
+        names = self.class_names or [f"class_{k}" for k in range(self.num_classes)]
+        return DetectionMAP(names, **{"det_boxes": "continuous", **self.map_kwargs})  # its own boxes are spikeloc's
 
     def start_evaluation(self) -> None:
         super().start_evaluation()

@@ -153,12 +153,18 @@ def test_prints_are_silenced(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_voc_aps_read_detections_in_the_xml_convention_too():
-    # a 2x2-pixel object (XML 1..2): spikeloc holds (0, 0, 2, 2) for it and so does a perfect detection;
-    # read as the XML's (1, 1, 2, 2) both match at IoU 1 (the detection as given, (0, 0, 2, 2) in
-    # inclusive pixels, would cover 3x3 pixels: IoU 4 / 9, a miss)
-    result = _metric([_pred([[0, 0, 2, 2]], [0.9], [0])], [_target(1, [[0, 0, 2, 2]], [0])]).compute()
-    assert [result[key] for key in ("voc_ap", "voc07", "map_50")] == pytest.approx([1.0, 1.0, 1.0])
+def test_continuous_detections_are_moved_to_the_xml_convention_like_the_ground_truth():
+    # a 2x2-pixel object (XML 1..2): spikeloc holds (0, 0, 2, 2) for it and so does a perfect detection of
+    # a network trained on spikeloc's boxes; read as the XML's (1, 1, 2, 2) both match at IoU 1. Taken as
+    # XML values (the default, for result files), (0, 0, 2, 2) covers 3x3 pixels: IoU 4 / 9, a miss.
+    preds, targets = [_pred([[0, 0, 2, 2]], [0.9], [0])], [_target(1, [[0, 0, 2, 2]], [0])]
+    moved = DetectionMAP(NAMES, det_boxes="continuous")
+    moved.update(preds, targets)
+    assert [moved.compute()[key] for key in ("voc_ap", "voc07", "map_50")] == pytest.approx([1.0, 1.0, 1.0])
+    as_given = _metric(preds, targets).compute()
+    assert as_given["voc_ap"] == 0.0 and as_given["map_50"] == pytest.approx(1.0)
+    # an XML-convention detection (1, 1, 2, 2) matches the same object as given
+    assert _metric([_pred([[1, 1, 2, 2]], [0.9], [0])], targets).compute()["voc_ap"] == pytest.approx(1.0)
 
 
 def test_paper_rule_and_writing_reach_the_voc_aps():
@@ -168,7 +174,7 @@ def test_paper_rule_and_writing_reach_the_voc_aps():
     preds = [_pred([[0, 0, 5.5, 10]], [0.86771], [0])]
     results = {}
     for rule, det_format in ((">", "float"), (">", "paper"), (">=", "paper")):
-        metric = DetectionMAP(NAMES, iou_rule=rule, det_format=det_format)
+        metric = DetectionMAP(NAMES, iou_rule=rule, det_format=det_format, det_boxes="continuous")
         metric.update(preds, targets)
         results[rule, det_format] = metric.compute()
         if det_format == "paper":
