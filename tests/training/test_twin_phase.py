@@ -69,6 +69,25 @@ def test_ending_inside_the_twin_phase_warns_and_leaves_the_snn(tmp_path):
         tiny_detector(twin_epochs=-1)
 
 
+@pytest.mark.parametrize("max_epochs, twin", [(3, 2), (6, 4), (1, 1)])
+def test_twin_fraction_splits_whatever_max_epochs_is(tmp_path, max_epochs, twin):
+    module = tiny_classifier(num_steps=2, twin_fraction=0.6667)
+    phases = []
+
+    class AtEpochStart(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            phases.append(pl_module.twin_active)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a run that ends in the twin phase warns (tested above)
+        trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=0,
+                callbacks=[AtEpochStart()]).fit(module, datamodule=QuadrantData())
+    assert phases == [True] * twin + [False] * (max_epochs - twin)
+    for bad in ({"twin_fraction": 1.0}, {"twin_fraction": -0.1}, {"twin_fraction": 0.5, "twin_epochs": 2}):
+        with pytest.raises(ValueError, match="twin_fraction must be in"):
+            tiny_classifier(**bad)
+
+
 def _halving(opt):
     return torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
 
