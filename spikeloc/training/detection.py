@@ -9,17 +9,20 @@ Everything it measures is logged (``val/map_50``, ``val/ap_50/<class>``, ``val/m
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, Callable, Literal
 
 import timm
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from spikeloc.metrics import DetectionMAP
 from spikeloc.models.backbones.pretrained import load_pretrained
 from spikeloc.models.detection import (SpikingYOLO, YOLOLoss, YOLOPostprocess, detections_to_original,
-                                       scaled_anchors)
+                                       distill_loss, scaled_anchors)
+from spikeloc.neurons import set_twin
 from .anchor_check import datamodule_advice
 from .loop import OnlineModule, present
 
@@ -56,6 +59,9 @@ class SpikingDetector(OnlineModule):
             for evaluation, see :class:`YOLOPostprocess`.
         clip_boxes: clip detections to the original image (``False``: as the paper's code).
         map_kwargs: extra :class:`DetectionMAP` arguments (``iou_rule``, ``det_format``).
+        distill: weight of a distillation term in the spiking phase (:func:`distill_loss`): the network's
+            ANN twin, frozen as it is when the spiking phase starts (after the twin epochs, or the weights of
+            ``init_from``), is the teacher of every step (docs/learning.md). Static images only.
         **kwargs: the loop's settings (``num_steps``, ``algorithm``, ``fptt`` ...), see :class:`OnlineModule`.
     """
 
@@ -73,7 +79,8 @@ class SpikingDetector(OnlineModule):
                  weight_init: Literal["default", "xavier_normal"] = "default", neuron: str | None = None,
                  init_from: str | None = None, check_anchors: bool = True,
                  head_init: Literal["default", "priors", "xavier_normal"] | None = None, eval_seed: int | None = 0,
-                 clip_boxes: bool = True, map_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 clip_boxes: bool = True, map_kwargs: dict[str, Any] | None = None, distill: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         backbone_kwargs, neck_kwargs = dict(backbone_kwargs or {}), dict(neck_kwargs or {})
         if neuron is not None:
@@ -94,6 +101,9 @@ class SpikingDetector(OnlineModule):
         self.num_classes, self.image_size, self.check_anchors = num_classes, image_size, check_anchors
         self.clip_boxes, self.map_kwargs = clip_boxes, dict(map_kwargs or {})
         self._prepared: dict | None = None  # the batch's prepared targets by grid sizes, during training_step
+        self.distill = distill
+        self._teacher: tuple[nn.Module, ...] = ()  # the frozen twin (a tuple: not a submodule, not trained)
+        self._taught: list[Tensor] | None = None  # the teacher's outputs for the batch under way
         self.class_names = list(class_names) if class_names is not None else None
         self._check_class_names()
         self.maps = nn.ModuleList(self._new_map() for _ in range(self.num_steps))  # mAP of every time step
@@ -138,12 +148,44 @@ class SpikingDetector(OnlineModule):
         return self.call_step(self.model, x_t, state)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """The loop's batch, with the targets assigned to anchors once for all its time steps."""
+        """The loop's batch, with the targets assigned to anchors once for all its time steps (and the
+        teacher's outputs computed once, with ``distill``)."""
         self._prepared = {}
+        if self._teacher and not self.twin_active:
+            if batch["images"].dim() != 4:
+                raise ValueError("model.init_args.distill needs static images [B, C, H, W]; this batch holds "
+                                 f"sequences {tuple(batch['images'].shape)}")
+            with torch.no_grad():
+                self._taught = self._teacher[0](batch["images"], None)[0]
         try:
             return super().training_step(batch, batch_idx)
         finally:
-            self._prepared = None  # nothing outlives the batch
+            self._prepared = self._taught = None  # nothing outlives the batch
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.distill and not self.twin_active and not self._teacher:
+            self._teacher = (self._frozen_twin(),)
+        if self._teacher:
+            self._teacher[0].to(self.device)  # restored from a checkpoint before the module moved
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._teacher:
+            checkpoint["distill_teacher"] = self._teacher[0].state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if checkpoint.get("distill_teacher") is not None:
+            self._teacher = (self._frozen_twin(checkpoint["distill_teacher"]),)
+
+    def _frozen_twin(self, state: dict | None = None) -> nn.Module:
+        """The model as its ANN twin, frozen in evaluation mode: the current weights, or ``state``."""
+        teacher = copy.deepcopy(self.model)
+        if state is not None:
+            teacher.load_state_dict(state)
+        set_twin(teacher, True)
+        return teacher.eval().requires_grad_(False)
 
     def step_loss(self, output: list[Tensor], batch: Batch) -> dict[str, Tensor]:
         """YOLO loss of one step: ``{"loss", "box", "obj", "cls"}``. Inside :meth:`training_step` the
@@ -155,6 +197,9 @@ class SpikingDetector(OnlineModule):
                 self._prepared[sizes] = self.loss.prepare(targets, sizes, output[0])
             targets = self._prepared[sizes]
         total, parts = self.loss(output, targets)
+        if self._taught is not None:
+            parts["distill"] = distill_loss(output, self._taught)
+            total = total + self.distill * parts["distill"]
         return {"loss": total, **parts}
 
     def spiking_network(self) -> nn.Module:

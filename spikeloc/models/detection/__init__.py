@@ -12,7 +12,7 @@ from .detector import SpikingYOLO, count_parameters, make_geometry, seeded_rng, 
 from .geometry import (DEFAULT_SCALE_XY, LOG_WH_RANGE, SPYV4_ALL_ANCHORS, SPYV4_ANCHORS, SPYV4_MASKS, SPYV4_STRIDES,
                        YOLOGeometry, scaled_anchors)
 from .head import YOLOHead
-from .loss import YOLOLoss, ciou_loss
+from .loss import YOLOLoss, ciou_loss, distill_loss
 from .neck import SpikingYOLONeck
 from .postprocess import YOLOPostprocess, detections_to_original, to_original_boxes
 
@@ -20,6 +20,6 @@ __all__ = [
     "DEFAULT_SCALE_XY", "LOG_WH_RANGE", "PaddedTargets", "SPYV4_ALL_ANCHORS", "SPYV4_ANCHORS", "SPYV4_MASKS",
     "SPYV4_STRIDES", "ScaleTargets", "SpikingYOLO", "SpikingYOLONeck", "YOLOGeometry", "YOLOHead", "YOLOLoss",
     "YOLOPostprocess", "best_anchor_iou", "build_targets", "ciou_loss", "count_parameters", "decode",
-    "decode_boxes", "decode_scale", "detections_to_original", "encode_boxes", "fit_anchors", "make_geometry",
+    "decode_boxes", "decode_scale", "detections_to_original", "distill_loss", "encode_boxes", "fit_anchors", "make_geometry",
     "match_anchors", "pad_targets", "scaled_anchors", "seeded_rng", "to_original_boxes", "wh_iou", "xavier_init",
 ]

@@ -177,3 +177,19 @@ class YOLOLoss(nn.Module):
                  "cls": self.cls_weight * cls / norm}
         total = parts["box"] + parts["obj"] + parts["cls"]
         return total, {**parts, "num_pos": num_pos.detach()}
+
+
+def distill_loss(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
+    """Distillation of raw YOLO outputs ``[B, A, H, W, 5 + K]`` per scale into ``student`` from ``teacher``
+    (no gradient to it): at every anchor, BCE to the teacher's objectness probability; where the teacher
+    sees an object (weighted by that probability), BCE to its class probabilities and squared error to its
+    raw box offsets. Summed, divided by the batch size, like :class:`YOLOLoss` with ``normalize="batch"``."""
+    total = student[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student, teacher):
+        s, t = s.float(), t.detach().float()
+        p_obj = torch.sigmoid(t[..., 4])
+        obj = F.binary_cross_entropy_with_logits(s[..., 4], p_obj, reduction="sum")
+        cls = F.binary_cross_entropy_with_logits(s[..., 5:], torch.sigmoid(t[..., 5:]), reduction="none").sum(-1)
+        box = (s[..., :4] - t[..., :4]).square().sum(-1)
+        total = total + obj + ((cls + box) * p_obj).sum()
+    return total / student[0].shape[0]
