@@ -197,6 +197,12 @@ class DetectionDataModule(SplitLoaders, L.LightningDataModule, ABC):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
+    def record_resolved(self, **values: Any) -> None:
+        """Record resolved arguments (``class_names=None`` -> the names used) as the hyperparameters, initial
+        ones included: the logger and the checkpoint show what the datamodule uses, which is also what the
+        model linked from it records (Lightning refuses to log two different values of one key)."""
+        self.save_hyperparameters({**self.hparams, **values})
+
     @property
     @abstractmethod
     def class_names(self) -> list[str]:

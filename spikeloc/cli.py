@@ -28,7 +28,8 @@ LINKED_FROM_DATA = ("num_classes", "in_channels", "image_size", "class_names")
 
 class SpikelocCLI(LightningCLI):
     """``model`` and ``data`` are chosen by ``class_path``; the datamodule's ``num_classes``,
-    ``in_channels``, ``image_size`` and ``class_names`` flow into the model (where it takes them);
+    ``in_channels``, ``image_size`` and ``class_names`` flow into the model (where it takes them), and
+    so does its ``num_steps`` where the data is configured with one (:func:`link_sequence_length`);
     ``checkpoint`` configures :class:`SafeCheckpoint` (Lightning's ModelCheckpoint that never writes
     non-finite weights); SIGTERM/SIGINT save a resumable checkpoint; glibc keeps freed tensors for the
     next time step (:func:`~spikeloc.allocator.hold_freed_memory`)."""
@@ -61,6 +62,7 @@ class SpikelocCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         try:  # value checks and `--ckpt_path last`, before anything is built or any folder made
+            link_sequence_length(self.config)
             check_run_config(self.config)
             resolve_last(self.config)
         except (ConfigError, CheckpointError) as err:
@@ -70,6 +72,16 @@ class SpikelocCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(SignalCheckpoint(resume_hint(self.raw_args)))
         return trainer
+
+
+def link_sequence_length(config: Any) -> None:
+    """``model.init_args.num_steps`` := ``data.init_args.num_steps`` where the data is configured with one
+    (event frames: its sequences are that long), so the run's config, its checkpoint and its logger
+    record the T it trains with. Not an instantiation link: the model's own value for static data stays
+    in the printed and saved config."""
+    steps, model = config.get("data.init_args.num_steps"), config.get("model.init_args")
+    if isinstance(steps, int) and not isinstance(steps, bool) and model is not None and "num_steps" in model:
+        model["num_steps"] = steps
 
 
 def resume_hint(args: Any) -> str:

@@ -49,3 +49,18 @@ def test_bad_keys_and_types_are_named(override, message, capsys):
     with pytest.raises(SystemExit):
         SpikelocCLI(args=["--config", QUICKSTART, *override])
     assert message in capsys.readouterr().err
+
+
+def test_what_model_and_data_both_record_agree_so_a_logger_can_merge_them():
+    cli = SpikelocCLI(args=["--config", str(ROOT / "configs" / "quickstart_events.yaml"), "--trainer.logger", "false"])
+    model, data = cli.model.hparams_initial, cli.datamodule.hparams_initial
+    shared = (model.keys() & data.keys()) - {"_class_path"}
+    assert {"num_steps", "class_names", "image_size"} <= shared
+    assert all(model[key] == data[key] for key in shared), {k: (model[k], data[k]) for k in shared}
+    assert cli.model.num_steps == 4 and len(cli.model.maps) == 4  # T of the event sequences, linked
+
+
+def test_a_static_datamodule_leaves_the_model_its_own_num_steps():
+    cli = SpikelocCLI(args=["--config", QUICKSTART, "--model.init_args.num_steps", "3", "--trainer.logger", "false"])
+    assert cli.datamodule.hparams.get("num_steps") is None and cli.model.num_steps == 3
+
