@@ -42,6 +42,7 @@ class SpikelocCLI(LightningCLI):
                          trainer_defaults={"default_root_dir": "runs"}, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        _ints_before_floats(parser)
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume training exactly from this checkpoint (weights, optimizer, FPTT state).")
         parser.add_lightning_class_args(SafeCheckpoint, "checkpoint")
@@ -82,6 +83,17 @@ def link_sequence_length(config: Any) -> None:
     steps, model = config.get("data.init_args.num_steps"), config.get("model.init_args")
     if isinstance(steps, int) and not isinstance(steps, bool) and model is not None and "num_steps" in model:
         model["num_steps"] = steps
+
+
+def _ints_before_floats(parser: LightningArgumentParser) -> None:
+    """Trainer arguments typed ``int | float`` (``limit_*_batches``, ``overfit_batches``) read an
+    integer as an integer: ``limit_train_batches: 1`` is one batch, ``1.0`` the whole epoch. (``typing``
+    caches unions by their set of types, so the Trainer's ``Optional[Union[int, float]]`` can come back
+    as ``Union[float, int, None]``, which jsonargparse tries float first.)"""
+    for action in parser._actions:
+        args = set(getattr(getattr(action, "_typehint", None), "__args__", ()))
+        if action.dest.startswith("trainer.") and args in ({int, float}, {int, float, type(None)}):
+            action._typehint = int | float | None if type(None) in args else int | float
 
 
 def resume_hint(args: Any) -> str:
