@@ -5,6 +5,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sized
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
@@ -108,7 +109,9 @@ class _PickledTensor:
     __slots__ = ("data", "dtype", "shape")
 
     def __init__(self, tensor: torch.Tensor) -> None:
-        self.data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        flat = tensor.detach().contiguous().reshape(-1)
+        # an empty tensor may have stride 0 (from numpy), which ``view`` refuses: no bytes to send anyway
+        self.data = flat.view(torch.uint8).numpy() if flat.numel() else np.zeros(0, np.uint8)
         self.dtype, self.shape = tensor.dtype, tensor.shape
 
     @staticmethod
