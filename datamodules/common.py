@@ -60,7 +60,9 @@ class ResumableLoader(DataLoader):
     The order of an epoch comes from the sampler (:class:`EpochSeededSampler`, or Lightning's
     ``DistributedSampler``), so the remaining batches are those an uninterrupted run would see.
     The inner iterator is created at the first ``next()``, after Lightning's ``set_epoch``, with
-    worker seeds drawn from ``(seed, epoch)`` instead of the global RNG.
+    worker seeds drawn from ``(seed, epoch)`` instead of the global RNG. A dataset's ``skips``
+    (:class:`~datamodules.validation.DecodeSkips`) counts the samples skipped at decode time, here in
+    the main process, and reports them when a pass ends.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -85,9 +87,17 @@ class ResumableLoader(DataLoader):
         self.generator = torch.Generator().manual_seed(seed)
         inner = super().__iter__()  # built now, with the skip in place
         self._skip, self.generator = 0, None
-        for batch in inner:
-            self._served += 1
-            yield tree_map(_PickledTensor.restore, batch) if self.num_workers else batch
+        skips = getattr(self.dataset, "skips", None)  # samples skipped at decode time, counted here
+        try:
+            for batch in inner:
+                self._served += 1
+                batch = tree_map(_PickledTensor.restore, batch) if self.num_workers else batch
+                if skips is not None:
+                    skips.take(batch)
+                yield batch
+        finally:
+            if skips is not None:
+                skips.end_of_pass()
 
     def state_dict(self) -> dict[str, int]:
         return {"batches_served": self._served}

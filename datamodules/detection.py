@@ -34,7 +34,7 @@ from torchvision.transforms.v2 import functional as F
 from datamodules.common import SplitLoaders
 from datamodules.mosaic import Mosaic
 from datamodules.transforms import LetterboxInfo, eval_transform, reference_train_transform, train_transform
-from datamodules.validation import check_records
+from datamodules.validation import BadSampleError, DecodeSkips, UnreadableImage, check_records
 
 Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -106,29 +106,40 @@ def make_sample(image: torch.Tensor, record: DetectionRecord, transform: Transfo
 
 
 def collate_detection(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images to ``[B, 3, S, S]``; keep targets as a list of B dicts (N varies per image)."""
-    return {"images": torch.stack([s["image"] for s in samples]), "targets": [s["target"] for s in samples]}
+    """Stack images to ``[B, 3, S, S]``; keep targets as a list of B dicts (N varies per image). Images
+    skipped at decode time (:class:`RecordDataset`) are listed under ``"skipped"`` (the loader takes them out)."""
+    batch = {"images": torch.stack([s["image"] for s in samples]), "targets": [s["target"] for s in samples]}
+    skipped = [path for s in samples for path in s.get("skipped", ())]
+    return {**batch, "skipped": skipped} if skipped else batch
 
 
 def read_rgb(path: str) -> torch.Tensor:
-    """Decode an image file to uint8 ``[3, H, W]`` RGB."""
+    """Decode an image file to uint8 ``[3, H, W]`` RGB; :class:`UnreadableImage` names a file that fails."""
     try:
         with PIL.Image.open(path) as img:
             return F.pil_to_tensor(img.convert("RGB"))
     except (OSError, ValueError) as err:
-        raise OSError(f"cannot read image '{path}': {err}") from err
+        raise UnreadableImage(f"cannot read image '{path}': {err}", str(path)) from err
 
 
 class RecordDataset(Dataset):
-    """Detection dataset over image files described by :class:`DetectionRecord` s."""
+    """Detection dataset over image files described by :class:`DetectionRecord` s.
+
+    With ``skip_bad_samples`` an image that fails to decode is skipped where it is decoded: the item is
+    the next decodable one, with the skipped paths under ``"skipped"`` (counted by ``skips``, see
+    :class:`~datamodules.validation.DecodeSkips`); without, the error names the file.
+    """
 
     def __init__(self, records: list[DetectionRecord], transform: Transform, drop_difficult: bool = False,
-                 class_names: list[str] | None = None, mosaic: Mosaic | None = None) -> None:
+                 class_names: list[str] | None = None, mosaic: Mosaic | None = None,
+                 skip_bad_samples: bool = False, split: str = "") -> None:
         self.records = records
         self.transform = transform
         self.drop_difficult = drop_difficult
         self.class_names = list(class_names or [])
         self.mosaic = mosaic
+        self.skip_bad_samples = skip_bad_samples
+        self.skips = DecodeSkips(split)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -139,6 +150,21 @@ class RecordDataset(Dataset):
         return read_rgb(record.path), record
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: list[str] = []
+        for at in (index + offset for offset in range(len(self))):
+            try:
+                sample = self.sample(at % len(self))
+            except UnreadableImage as err:
+                if not self.skip_bad_samples:
+                    raise UnreadableImage(f"{err} (data.init_args.skip_bad_samples: true skips such samples)",
+                                          err.path) from err
+                skipped.append(err.path)
+                continue
+            return {**sample, "skipped": skipped} if skipped else sample
+        raise BadSampleError(f"no image of the split decodes (skipped: {', '.join(sorted(set(skipped))[:5])} ...)")
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """Item ``index`` without skipping: a mosaic with ``mosaic``, else its own image, transformed."""
         image, record = self.mosaic(self.load, index, len(self)) if self.mosaic is not None else self.load(index)
         return make_sample(image, record, self.transform, self.drop_difficult)
 
@@ -249,6 +275,8 @@ class DetectionDataModule(SplitLoaders, L.LightningDataModule, ABC):
         dataset = self.make_dataset(split, transform)
         if isinstance(getattr(dataset, "records", None), list):
             dataset.records = check_records(dataset.records, split, self.skip_bad_samples)
+        if isinstance(dataset, RecordDataset):
+            dataset.skip_bad_samples, dataset.skips = self.skip_bad_samples, DecodeSkips(split)
         return dataset
 
     def test_is_val(self) -> bool:
