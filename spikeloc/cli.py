@@ -15,9 +15,10 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from spikeloc.allocator import hold_freed_memory
-from spikeloc.checkpoints import CheckpointError, resolve_last
+from spikeloc.checkpoints import CheckpointError, check_architecture, claim_version, load_checkpoint, resolve_last
 from spikeloc.config_checks import ConfigError, check_config_files, check_run_config
 from spikeloc.training.callbacks import SafeCheckpoint, SignalCheckpoint
 from spikeloc.training.loop import OnlineModule
@@ -68,6 +69,29 @@ class SpikelocCLI(LightningCLI):
             resolve_last(self.config)
         except (ConfigError, CheckpointError) as err:
             self.parser.error(str(err))
+        # the run's folder, taken before anything is written (only once, under DDP by rank 0)
+        self.claimed = claim_version(self.config) if rank_zero_only.rank == 0 else None
+
+    def instantiate_classes(self) -> None:
+        """Build model, datamodule and trainer; a resumed checkpoint must fit the model (else one short
+        error, as ``tools/eval.py`` gives). A failure gives the claimed run folder back."""
+        try:
+            super().instantiate_classes()
+            ckpt_path = self.config.get("ckpt_path")
+            if ckpt_path:
+                check_architecture(load_checkpoint(ckpt_path), self.model, ckpt_path)
+        except CheckpointError as err:
+            self.release_claim()
+            print(f"error: {err}", file=sys.stderr)  # the summary alone: the usage says nothing about weights
+            raise SystemExit(2) from err
+        except BaseException:
+            self.release_claim()
+            raise
+
+    def release_claim(self) -> None:
+        """Remove the run folder :func:`claim_version` made, while nothing is in it."""
+        if getattr(self, "claimed", None) is not None and self.claimed.is_dir() and not any(self.claimed.iterdir()):
+            self.claimed.rmdir()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -119,7 +143,7 @@ def train(args: Any = None) -> SpikelocCLI:
     trainer = cli.trainer
     ckpt_path = cli.config.get("ckpt_path")
     run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    existed = run_dir.exists()
+    existed = run_dir.exists() and (cli.claimed is None or run_dir.resolve() != cli.claimed.resolve())
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     except BaseException:
