@@ -1,7 +1,8 @@
 """Every file in ``configs/`` runs as its header documents: one training and one validation batch with
 the logger, callbacks and checkpointing it ships with, on tiny fixtures written in each dataset's real
 on-disk layout under ``data/`` of a fresh working folder (where the configs' default roots point).
-Only the batch limits are added (one epoch of one batch, then validation), and configs whose header says they need a GPU run at a tiny size."""
+Only the batch limits are added (one epoch of one batch, then validation), and configs whose header
+says they need a GPU run at a tiny size."""
 from __future__ import annotations
 
 import contextlib
