@@ -67,7 +67,8 @@ def test_a_static_datamodule_leaves_the_model_its_own_num_steps():
 
 @pytest.mark.parametrize("value, expected", [("1", 1), ("1.0", 1.0), ("0.25", 0.25), ("3", 3)])
 def test_an_integer_batch_limit_is_a_count_of_batches(value, expected):
-    cli = SpikelocCLI(args=["--config", QUICKSTART, "--trainer.logger", "false", "--trainer.limit_train_batches", value])
+    cli = SpikelocCLI(args=["--config", QUICKSTART, "--trainer.logger", "false",
+                            "--trainer.limit_train_batches", value])
     assert cli.trainer.limit_train_batches == expected and type(cli.trainer.limit_train_batches) is type(expected)
 
 

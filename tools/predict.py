@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=None, help="--stream: frames per window (default: the T it was trained with)")
     parser.add_argument("--frame_us", type=int, default=50_000, help="--stream: microseconds of events per frame")
     parser.add_argument("--headerless", action="store_true",
-                        help="--stream: the file is a legacy .dat without '%%' header lines (CD events from byte 0)")
+                        help="--stream: a legacy .dat without '%%' header lines (CD events from byte 0)")
     args, overrides = parser.parse_known_args()
     cli = build_run(args.ckpt, args.config, overrides)
     if args.stream:

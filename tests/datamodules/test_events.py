@@ -171,7 +171,8 @@ def test_ncaltech101_classification_labels_survive_the_disk_cache(tmp_path):
 
 def test_a_recording_left_without_events_becomes_zero_frames_also_in_the_disk_cache(tmp_path):
     rng = np.random.default_rng(3)
-    burst = {"x": 60 + np.arange(40) % 2, "y": np.full(40, 60), "t": np.arange(0, 400_000, 10_000), "p": np.ones(40, int)}
+    burst = {"x": 60 + np.arange(40) % 2, "y": np.full(40, 60), "t": np.arange(0, 400_000, 10_000),
+             "p": np.ones(40, int)}
     isolated = random_events(rng, 5, 128, 128, 1_000_000)  # far apart in time: the denoise filter drops them all
     empty = {key: np.zeros(0, int) for key in "xytp"}
     for folder in ("ibmGestureTrain", "ibmGestureTest"):
