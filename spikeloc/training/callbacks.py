@@ -44,8 +44,9 @@ class SafeCheckpoint(ModelCheckpoint):
     Same arguments as Lightning's. Differences: nothing is written while any weight is
     non-finite (a warning names the checkpoint kept instead); with ``save_last`` the ``last``
     checkpoint is also written when the training batches of an epoch are done, before validation
-    runs; ``every_n_train_steps`` counts optimizer steps (K per batch under FPTT) and saves at the
-    end of the batch in which a multiple of it is reached.
+    runs, and when training ends; nothing is written for a state already saved (a resumed run that
+    has nothing left to train leaves its files alone); ``every_n_train_steps`` counts optimizer
+    steps (K per batch under FPTT) and saves at the end of the batch in which a multiple of it is reached.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -89,6 +90,15 @@ class SafeCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._steps_seen = trainer.global_step
+        if trainer.ckpt_path:  # the restored state is saved already: resuming a finished run writes nothing
+            self._last_global_step_saved = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``last`` holds the end of training, also when the last epochs ran no validation (where
+        ``check_val_every_n_epoch`` > 1 Lightning saves only after a validation)."""
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
