@@ -20,7 +20,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from spikeloc.allocator import hold_freed_memory
 from spikeloc.checkpoints import CheckpointError, check_architecture, claim_version, load_checkpoint, resolve_last
 from spikeloc.config_checks import ConfigError, check_config_files, check_run_config
-from spikeloc.training.callbacks import SafeCheckpoint, SignalCheckpoint
+from spikeloc.training.callbacks import ConfiguredOptimization, SafeCheckpoint, SignalCheckpoint
+from spikeloc.training.guard import NonFiniteError
 from spikeloc.training.loop import OnlineModule
 
 # model arguments the datamodule decides (linked when both have them, so a config says them once)
@@ -95,7 +96,7 @@ class SpikelocCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(SignalCheckpoint(resume_hint(self.raw_args)))
+        trainer.callbacks += [ConfiguredOptimization(), SignalCheckpoint(resume_hint(self.raw_args))]
         return trainer
 
 
@@ -128,6 +129,16 @@ def resume_hint(args: Any) -> str:
     return shlex.join(["python", "tools/train.py", *kept, "--ckpt_path", "last"])
 
 
+def _recovery(trainer: Trainer, args: Any) -> str:
+    """How to go on after a divergence: from the run's last checkpoint, if it wrote one."""
+    last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback is not None else ""
+    if not last or not Path(last).is_file():
+        return ("No checkpoint was written before this: fix the settings (config or --key value) and start the "
+                "run again, without --ckpt_path.")
+    return (f"The last checkpoint, {last}, holds finite weights: fix the settings (config or --key value; a resumed "
+            f"run takes the optimizer and schedule settings of its config) and resume with: {resume_hint(args)}")
+
+
 def _remove_unstarted(run_dir: Path, existed: bool, trainer: Trainer) -> None:
     """A run that failed before its first update leaves no folder behind (one it created itself)."""
     if existed or trainer.global_step > 0 or not trainer.is_global_zero or not run_dir.is_dir():
@@ -146,7 +157,9 @@ def train(args: Any = None) -> SpikelocCLI:
     existed = run_dir.exists() and (cli.claimed is None or run_dir.resolve() != cli.claimed.resolve())
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, NonFiniteError):
+            err.args = (f"{err}\n{_recovery(trainer, cli.raw_args)}",)
         _remove_unstarted(run_dir, existed, trainer)
         raise
     run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: a broadcast under DDP
