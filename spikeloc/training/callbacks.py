@@ -117,8 +117,8 @@ PROGRESS_KEYS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_l
 def _settings(optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple:
     """What a config says about optimization: the optimizer's class and hyperparameters (the initial learning
     rates), the scheduler's class and settings; not their progress or state."""
-    groups = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} | {"lr": g.get("initial_lr", g["lr"])}
-              for g in optimizer.param_groups]
+    groups = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+              | {"lr": g.get("initial_lr", g["lr"])} for g in optimizer.param_groups]
     if scheduler is None:
         return type(optimizer), groups, None
     state = {k: v for k, v in scheduler.state_dict().items() if k not in PROGRESS_KEYS}
@@ -146,7 +146,8 @@ class ConfiguredOptimization(pl.Callback):
         configs = trainer.lr_scheduler_configs
         previous = configs[0].scheduler if configs else None
         fresh = pl_module.configure_optimizers()
-        optimizer, scheduler = (fresh["optimizer"], fresh.get("lr_scheduler")) if isinstance(fresh, dict) else (fresh, None)
+        optimizer, scheduler = (fresh["optimizer"], fresh.get("lr_scheduler")) if isinstance(fresh, dict) \
+            else (fresh, None)
         if _settings(optimizer, scheduler) == _settings(restored, previous):
             return
         if type(optimizer) is not type(restored):
