@@ -21,6 +21,7 @@ def cli_checkpoint(tmp_path_factory):
                             "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                             "--trainer.enable_progress_bar", "false", "--data.init_args.num_train", "64",
                             "--data.init_args.num_val", "64", "--checkpoint.dirpath", str(folder),
+                            "--trainer.default_root_dir", str(folder),  # its config.yaml goes there
                             "--model.init_args.scheduler", "torch.optim.lr_scheduler.StepLR",
                             "--model.init_args.scheduler.step_size", "1"])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
