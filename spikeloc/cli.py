@@ -33,8 +33,10 @@ class SpikelocCLI(LightningCLI):
     ``in_channels``, ``image_size`` and ``class_names`` flow into the model (where it takes them), and
     so does its ``num_steps`` where the data is configured with one (:func:`link_sequence_length`);
     ``checkpoint`` configures :class:`SafeCheckpoint` (Lightning's ModelCheckpoint that never writes
-    non-finite weights); SIGTERM/SIGINT save a resumable checkpoint; glibc keeps freed tensors for the
-    next time step (:func:`~spikeloc.allocator.hold_freed_memory`)."""
+    non-finite weights); SIGTERM/SIGINT save a resumable checkpoint; a new run's ``version_N`` folder is
+    made before anything is built (:func:`~spikeloc.checkpoints.claim_version`); a resumed run must fit its
+    checkpoint and takes the optimizer and schedule settings of its config (:class:`ConfiguredOptimization`);
+    glibc keeps freed tensors for the next time step (:func:`~spikeloc.allocator.hold_freed_memory`)."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         hold_freed_memory()
