@@ -16,7 +16,7 @@ import torch
 import yaml
 from lightning.pytorch.core.saving import load_hparams_from_yaml
 
-from spikeloc.cli import train
+from spikeloc.cli import SpikelocCLI, train
 from tests.datamodules.test_vision import write_mnist
 from tests.event_formats import random_events, write_aedat4, write_dat, write_gen1_boxes, write_gesture_npy
 from tests.formats import write_coco_fixture, write_voc_fixture
@@ -78,10 +78,16 @@ def write_datasets(data: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_config(tmp_path_factory):
+def work(tmp_path_factory) -> Path:
+    """The working folder: ``data/`` holds every dataset (where the configs' default roots point)."""
+    folder = tmp_path_factory.mktemp("work")
+    write_datasets(folder / "data")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_config(work):
     """``run_config(name)`` trains the config once in the working folder; returns its run folder."""
-    work = tmp_path_factory.mktemp("work")
-    write_datasets(work / "data")
     done: dict[str, Path] = {}
 
     def run(name: str) -> Path:
@@ -116,3 +122,17 @@ def test_the_config_trains_and_validates_with_its_logger_as_its_header_says(name
     recorded = load_hparams_from_yaml(folder / "hparams.yaml")  # the model's and the datamodule's, merged
     both = {*saved["hyper_parameters"], *saved["datamodule_hyper_parameters"]}
     assert {key for key in both if not key.startswith("_")} <= set(recorded)
+
+
+@pytest.mark.parametrize("name", sorted(GPU_SIZED))
+def test_a_config_that_needs_a_gpu_builds_at_full_size(name, work, run_config):
+    if name == "finetune_voc.yaml":
+        run_config("pretrain_spyv4_shapes.yaml")  # its backbone file, at the width its header names
+    width = GPU_SIZED["finetune_voc.yaml"][-2:] if name == "finetune_voc.yaml" else []
+    with contextlib.chdir(work):
+        cli = SpikelocCLI(args=[*header_command(name), *width, "--trainer.logger", "false"], save_config_callback=None)
+    config = yaml.safe_load((REPO / "configs" / name).read_text())
+    assert cli.model.image_size == config["data"]["init_args"]["image_size"] >= 320
+    assert cli.model.num_steps == config["model"]["init_args"].get("num_steps", config["data"]["init_args"].get(
+        "num_steps"))
+    assert (cli.model.hparams["backbone_kwargs"] or {}).get("width", 1.0) == (0.25 if width else 1.0)
