@@ -37,6 +37,7 @@ from datamodules.transforms import LetterboxInfo, eval_transform, reference_trai
 from datamodules.validation import BadSampleError, DecodeSkips, UnreadableImage, check_records
 
 Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+MAX_SKIPPED_IN_A_ROW = 64  # images that fail to decode in a row before a loader gives up (skip_bad_samples)
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,13 @@ class RecordDataset(Dataset):
     """
 
     def __init__(self, records: list[DetectionRecord], transform: Transform, drop_difficult: bool = False,
-                 class_names: list[str] | None = None, mosaic: Mosaic | None = None,
-                 skip_bad_samples: bool = False, split: str = "") -> None:
+                 class_names: list[str] | None = None, mosaic: Mosaic | None = None) -> None:
         self.records = records
         self.transform = transform
         self.drop_difficult = drop_difficult
         self.class_names = list(class_names or [])
         self.mosaic = mosaic
-        self.skip_bad_samples = skip_bad_samples
-        self.skips = DecodeSkips(split)
+        self.skip_bad_samples, self.skips = False, DecodeSkips("")  # set for its split by the datamodule
 
     def __len__(self) -> int:
         return len(self.records)
@@ -151,7 +150,7 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[str] = []
-        for at in (index + offset for offset in range(len(self))):
+        for at in range(index, index + min(len(self), MAX_SKIPPED_IN_A_ROW)):
             try:
                 sample = self.sample(at % len(self))
             except UnreadableImage as err:
@@ -161,7 +160,8 @@ class RecordDataset(Dataset):
                 skipped.append(err.path)
                 continue
             return {**sample, "skipped": skipped} if skipped else sample
-        raise BadSampleError(f"no image of the split decodes (skipped: {', '.join(sorted(set(skipped))[:5])} ...)")
+        raise BadSampleError(f"{len(skipped)} images in a row do not decode ({skipped[0]}, ..., {skipped[-1]}): "
+                             "is the data still where it was at setup?")
 
     def sample(self, index: int) -> dict[str, Any]:
         """Item ``index`` without skipping: a mosaic with ``mosaic``, else its own image, transformed."""
@@ -191,7 +191,8 @@ class DetectionDataModule(SplitLoaders, L.LightningDataModule, ABC):
             image; its ``orig_size`` is ``(S, S)`` and its ``orig_boxes`` are the mosaic's boxes.
             0 (default): off. Used by :class:`RecordDataset` (the VOC and COCO datamodules).
         skip_bad_samples: skip (count and log) unreadable images and annotations instead of failing
-            at setup; see :mod:`datamodules.validation` for the box rule applied to every split.
+            at setup, and images that fail to decode later where they are decoded (:class:`RecordDataset`);
+            see :mod:`datamodules.validation` for the checks and the box rule applied to every split.
 
     Attributes:
         in_channels: image channels (3, RGB), for models built from the datamodule.
