@@ -74,8 +74,8 @@ def image_size(path: str) -> tuple[int, int]:
 
 def decode_error(path: str) -> str | None:
     """Why ``path`` does not decode, or None. A JPEG decodes at 1/8 scale (``draft``): every byte of its
-    entropy-coded data is still read, so truncated or broken data fails as in a full decode, at about a
-    third of the cost."""
+    entropy-coded data is still read, so truncated or broken data fails as in a full decode, for less work
+    (no full-size inverse DCT or colour conversion)."""
     try:
         with PIL.Image.open(path) as image:
             if image.format == "JPEG":
