@@ -58,3 +58,23 @@ def test_a_run_that_diverges_before_its_first_checkpoint_says_so(tmp_path):
     with pytest.raises(NonFiniteError, match="No checkpoint was written before this: .* without --ckpt_path"):
         train(["--config", str(config)])
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_an_unchanged_config_resumes_with_the_checkpoint_s_own_optimizer_and_schedule(tmp_path, caplog):
+    config = write_config(tmp_path, lr=0.002, gamma=0.5)
+    train(["--config", str(config), "--trainer.max_epochs", "1"])
+    caplog.clear()
+    train(["--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert "resumed with the config's optimizer" not in caplog.text  # nothing replaced: the resume is exact
+    done = torch.load(tmp_path / "runs" / "run" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert done["global_step"] == 2 * 2 * BATCHES and done["lr_schedulers"][0]["_last_lr"] == [0.002 * 0.5 ** 2]
+
+
+def test_a_changed_learning_rate_applies_on_resume(tmp_path, caplog):
+    train(["--config", str(write_config(tmp_path, lr=0.002, gamma=0.5)), "--trainer.max_epochs", "1"])
+    caplog.clear()
+    train(["--config", str(write_config(tmp_path, lr=0.001, gamma=0.5)), "--trainer.max_epochs", "2",
+           "--ckpt_path", "last"])
+    assert "resumed with the config's optimizer and schedule settings: learning rate now 0.0005" in caplog.text
+    done = torch.load(tmp_path / "runs" / "run" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert math.isclose(done["optimizer_states"][0]["param_groups"][0]["lr"], 0.001 * 0.5 ** 2)
