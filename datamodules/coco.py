@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
+from collections import Counter
 from pathlib import Path
 
 from pycocotools.coco import COCO
@@ -29,25 +31,61 @@ MAX_LISTED = 10  # missing files named in an error
 
 
 def load_coco(path: Path) -> COCO:
-    """pycocotools ``COCO`` index of one instances json (its progress prints are silenced)."""
+    """pycocotools ``COCO`` index of one instances json (its progress prints are silenced), checked by
+    :func:`check_coco`."""
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            return COCO(str(path))
+            coco = COCO(str(path))
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a COCO instances json ({type(err).__name__}: {err})") from err
+    check_coco(coco.dataset, path)
+    return coco
+
+
+def _ids(values: list) -> str:
+    more = len(values) - MAX_LISTED
+    return ", ".join(map(str, values[:MAX_LISTED])) + (f" and {more} more" if more > 0 else "")
+
+
+def _is_box(bbox: object) -> bool:
+    return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+
+
+def check_coco(data: dict, path: Path) -> None:
+    """What pycocotools' index lets pass silently, as errors naming the json file and the ids: image ids
+    used twice (one image's boxes would go to the other picture), annotations of an image id the json
+    lists no image of, a ``bbox`` that is not 4 numbers, a ``category_id`` not among the categories. An
+    empty ``annotations`` list is only warned about."""
+    counts = Counter(image["id"] for image in data.get("images", []))
+    twice = sorted(image_id for image_id, count in counts.items() if count > 1)
+    if twice:
+        raise ValueError(f"{path}: image ids listed more than once in 'images': {_ids(twice)}")
+    categories = {cat.get("id") for cat in data.get("categories", [])}
+    annotations = data.get("annotations", [])
+    for what, bad in (
+            ("the image_id of no image in 'images'", [a for a in annotations if a.get("image_id") not in counts]),
+            ("a bbox that is not 4 numbers [x, y, w, h]", [a for a in annotations if not _is_box(a.get("bbox"))]),
+            (f"a category_id not among the categories {sorted(categories)}",
+             [a for a in annotations if a.get("category_id") not in categories])):
+        if bad:
+            shown = [f"{a.get('id')} (image_id {a.get('image_id')}, category_id {a.get('category_id')}, "
+                     f"bbox {a.get('bbox')!r})" for a in bad]
+            raise ValueError(f"{path}: {len(bad)} annotations with {what}: annotation ids {_ids(shown)}")
+    if not annotations:
+        warnings.warn(f"{path}: the 'annotations' list is empty: every image of this split has no object",
+                      stacklevel=2)
 
 
 def coco_records(coco: COCO, image_dir: Path, category_ids: list[int]) -> list[DetectionRecord]:
-    """One record per image in the index (images without annotations included), sorted by image id."""
+    """One record per image in the index (images without annotations included), sorted by image id;
+    the index must have passed :func:`check_coco`."""
     label_of = {cat_id: label for label, cat_id in enumerate(category_ids)}
     records = []
     for image_id in sorted(coco.getImgIds()):
         boxes, labels, crowd = [], [], []
         for ann in coco.imgToAnns.get(image_id, []):
             x, y, w, h = (float(v) for v in ann["bbox"])
-            if ann["category_id"] not in label_of:
-                raise ValueError(f"annotation id {ann.get('id')}: category_id {ann['category_id']} "
-                                 "is not in the json's categories")
             boxes.append([x, y, x + w, y + h])
             labels.append(label_of[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))

@@ -5,6 +5,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sized
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
@@ -59,7 +60,9 @@ class ResumableLoader(DataLoader):
     The order of an epoch comes from the sampler (:class:`EpochSeededSampler`, or Lightning's
     ``DistributedSampler``), so the remaining batches are those an uninterrupted run would see.
     The inner iterator is created at the first ``next()``, after Lightning's ``set_epoch``, with
-    worker seeds drawn from ``(seed, epoch)`` instead of the global RNG.
+    worker seeds drawn from ``(seed, epoch)`` instead of the global RNG. A dataset's ``skips``
+    (:class:`~datamodules.validation.DecodeSkips`) counts the samples skipped at decode time, here in
+    the main process, and reports them when a pass ends.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -84,9 +87,17 @@ class ResumableLoader(DataLoader):
         self.generator = torch.Generator().manual_seed(seed)
         inner = super().__iter__()  # built now, with the skip in place
         self._skip, self.generator = 0, None
-        for batch in inner:
-            self._served += 1
-            yield tree_map(_PickledTensor.restore, batch) if self.num_workers else batch
+        skips = getattr(self.dataset, "skips", None)  # samples skipped at decode time, counted here
+        try:
+            for batch in inner:
+                self._served += 1
+                batch = tree_map(_PickledTensor.restore, batch) if self.num_workers else batch
+                if skips is not None:
+                    skips.take(batch)
+                yield batch
+        finally:
+            if skips is not None:
+                skips.end_of_pass()
 
     def state_dict(self) -> dict[str, int]:
         return {"batches_served": self._served}
@@ -108,7 +119,9 @@ class _PickledTensor:
     __slots__ = ("data", "dtype", "shape")
 
     def __init__(self, tensor: torch.Tensor) -> None:
-        self.data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        flat = tensor.detach().contiguous().reshape(-1)
+        # an empty tensor may have stride 0 (from numpy), which ``view`` refuses: no bytes to send anyway
+        self.data = flat.view(torch.uint8).numpy() if flat.numel() else np.zeros(0, np.uint8)
         self.dtype, self.shape = tensor.dtype, tensor.shape
 
     @staticmethod

@@ -2,7 +2,9 @@
 
 Layout (Prophesee's published DAT format): ASCII header lines starting with ``"% "``
 (``% Height 240``, ``% Width 304``, ``% Version 2`` ...), then one byte event type (0: CD
-events) and one byte event size (8), then little-endian records of two uint32 words:
+events) and one byte event size (8), then little-endian records of two uint32 words (a file
+without the header is read only when the caller says it is headerless: any file's bytes would
+otherwise pass for records):
 
     word 0: timestamp in microseconds
     word 1: x = bits 0-13, y = bits 14-27, polarity = bits 28-31 (1 ON, 0 OFF)
@@ -23,6 +25,7 @@ RECORD_DTYPE = np.dtype([("t", "<u4"), ("data", "<u4")])
 # Decoded events: the field names tonic's transforms expect.
 EVENT_DTYPE = np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "<i1")])
 X_MASK, Y_SHIFT, Y_MASK, P_SHIFT = 0x3FFF, 14, 0x3FFF, 28
+CD_EVENTS = 0  # the event type byte of change-detection (CD) events
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,18 @@ class DatHeader:
     height: int | None
 
 
-def read_header(path: str | Path) -> DatHeader:
-    """Parse the ``%`` header lines and the (type, size) bytes; errors name the file."""
+def _size(path: str | Path, line: bytes) -> int:
+    """The number of a ``% Width N`` / ``% Height N`` header line; errors name the file and the line."""
+    words = line.decode("latin-1").split()
+    if len(words) < 3 or not words[2].isdigit():
+        raise ValueError(f"{path}: malformed header line {line.decode('latin-1').rstrip()!r}: expected "
+                         f"'% {words[1]} <integer>'")
+    return int(words[2])
+
+
+def read_header(path: str | Path, headerless: bool = False) -> DatHeader:
+    """Parse the ``%`` header lines and the (type, size) bytes; errors name the file. A file without
+    ``%`` lines is refused unless ``headerless`` (legacy files: CD events of 8 bytes from byte 0)."""
     width = height = None
     with open(path, "rb") as f:
         lines = 0
@@ -46,25 +59,29 @@ def read_header(path: str | Path) -> DatHeader:
             line = f.readline()
             if not line.startswith(b"% "):
                 break
-            words = line.decode("latin-1").split()
-            if len(words) >= 3 and words[1] == "Width":
-                width = int(words[2])
-            elif len(words) >= 3 and words[1] == "Height":
-                height = int(words[2])
+            key = line[2:].split(maxsplit=1)[:1]
+            if key == [b"Width"]:
+                width = _size(path, line)
+            elif key == [b"Height"]:
+                height = _size(path, line)
             lines += 1
+        if not lines and not headerless:
+            raise ValueError(f"{path}: not a Prophesee .dat event file (no '% ' header lines); if it is a "
+                             "headerless legacy file of CD events, say so (predict.py: --headerless)")
         f.seek(start)
-        kind = f.read(2) if lines else b"\x00\x08"  # headerless legacy files: CD events of 8 bytes
+        kind = f.read(2) if lines else bytes([CD_EVENTS, RECORD_DTYPE.itemsize])
         offset = f.tell()
     if len(kind) < 2:
         raise ValueError(f"{path}: truncated .dat file (no event type/size bytes after the header)")
-    if kind[1] != RECORD_DTYPE.itemsize:
-        raise ValueError(f"{path}: event size {kind[1]} bytes, expected {RECORD_DTYPE.itemsize} (CD events)")
+    if kind[0] != CD_EVENTS or kind[1] != RECORD_DTYPE.itemsize:
+        raise ValueError(f"{path}: event type {kind[0]} of {kind[1]} bytes, expected type {CD_EVENTS} of "
+                         f"{RECORD_DTYPE.itemsize} bytes (CD events)")
     return DatHeader(offset, kind[0], kind[1], width, height)
 
 
-def open_records(path: str | Path) -> tuple[DatHeader, np.ndarray]:
+def open_records(path: str | Path, headerless: bool = False) -> tuple[DatHeader, np.ndarray]:
     """Header and the raw records as a read-only memory map (nothing decoded yet)."""
-    header = read_header(path)
+    header = read_header(path, headerless)
     size = Path(path).stat().st_size - header.offset
     if size % RECORD_DTYPE.itemsize:
         raise ValueError(f"{path}: {size} bytes of records is not a multiple of {RECORD_DTYPE.itemsize}")
@@ -93,13 +110,14 @@ def decode(records: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
     return out
 
 
-def read_events(path: str | Path, t_start: int | None = None, t_end: int | None = None) -> np.ndarray:
+def read_events(path: str | Path, t_start: int | None = None, t_end: int | None = None,
+                headerless: bool = False) -> np.ndarray:
     """Decoded events of a ``.dat`` file with ``t_start <= t < t_end`` (bounds optional).
 
     Timestamps are sorted in these files, so the window is found by binary search on the
     memory map and only its records are decoded (a GEN1 sample never reads the whole file).
     """
-    _, records = open_records(path)
+    _, records = open_records(path, headerless)
     times = records["t"]  # a strided view of the map: bisect reads ~log2(N) entries, nothing is copied
     lo = 0 if t_start is None else bisect.bisect_left(times, t_start)
     hi = len(records) if t_end is None else bisect.bisect_left(times, t_end)

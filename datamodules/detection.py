@@ -34,9 +34,10 @@ from torchvision.transforms.v2 import functional as F
 from datamodules.common import SplitLoaders
 from datamodules.mosaic import Mosaic
 from datamodules.transforms import LetterboxInfo, eval_transform, reference_train_transform, train_transform
-from datamodules.validation import check_records
+from datamodules.validation import BadSampleError, DecodeSkips, UnreadableImage, check_records
 
 Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+MAX_SKIPPED_IN_A_ROW = 64  # images that fail to decode in a row before a loader gives up (skip_bad_samples)
 
 
 @dataclass(frozen=True)
@@ -106,21 +107,29 @@ def make_sample(image: torch.Tensor, record: DetectionRecord, transform: Transfo
 
 
 def collate_detection(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images to ``[B, 3, S, S]``; keep targets as a list of B dicts (N varies per image)."""
-    return {"images": torch.stack([s["image"] for s in samples]), "targets": [s["target"] for s in samples]}
+    """Stack images to ``[B, 3, S, S]``; keep targets as a list of B dicts (N varies per image). Images
+    skipped at decode time (:class:`RecordDataset`) are listed under ``"skipped"`` (the loader takes them out)."""
+    batch = {"images": torch.stack([s["image"] for s in samples]), "targets": [s["target"] for s in samples]}
+    skipped = [path for s in samples for path in s.get("skipped", ())]
+    return {**batch, "skipped": skipped} if skipped else batch
 
 
 def read_rgb(path: str) -> torch.Tensor:
-    """Decode an image file to uint8 ``[3, H, W]`` RGB."""
+    """Decode an image file to uint8 ``[3, H, W]`` RGB; :class:`UnreadableImage` names a file that fails."""
     try:
         with PIL.Image.open(path) as img:
             return F.pil_to_tensor(img.convert("RGB"))
     except (OSError, ValueError) as err:
-        raise OSError(f"cannot read image '{path}': {err}") from err
+        raise UnreadableImage(f"cannot read image '{path}': {err}", str(path)) from err
 
 
 class RecordDataset(Dataset):
-    """Detection dataset over image files described by :class:`DetectionRecord` s."""
+    """Detection dataset over image files described by :class:`DetectionRecord` s.
+
+    With ``skip_bad_samples`` an image that fails to decode is skipped where it is decoded: the item is
+    the next decodable one, with the skipped paths under ``"skipped"`` (counted by ``skips``, see
+    :class:`~datamodules.validation.DecodeSkips`); without, the error names the file.
+    """
 
     def __init__(self, records: list[DetectionRecord], transform: Transform, drop_difficult: bool = False,
                  class_names: list[str] | None = None, mosaic: Mosaic | None = None) -> None:
@@ -129,6 +138,7 @@ class RecordDataset(Dataset):
         self.drop_difficult = drop_difficult
         self.class_names = list(class_names or [])
         self.mosaic = mosaic
+        self.skip_bad_samples, self.skips = False, DecodeSkips("")  # set for its split by the datamodule
 
     def __len__(self) -> int:
         return len(self.records)
@@ -139,6 +149,22 @@ class RecordDataset(Dataset):
         return read_rgb(record.path), record
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: list[str] = []
+        for at in range(index, index + min(len(self), MAX_SKIPPED_IN_A_ROW)):
+            try:
+                sample = self.sample(at % len(self))
+            except UnreadableImage as err:
+                if not self.skip_bad_samples:
+                    raise UnreadableImage(f"{err} (data.init_args.skip_bad_samples: true skips such samples)",
+                                          err.path) from err
+                skipped.append(err.path)
+                continue
+            return {**sample, "skipped": skipped} if skipped else sample
+        raise BadSampleError(f"{len(skipped)} images in a row do not decode ({skipped[0]}, ..., {skipped[-1]}): "
+                             "is the data still where it was at setup?")
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """Item ``index`` without skipping: a mosaic with ``mosaic``, else its own image, transformed."""
         image, record = self.mosaic(self.load, index, len(self)) if self.mosaic is not None else self.load(index)
         return make_sample(image, record, self.transform, self.drop_difficult)
 
@@ -165,7 +191,8 @@ class DetectionDataModule(SplitLoaders, L.LightningDataModule, ABC):
             image; its ``orig_size`` is ``(S, S)`` and its ``orig_boxes`` are the mosaic's boxes.
             0 (default): off. Used by :class:`RecordDataset` (the VOC and COCO datamodules).
         skip_bad_samples: skip (count and log) unreadable images and annotations instead of failing
-            at setup; see :mod:`datamodules.validation` for the box rule applied to every split.
+            at setup, and images that fail to decode later where they are decoded (:class:`RecordDataset`);
+            see :mod:`datamodules.validation` for the checks and the box rule applied to every split.
 
     Attributes:
         in_channels: image channels (3, RGB), for models built from the datamodule.
@@ -196,6 +223,12 @@ class DetectionDataModule(SplitLoaders, L.LightningDataModule, ABC):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    def record_resolved(self, **values: Any) -> None:
+        """Record resolved arguments (``class_names=None`` -> the names used) as the hyperparameters, initial
+        ones included: the logger and the checkpoint show what the datamodule uses, which is also what the
+        model linked from it records (Lightning refuses to log two different values of one key)."""
+        self.save_hyperparameters({**self.hparams, **values})
 
     @property
     @abstractmethod
@@ -243,6 +276,8 @@ class DetectionDataModule(SplitLoaders, L.LightningDataModule, ABC):
         dataset = self.make_dataset(split, transform)
         if isinstance(getattr(dataset, "records", None), list):
             dataset.records = check_records(dataset.records, split, self.skip_bad_samples)
+        if isinstance(dataset, RecordDataset):
+            dataset.skip_bad_samples, dataset.skips = self.skip_bad_samples, DecodeSkips(split)
         return dataset
 
     def test_is_val(self) -> bool:

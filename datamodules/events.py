@@ -33,6 +33,9 @@ from datamodules.frames import FixedFrames, Sensor
 from datamodules.vision import split_train_val
 
 
+CACHE_VERSION = 2  # of what the disk cache holds (2: an empty recording as T zero frames)
+
+
 @dataclass(frozen=True)
 class EventSpec:
     """One tonic dataset: class, sensor (W, H, P), split folders, file type, layout for errors."""
@@ -88,6 +91,23 @@ def local_dataset(name: str, root: str | Path, split: str, transform: Callable |
     local = type(spec.cls.__name__, (spec.cls,), {"_check_exists": lambda self: True, "download": refuse})
     kwargs = {"train": split == "train"} if "all" not in spec.folders else {}
     return local(str(Path(root).expanduser()), transform=transform, target_transform=target_transform, **kwargs)
+
+
+@dataclass(frozen=True)
+class EventsToFrames:
+    """tonic's event transforms, then always :class:`FixedFrames`: a recording left with no event (empty,
+    or every event denoised away) becomes T zero frames. tonic's ``Compose`` stops at an empty array
+    and would hand it on unbinned (and the disk cache would keep it)."""
+
+    steps: tuple[Callable, ...]
+    framing: FixedFrames
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        for step in self.steps:
+            if len(events) == 0:
+                break
+            events = step(events)
+        return self.framing(events)
 
 
 def frame_sensor(sensor: Sensor, downsample: float) -> Sensor:
@@ -190,11 +210,13 @@ class EventClassificationDataModule(SplitLoaders, LightningDataModule):
             steps.append(tonic.transforms.Downsample(spatial_factor=hp.downsample))
         if train and hp.drop_event > 0:
             steps.append(tonic.transforms.DropEvent(p=hp.drop_event))
-        return tonic.transforms.Compose([*steps, self.framing])
+        return EventsToFrames(tuple(steps), self.framing)
 
     def _cache_key(self) -> str:
         keys = ("root", "num_steps", "frame_mode", "frame_value", "denoise_us", "downsample")
-        return hashlib.sha1(json.dumps({k: self.hparams[k] for k in keys}).encode()).hexdigest()[:12]
+        # the version: caches of earlier code may hold the unbinned events of empty recordings
+        key = {"cache_version": CACHE_VERSION, **{k: self.hparams[k] for k in keys}}
+        return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
     def _frames(self, split: str, train: bool) -> Any:
         """Frames of a tonic split (``train``/``test``/``all``), cached when possible."""

@@ -178,17 +178,24 @@ class GEN1DataModule(FrameDetectionDataModule):
 
 
 def iter_dat_frames(path: str | Path, frame_us: int = 50_000, image_size: int = 320,
-                    clip_count: float | None = 4.0) -> Iterator[torch.Tensor]:
+                    clip_count: float | None = 4.0, headerless: bool = False) -> Iterator[torch.Tensor]:
     """Frames ``[2, S, S]`` of a whole ``.dat`` recording, one per ``frame_us``, decoded lazily
     (one frame's events at a time: constant memory however long the recording), letterboxed
-    like :class:`GEN1Dataset`'s samples. For streaming inference (``spikeloc.streaming``)."""
-    header, records = open_records(path)
+    like :class:`GEN1Dataset`'s samples. For streaming inference (``spikeloc.streaming``). The file
+    is checked at the call (not at the first frame); ``headerless``: see :func:`~datamodules.dat.read_header`."""
+    header, records = open_records(path, headerless)
+    return _dat_frames(path, header, records, frame_us, image_size, clip_count, headerless)
+
+
+def _dat_frames(path: str | Path, header: Any, records: np.ndarray, frame_us: int, image_size: int,
+                clip_count: float | None, headerless: bool) -> Iterator[torch.Tensor]:
     if len(records) == 0:
         return
     sensor = (header.width or GEN1_SENSOR[0], header.height or GEN1_SENSOR[1], 2)
     start, end = int(records["t"][0]), int(records["t"][-1]) + 1
     for t in range(start, end, frame_us):
-        frame = torch.from_numpy(bin_events(read_events(path, t, t + frame_us), sensor, 1, t, t + frame_us)).float()
+        events = read_events(path, t, t + frame_us, headerless)
+        frame = torch.from_numpy(bin_events(events, sensor, 1, t, t + frame_us)).float()
         if clip_count is not None:
             frame = frame.clamp_(max=clip_count)
         yield letterbox_frames(frame, image_size)[0][0]

@@ -144,6 +144,7 @@ class MovingShapesDetectionDataModule(FrameDetectionDataModule):
             raise ValueError(f"need num_steps >= 1, max_objects >= 1, 0 <= noise < 1, 0 < speed[0] <= speed[1]; "
                              f"got {num_steps}, {max_objects}, {noise}, {speed}")
         self._names, self.num_steps, self.max_objects = names, num_steps, max_objects
+        self.record_resolved(class_names=names)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.speed, self.noise = tuple(speed), noise
 

@@ -4,14 +4,19 @@ The box rule (training and evaluation alike, README "Troubleshooting"): a box wi
 coordinate is dropped; the others are clipped to the image, ``[0, W] x [0, H]``; a box left with
 zero or negative width or height (inverted, zero-area, wholly outside the image) is dropped. Each
 kind is counted and one warning names the first files. Unreadable images (missing, not an image,
-truncated header) fail at setup naming the file, or with ``skip_bad_samples`` are skipped, counted
-and logged.
+truncated header, or data that does not decode: :func:`undecodable`) fail at setup naming the file,
+or with ``skip_bad_samples`` are skipped, counted and logged. An image that fails to decode later,
+in a loader, is skipped there with ``skip_bad_samples`` (:class:`DecodeSkips` counts it).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 import warnings
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -26,6 +31,15 @@ T = TypeVar("T")
 
 class BadSampleError(ValueError):
     """A sample that cannot be used, naming its file; ``skip_bad_samples: true`` skips such samples."""
+
+
+class UnreadableImage(OSError):
+    """An image file that cannot be decoded; ``path`` names it (``message`` first: a loader worker re-raises
+    it in the main process as ``UnreadableImage(message=...)``)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def sanitize_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, Counter]:
@@ -58,6 +72,79 @@ def image_size(path: str) -> tuple[int, int]:
     return height, width
 
 
+def decode_error(path: str) -> str | None:
+    """Why ``path`` does not decode, or None. A JPEG decodes at 1/8 scale (``draft``): every byte of its
+    entropy-coded data is still read, so truncated or broken data fails as in a full decode, for less work
+    (no full-size inverse DCT or colour conversion)."""
+    try:
+        with PIL.Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (1, 1))
+            image.load()
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
+        return f"cannot decode image '{path}': {err}"
+    return None
+
+
+def _verified_marker(paths: list[str]) -> Path:
+    """Where a set of files (names, sizes, modification times) is recorded as decodable."""
+    stamp = hashlib.sha1()
+    for path in paths:
+        info = os.stat(path)
+        stamp.update(f"{path}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
+    cache = Path(os.environ.get("SPIKELOC_CACHE") or Path.home() / ".cache" / "spikeloc")
+    return cache / "decoded" / stamp.hexdigest()
+
+
+def undecodable(paths: list[str], threads: int | None = None) -> dict[str, str]:
+    """``{path: error}`` of the images that do not decode (:func:`decode_error`, in ``threads`` threads:
+    the decoder releases the GIL). A set of files found decodable is recorded under ``$SPIKELOC_CACHE``
+    (else ``~/.cache/spikeloc``), so the same unchanged files are not decoded again."""
+    if not paths:
+        return {}
+    marker = _verified_marker(paths)
+    if marker.exists():
+        return {}
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        errors = {path: error for path, error in zip(paths, pool.map(decode_error, paths, chunksize=64)) if error}
+    if not errors:
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next run the check again
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+    return errors
+
+
+class DecodeSkips:
+    """The samples of a split skipped at decode time (``skip_bad_samples``), counted in the main process.
+
+    A dataset that skips an image puts its path under the sample's ``"skipped"``, the collate function
+    gathers them under the batch's, and the loader hands each batch to :meth:`take` (in the main process,
+    whatever the workers): the first skip of a file is warned about, and :meth:`end_of_pass` (the end
+    of each pass over the split, an epoch) warns how many samples that pass skipped.
+    """
+
+    def __init__(self, split: str) -> None:
+        self.split, self.count, self.files = split, 0, set()
+
+    def take(self, batch: Any) -> None:
+        """Count and take the ``"skipped"`` paths out of a batch (a dict); others are left alone."""
+        paths = batch.pop("skipped", ()) if isinstance(batch, dict) else ()
+        for path in paths:
+            self.count += 1
+            if path not in self.files:
+                self.files.add(path)
+                warnings.warn(f"{self.split} split: cannot decode image '{path}': skipped "
+                              "(data.init_args.skip_bad_samples)", stacklevel=2)
+
+    def end_of_pass(self) -> None:
+        if self.count:
+            message = f"{self.split} split: {self.count} samples skipped at decode time in this pass " \
+                      f"({len(self.files)} unreadable files so far)"
+            warnings.warn(message, stacklevel=2)
+            log.warning(message)
+        self.count = 0
+
+
 def warn_counts(split: str, what: str, counts: Counter, files: list[str]) -> None:
     """One warning for a split: how many of each kind, and the first files concerned."""
     counts = Counter({k: v for k, v in counts.items() if v})
@@ -70,9 +157,11 @@ def warn_counts(split: str, what: str, counts: Counter, files: list[str]) -> Non
 
 
 def check_records(records: list[Any], split: str, skip_bad_samples: bool = False,
-                  size_of: Callable[[str], tuple[int, int]] = image_size) -> list[Any]:
+                  size_of: Callable[[str], tuple[int, int]] = image_size,
+                  decodes: Callable[[list[str]], dict[str, str]] = undecodable) -> list[Any]:
     """Records (``DetectionRecord``-like: ``path``, ``boxes``, ``labels``, ``difficult``, ``name``) after the
-    box rule; records whose image cannot be read raise, or are dropped with ``skip_bad_samples``.
+    box rule; records whose image cannot be read (``size_of``: its header) or decoded (``decodes``: every
+    image of the split, before training starts) raise, or are dropped with ``skip_bad_samples``.
 
     Records without a ``path`` (generated images) are returned unchanged.
     """
@@ -97,6 +186,12 @@ def check_records(records: list[Any], split: str, skip_bad_samples: bool = False
         out.append(record)
     warn_counts(split, "boxes fixed by the box rule (dropped if non-finite or empty, else clipped to the image)",
                 totals, touched)
+    broken = decodes([record.path for record in out if record.path is not None])
+    if broken and not skip_bad_samples:
+        more = f" and {len(broken) - 1} more: {', '.join(list(broken)[1:FIRST_FILES])}" if len(broken) > 1 else ""
+        raise BadSampleError(f"{split} split: {next(iter(broken.values()))}{more} (set "
+                             "data.init_args.skip_bad_samples: true to skip such samples)")
+    out, bad = [record for record in out if record.path not in broken], bad + list(broken)
     if bad:
         warn_counts(split, "unreadable samples skipped", Counter(skipped=len(bad)), bad)
         log.warning("%s split: skipped %d unreadable samples", split, len(bad))
@@ -123,7 +218,8 @@ def collect(items: Iterable[T], read: Callable[[T], Any], split: str, skip_bad_s
 
 
 def readable_images(paths: Iterable[str]) -> list[str]:
-    """For prediction: the paths whose image header can be read; each other one is skipped with a warning.
+    """For prediction: the paths whose image can be read and decoded; each other one is skipped with a
+    warning.
 
     Raises:
         BadSampleError: none of the images can be read.
@@ -135,6 +231,10 @@ def readable_images(paths: Iterable[str]) -> list[str]:
             good.append(path)
         except BadSampleError as err:
             warnings.warn(f"{err}; skipped", stacklevel=2)
+    broken = undecodable(good)
+    for path, error in broken.items():
+        warnings.warn(f"{error}; skipped", stacklevel=2)
+    good = [path for path in good if path not in broken]
     if not good:
         raise BadSampleError(f"none of the {len(paths)} images can be read" if paths else "no images given")
     return good

@@ -149,6 +149,7 @@ class VOCDetectionDataModule(DetectionDataModule):
         if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise ValueError(f"class_names must be distinct non-empty names, got {class_names!r}")
         self._class_names = names
+        self.record_resolved(class_names=names)
         self.root = root
         self.sets = {"train": _normalise(train_sets), "val": _normalise(val_sets),
                      "test": _normalise(val_sets if test_sets is None else test_sets)}

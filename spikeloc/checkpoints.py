@@ -7,9 +7,11 @@
 - :func:`resolve_last`: ``--ckpt_path last`` -> the newest readable checkpoint of the run, and the
   run's folder kept, so a resumed run goes on writing where it stopped (any other path is checked
   with :func:`check_checkpoint_file` before anything is built).
+- :func:`claim_version`: a new run's ``version_N`` folder made with an exclusive create.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -116,17 +118,18 @@ def check_architecture(checkpoint: Mapping[str, Any], model: torch.nn.Module, pa
 
 
 def _fitting_config(checkpoint: Mapping[str, Any], path: Path) -> str:
-    """Where the configuration that fits the checkpoint is: its saved model arguments or its run's config.yaml."""
+    """Where the configuration that fits the checkpoint is: its saved model arguments and its run's config.yaml."""
     hparams = checkpoint.get("hyper_parameters")
+    lines = []
     if hparams:
-        fit = {k: v for k, v in hparams.items() if not callable(v)}
-        return ("The checkpoint was trained with these model arguments (use them in model.init_args):\n"
-                + yaml.safe_dump(_plain(fit), sort_keys=True, default_flow_style=None).rstrip())
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "config.yaml").is_file():
-            config = folder / "config.yaml"
-            return f"The run that wrote it was configured by {config}: pass --config {config}"
-    return "No configuration was saved with it: use the config of the run that wrote it."
+        fit = {k: v for k, v in hparams.items() if not callable(v) and not str(k).startswith("_")}
+        lines.append("The checkpoint was trained with these model arguments (use them in model.init_args):\n"
+                     + yaml.safe_dump(_plain(fit), sort_keys=True, default_flow_style=None).rstrip())
+    config = next((folder / "config.yaml" for folder in (path.parent, path.parent.parent)
+                   if (folder / "config.yaml").is_file()), None)
+    if config is not None:
+        lines.append(f"The run that wrote it was configured by {config}: pass --config {config}")
+    return "\n".join(lines) or "No configuration was saved with it: use the config of the run that wrote it."
 
 
 def _plain(value: Any) -> Any:
@@ -148,6 +151,53 @@ def newest_checkpoint(folder: str | Path) -> Path | None:
 
 def _version(folder: Path) -> int:
     return int(folder.name.split("_", 1)[1]) if folder.name.split("_", 1)[-1].isdigit() else -1
+
+
+def _logger_args(config: Any) -> Namespace:
+    """``init_args`` of the run's (first) logger; Lightning's default one (``logger`` true or unset) made
+    explicit, so that its version can be pinned."""
+    logger = config.trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    if not hasattr(logger, "get"):
+        root = str(config.trainer.get("default_root_dir") or ".")
+        logger = config.trainer.logger = Namespace(
+            class_path="lightning.pytorch.loggers.TensorBoardLogger",
+            init_args=Namespace(save_dir=root, name="lightning_logs", version=None))
+    return logger.init_args
+
+
+def _versions_folder(init: Namespace, root: Path) -> Path:
+    """``<save_dir>/<name>``, where a CSV or TensorBoard logger keeps its ``version_N`` folders."""
+    return Path(init.get("save_dir") or root) / (init.get("name") or "")
+
+
+def claim_version(config: Any) -> Path | None:
+    """Make the run's ``version_N`` folder now and pin the logger to N (``config``: the CLI's namespace
+    before anything is built). ``os.mkdir`` either creates the folder or fails, so two runs started at
+    once in one ``save_dir`` cannot both take ``version_N`` (Lightning picks N when it first writes).
+
+    Returns the folder made; None where nothing is claimed: no logger, a logger already pinned to a
+    version (``--ckpt_path last``), one other than CSV / TensorBoard, or a remote ``save_dir``.
+    """
+    logger = config.trainer.get("logger")
+    if logger is False or isinstance(logger, list) and not logger:
+        return None
+    init = _logger_args(config)
+    first = config.trainer.logger[0] if isinstance(config.trainer.logger, list) else config.trainer.logger
+    kind = str(first.get("class_path", "")).rsplit(".", 1)[-1]
+    base = _versions_folder(init, Path(config.trainer.get("default_root_dir") or "."))
+    if init.get("version") is not None or kind not in ("CSVLogger", "TensorBoardLogger") or "://" in str(base):
+        return None
+    base.mkdir(parents=True, exist_ok=True)
+    version = max((_version(folder) for folder in base.glob("version_*")), default=-1) + 1
+    while True:
+        try:
+            os.mkdir(base / f"version_{version}")
+        except FileExistsError:  # another run took it meanwhile
+            version += 1
+            continue
+        init.version = version
+        return base / f"version_{version}"
 
 
 def resolve_last(config: Any) -> None:
@@ -174,12 +224,8 @@ def resolve_last(config: Any) -> None:
     elif logger is False:
         places = [root / "checkpoints"]
     else:
-        if not hasattr(logger, "get"):  # True / unset: Lightning's default logger, made explicit to pin it
-            logger = config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(save_dir=str(root), name="lightning_logs", version=None))
-        init = logger.init_args
-        base = Path(init.get("save_dir") or root) / (init.get("name") or "")
+        init = _logger_args(config)
+        base = _versions_folder(init, root)
         places = sorted((d / "checkpoints" for d in base.glob("version_*")), key=lambda d: -_version(d.parent))
         places = places or [base / "version_*" / "checkpoints"]
     found = next(((place, ckpt) for place in places if place.is_dir() and (ckpt := newest_checkpoint(place))), None)

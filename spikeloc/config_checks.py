@@ -9,6 +9,7 @@ datamodule) and check the YAML files named by ``--config``. Every failure is one
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -140,6 +141,69 @@ def check_detector(model: Any, data: Any) -> None:
                      f"a positive multiple of the largest feature stride {max(strides)}")
 
 
+TIMM_KEYS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "features_only", "out_indices")
+
+
+def _parameters(function: Callable) -> tuple[set[str], bool]:
+    """Named parameters of ``function`` (``self`` and the first positional of a neuron left in), and whether
+    it takes ``**kwargs``."""
+    parameters = inspect.signature(function).parameters.values()
+    named = {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+    return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _neuron_arguments(kind: str) -> set[str]:
+    """What a cell passes on to a neuron of ``kind`` (the stateless ``ann`` twin also takes the spiking ones)."""
+    from spikeloc.neurons.modules import NEURONS, SPIKING_ONLY
+
+    named, more = _parameters(NEURONS[kind].__init__)
+    return (named | (set(SPIKING_ONLY) if more else set()) | {"native"}) - {"channels"}
+
+
+def backbone_arguments(name: str, kwargs: dict[str, Any]) -> set[str] | None:
+    """The keyword arguments the registered backbone ``name`` takes with these ``kwargs`` (its own, those its
+    cells hand to every neuron kind it uses, timm's), or None when ``name`` is not a registered model."""
+    import timm
+    import torch
+
+    import spikeloc.models  # noqa: F401  (registers the backbones)
+    from spikeloc.neurons.modules import NEURONS, LTCDense
+
+    if name not in timm.list_models():
+        return None
+    with torch.device("meta"):  # no memory, no weights: the class is all that is needed
+        cls = type(timm.create_model(name, num_classes=0))
+    own, more = _parameters(cls.__init__)
+    accepted = own - {"in_chans", "num_classes"} | set(TIMM_KEYS)  # those two the task module sets
+    if more and "neuron" in own:  # the rest goes to every conv cell's neuron: what all its kinds take
+        kinds = {kwargs.get("neuron") or inspect.signature(cls.__init__).parameters["neuron"].default,
+                 kwargs.get("stem_neuron")} - {None}
+        if not kinds <= set(NEURONS):
+            return None  # an unknown neuron: building names it and the known ones
+        accepted |= set.intersection(*map(_neuron_arguments, kinds))
+    elif more:  # dense recurrent layers
+        accepted |= _parameters(LTCDense.__init__)[0] - {"in_features", "out_features"}
+    return accepted
+
+
+def check_model_kwargs(model: Any) -> None:
+    """Every key of ``backbone_kwargs`` (detector) / ``model_kwargs`` (classifier, regressor) must be an argument
+    of the named backbone, its neurons' or timm's: a typo fails naming the key and the accepted names."""
+    for key, name_key in (("backbone_kwargs", "backbone"), ("model_kwargs", "model")):
+        kwargs, name = model.get(key), model.get(name_key)
+        if not kwargs or not isinstance(name, str) or not hasattr(kwargs, "items"):
+            continue
+        kwargs = dict(kwargs.items())
+        if model.get("neuron") is not None and key == "backbone_kwargs":
+            kwargs.setdefault("neuron", model.get("neuron"))
+        accepted = backbone_arguments(name, kwargs)
+        unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
+        if unknown:
+            neurons = f" with {kwargs['neuron']} neurons" if "neuron" in kwargs else ""
+            _require(False, f"model.init_args.{key}.{unknown[0]}", kwargs[unknown[0]],
+                     f"not an argument of {name}{neurons}; it takes {', '.join(sorted(accepted))}")
+
+
 def check_data(data: Any) -> None:
     """Batch size and worker counts."""
     if data is None:
@@ -181,6 +245,7 @@ def check_run_config(config: Any) -> None:
     check_precision(config)
     if model is not None:
         check_loop(model, data)
+        check_model_kwargs(model)
         if "anchors" in model or "backbone" in model:
             check_detector(model, data)
     check_data(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -80,6 +81,24 @@ def build_run(ckpt: str | Path, config: str | None = None, overrides: Sequence[s
         cli = SpikelocCLI(args, save_config_callback=None)
     check_architecture(checkpoint, cli.model, ckpt)
     return cli
+
+
+def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
+    """Fail now, naming ``flag`` and the path, where writing ``path`` (a file, or with ``folder`` a folder to
+    make) would fail after the whole evaluation: a folder where the file goes (or the reverse), a file on
+    the way, no permission. Nothing is created."""
+    path = Path(path).expanduser()
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{flag} {path}: is a {'file' if folder else 'folder'}; give "
+                         f"{'a folder' if folder else 'a file name, e.g. ' + str(path / 'metrics.json')}")
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: '{existing}' is a file, not a folder")
+    target = path if path.exists() else existing
+    if not os.access(target, os.W_OK):
+        raise ValueError(f"{flag} {path}: '{target}' is not writable")
 
 
 def summary(metrics: dict[str, float], stage: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from spikeloc.evaluate import build_run, format_report, summary
+from spikeloc.evaluate import build_run, check_writable, format_report, summary
 from spikeloc.training import SpikingDetector
 from spikeloc.training.writers import EvaluationWriter
 from spikeloc.visualize import plot_map_vs_step
@@ -25,6 +25,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for results, plot and images")
     parser.add_argument("--images", type=int, default=4, help="annotated images to save")
     args, overrides = parser.parse_known_args()
+    for flag, path in (("--json", args.json), ("--out", args.out)):
+        try:  # before the evaluation, not after it
+            if path:
+                check_writable(path, flag, folder=flag == "--out")
+        except ValueError as err:
+            parser.error(str(err))
     cli = build_run(args.ckpt, args.config, overrides)
     out_dir = Path(args.out) if args.out else Path(args.ckpt).parent / f"eval_{args.split}"
     detector = isinstance(cli.model, SpikingDetector)

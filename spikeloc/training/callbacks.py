@@ -4,6 +4,7 @@
   (and so never replaces or deletes a good checkpoint for one), writes ``last`` before each
   validation (an error there keeps the training epoch) and saves every N optimizer steps under
   manual optimization.
+- :class:`ConfiguredOptimization`: a resumed run takes the optimizer and schedule settings of its config.
 - :class:`SignalCheckpoint`: SIGTERM (what clusters send before pre-emption) and SIGINT (Ctrl-C)
   finish the current batch, save a resumable ``last`` checkpoint and exit non-zero (143 / 130),
   printing how to resume; the RNG states travel in every checkpoint so a resumed run draws the
@@ -15,6 +16,7 @@ import contextlib
 import random
 import signal
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -26,6 +28,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .schedules import PhaseCosineLR
 
 
 def weights_finite(module: pl.LightningModule) -> bool:
@@ -44,8 +48,9 @@ class SafeCheckpoint(ModelCheckpoint):
     Same arguments as Lightning's. Differences: nothing is written while any weight is
     non-finite (a warning names the checkpoint kept instead); with ``save_last`` the ``last``
     checkpoint is also written when the training batches of an epoch are done, before validation
-    runs; ``every_n_train_steps`` counts optimizer steps (K per batch under FPTT) and saves at the
-    end of the batch in which a multiple of it is reached.
+    runs, and when training ends; nothing is written for a state already saved (a resumed run that
+    has nothing left to train leaves its files alone); ``every_n_train_steps`` counts optimizer
+    steps (K per batch under FPTT) and saves at the end of the batch in which a multiple of it is reached.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -89,11 +94,85 @@ class SafeCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._steps_seen = trainer.global_step
+        if trainer.ckpt_path:  # the restored state is saved already: resuming a finished run writes nothing
+            self._last_global_step_saved = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``last`` holds the end of training, also when the last epochs ran no validation (where
+        ``check_val_every_n_epoch`` > 1 Lightning saves only after a validation)."""
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = -1  # validation's own save still runs after it
+
+
+PROGRESS_KEYS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step", "_last_lr",
+                 "verbose", "sized"}  # a scheduler's state that is progress, not a setting (``sized``: PhaseCosineLR's)
+
+
+def _settings(optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple:
+    """What a config says about optimization: the optimizer's class and hyperparameters (the initial learning
+    rates), the scheduler's class and settings; not their progress or state."""
+    groups = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+              | {"lr": g.get("initial_lr", g["lr"])} for g in optimizer.param_groups]
+    if scheduler is None:
+        return type(optimizer), groups, None
+    state = {k: v for k, v in scheduler.state_dict().items() if k not in PROGRESS_KEYS}
+    if isinstance(scheduler, PhaseCosineLR):
+        state.pop("T_max")  # sized to the phase, not set by the config
+    return type(optimizer), groups, (type(scheduler), state)
+
+
+class ConfiguredOptimization(pl.Callback):
+    """On resume, the config's optimizer and schedule settings win over the checkpoint's (README "Troubleshooting":
+    after a divergence, lower the learning rate or fix the scheduler and resume from ``last.ckpt``).
+
+    Lightning restores the optimizer's hyperparameters and the scheduler with its settings from the checkpoint,
+    so a fixed config changed nothing: a learning rate of 2e27 came back. When the settings of the resumed run's
+    config differ from the checkpoint's, the optimizer keeps its state (moments) and takes the config's
+    hyperparameters, and the config's schedule replaces the old one, advanced to the restored number of
+    scheduler steps (replayed from the config's initial learning rate). Unchanged settings change nothing,
+    so an ordinary resume stays exact.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.ckpt_path or len(trainer.optimizers) != 1:
+            return
+        restored = trainer.optimizers[0]
+        configs = trainer.lr_scheduler_configs
+        previous = configs[0].scheduler if configs else None
+        fresh = pl_module.configure_optimizers()
+        optimizer, scheduler = (fresh["optimizer"], fresh.get("lr_scheduler")) if isinstance(fresh, dict) \
+            else (fresh, None)
+        if _settings(optimizer, scheduler) == _settings(restored, previous):
+            return
+        if type(optimizer) is not type(restored):
+            raise ValueError(f"the resumed run's optimizer is {type(optimizer).__name__}, the checkpoint's "
+                             f"{type(restored).__name__}: its state cannot carry over; resume with the same class")
+        for old, new in zip(restored.param_groups, optimizer.param_groups):
+            old.update({key: value for key, value in new.items() if key != "params"})
+        if scheduler is None:
+            configs.clear()
+        else:
+            self._advance(scheduler, restored, previous)
+            configs[0].scheduler = scheduler
+        rank_zero_info(f"resumed with the config's optimizer and schedule settings: learning rate now "
+                       f"{restored.param_groups[0]['lr']:.3g}")
+
+    @staticmethod
+    def _advance(scheduler: Any, optimizer: torch.optim.Optimizer, previous: Any) -> None:
+        """Move ``scheduler`` (built on a fresh optimizer) onto ``optimizer`` and replay the steps ``previous`` took."""
+        scheduler.optimizer = optimizer
+        if isinstance(scheduler, PhaseCosineLR) and getattr(previous, "sized", False):
+            scheduler.fit_to(previous.T_max)
+        with warnings.catch_warnings():  # "scheduler stepped before the optimizer": a replay steps no optimizer
+            warnings.simplefilter("ignore")
+            for _ in range(previous.last_epoch if previous is not None else 0):
+                scheduler.step()
 
 
 def _rng_states() -> dict[str, Any]:

@@ -165,7 +165,7 @@ class NonFiniteGuard:
                 "after the optimizer step a weight, the optimizer's or FPTT's state or a batch-norm statistic is "
                 "not finite: this cannot be undone here (on the CPU the guard checks the loss and gradients before "
                 "a step instead of copying the weights: README, Troubleshooting). Lower the learning rate (is the "
-                "scheduler's finite?) and resume from the last checkpoint; its weights are finite.")
+                "scheduler's finite?); every checkpoint written holds finite weights.")
         self._count(ok)
         return ok
 
@@ -199,5 +199,5 @@ class NonFiniteGuard:
             raise NonFiniteError(
                 f"{int(self.bad_run)} optimizer steps in a row had a non-finite loss, gradient or weight "
                 f"({int(self.bad_total)} in all); every one was skipped, so the weights are the last finite ones. "
-                "Lower the learning rate, check the scheduler and the input data, or resume from the last "
-                "checkpoint (see README, Troubleshooting). model.max_nonfinite_steps sets this limit.")
+                "Lower the learning rate, check the scheduler and the input data (README, Troubleshooting); "
+                "model.init_args.max_nonfinite_steps sets this limit (0: never stop).")

@@ -1,6 +1,8 @@
 """COCO json reading: contiguous labels and back, xywh -> xyxy, crowd as difficult, COCO image ids."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,51 @@ def test_missing_files_are_named(tmp_path: Path, coco: dict) -> None:
     (fix["splits"]["val2017"]["image_dir"] / first).unlink()
     with pytest.raises(FileNotFoundError, match=first):
         COCODetectionDataModule(str(tmp_path / "broken")).setup("validate")
+
+
+def _broken(tmp_path: Path, change) -> tuple[Path, dict]:
+    """A fixture whose train json is rewritten by ``change(json)``; returns (json path, written json)."""
+    fix = write_coco_fixture(tmp_path / "coco", {"train2017": 4, "val2017": 2}, seed=3)
+    split = fix["splits"]["train2017"]
+    data = split["json"]
+    change(data)
+    split["ann_file"].write_text(json.dumps(data))
+    return split["ann_file"], data
+
+
+def _same_id(data: dict) -> None:
+    data["images"][2]["id"] = data["images"][1]["id"]  # another picture of another size under one id
+
+
+def _orphan(data: dict) -> None:
+    data["annotations"][0]["image_id"] = 99_999
+
+
+def _short_box(data: dict) -> None:
+    data["annotations"][1]["bbox"] = [10.0, 20.0, 30.0]
+
+
+def _unknown_category(data: dict) -> None:
+    data["annotations"][2]["category_id"] = 77
+
+
+@pytest.mark.parametrize("change, message", [
+    (_same_id, "image ids listed more than once in 'images': {image}"),
+    (_orphan, "1 annotations with the image_id of no image in 'images': annotation ids {ann0} .image_id 99999"),
+    (_short_box, "1 annotations with a bbox that is not 4 numbers .x, y, w, h.: annotation ids {ann1} "),
+    (_unknown_category, "1 annotations with a category_id not among the categories .1, 3, 18.: annotation ids {ann2} "),
+])
+def test_a_json_that_pycocotools_would_read_wrongly_fails_at_setup_naming_file_and_ids(tmp_path, change, message):
+    path, data = _broken(tmp_path, change)
+    ids = {"image": data["images"][1]["id"], **{f"ann{k}": data["annotations"][k]["id"] for k in range(3)}}
+    module = COCODetectionDataModule(str(tmp_path / "coco"), augment=False)
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: " + message.format(**ids)):
+        module.setup("fit")
+
+
+def test_an_empty_annotations_list_trains_but_is_warned_about(tmp_path):
+    path, _ = _broken(tmp_path, lambda data: data.update(annotations=[]))
+    module = COCODetectionDataModule(str(tmp_path / "coco"), augment=False)
+    with pytest.warns(UserWarning, match=f"{re.escape(str(path))}: the 'annotations' list is empty"):
+        module.setup("fit")
+    assert len(module.train_set) == 4 and all(len(r.labels) == 0 for r in module.train_set.records)

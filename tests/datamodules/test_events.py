@@ -167,3 +167,23 @@ def test_ncaltech101_classification_labels_survive_the_disk_cache(tmp_path):
     for _ in range(2):  # binned and cached, then read back from the cache
         labels = [int(module.datasets["train"][i][1]) for i in range(len(module.datasets["train"]))]
         assert sorted(set(labels)) == [0, 1] and len(labels) == 8
+
+
+def test_a_recording_left_without_events_becomes_zero_frames_also_in_the_disk_cache(tmp_path):
+    rng = np.random.default_rng(3)
+    burst = {"x": 60 + np.arange(40) % 2, "y": np.full(40, 60), "t": np.arange(0, 400_000, 10_000),
+             "p": np.ones(40, int)}
+    isolated = random_events(rng, 5, 128, 128, 1_000_000)  # far apart in time: the denoise filter drops them all
+    empty = {key: np.zeros(0, int) for key in "xytp"}
+    for folder in ("ibmGestureTrain", "ibmGestureTest"):
+        for label, events in enumerate((burst, isolated, empty)):
+            write_gesture_npy(tmp_path / "data" / "DVSGesture" / folder / "user01_led" / f"{label}.npy", events)
+    kwargs = dict(name="dvs_gesture", root=str(tmp_path / "data"), num_steps=4, denoise_us=20_000, downsample=0.25,
+                  cache_dir=str(tmp_path / "cache"))
+    for _ in range(2):  # binned and cached, then a new datamodule reads the cache back
+        module = EventClassificationDataModule(**kwargs)
+        module.setup("fit")
+        samples = sorted((int(y), x) for x, y in (module.datasets["val"][i] for i in range(3)))
+        assert [x.shape for _, x in samples] == [(4, 2, 32, 32)] * 3
+        assert samples[0][1].sum() > 0 and samples[1][1].sum() == 0 and samples[2][1].sum() == 0
+    assert len(list((tmp_path / "cache").rglob("*.hdf5"))) == 3

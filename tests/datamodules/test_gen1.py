@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from expelliarmus import Wizard
+from PIL import Image
 
 from datamodules.dat import decode, open_records, read_events, read_header
 from datamodules.detection import collate_detection
@@ -115,3 +116,33 @@ def test_recording_frames_for_streaming_cover_every_event_once(tmp_path):
             for x, y in zip(ev["x"][inside & (ev["p"] == p)], ev["y"][inside & (ev["p"] == p)]):
                 expected[y, x] += 1
             torch.testing.assert_close(frame[p], expected)
+
+
+def test_a_file_without_the_header_is_refused_unless_said_headerless(tmp_path):
+    ev = _recording(tmp_path)
+    dat = (tmp_path / "rec_a_td.dat").read_bytes()
+    body = dat[-8 * len(ev["t"]):]  # the records alone: a legacy headerless file
+    (tmp_path / "legacy.dat").write_bytes(body)
+    with pytest.raises(ValueError, match=r"legacy.dat: not a Prophesee .dat event file .*--headerless"):
+        read_events(tmp_path / "legacy.dat")
+    np.testing.assert_array_equal(read_events(tmp_path / "legacy.dat", headerless=True)["t"], ev["t"])
+    noise = np.random.default_rng(0).integers(0, 256, 64 * 1024, dtype=np.uint8).tobytes()
+    (tmp_path / "noise.dat").write_bytes(noise)
+    png = tmp_path / "picture.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+    png.write_bytes(png.read_bytes().ljust(-(-png.stat().st_size // 8) * 8, b"\0"))  # padded to records
+    for path in (tmp_path / "noise.dat", png):
+        with pytest.raises(ValueError, match=f"{path.name}: not a Prophesee .dat event file"):
+            iter_dat_frames(path)
+
+
+@pytest.mark.parametrize("header, message", [
+    (b"% Width 30a\n% Height 240\n\x00\x08", r"malformed header line '% Width 30a': expected '% Width <integer>'"),
+    (b"% Height\n\x00\x08", r"malformed header line '% Height': expected '% Height <integer>'"),
+    (b"% Width 304\n\x0c\x08", r"event type 12 of 8 bytes, expected type 0 of 8 bytes \(CD events\)"),
+])
+def test_a_malformed_header_or_another_event_type_is_named_with_the_file(tmp_path, header, message):
+    path = tmp_path / "rec_td.dat"
+    path.write_bytes(header + bytes(16))
+    with pytest.raises(ValueError, match=f"{path.name}: {message}"):
+        read_header(path)

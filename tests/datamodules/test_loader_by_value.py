@@ -1,6 +1,7 @@
 """Loader workers send small tensors by value (README "Speed"): the batches are the same as in-process."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -9,7 +10,8 @@ from datamodules.common import make_loader
 from datamodules.glyphs import GlyphsDetectionDataModule
 
 CASES = [torch.tensor(3.5), torch.zeros(0, 4), torch.arange(6).reshape(2, 3), torch.tensor([True, False]),
-         torch.randn(3, 2).to(torch.bfloat16), torch.randn(4, 5)[:, ::2]]  # 0-dim, empty, long, bool, bf16, strided
+         torch.randn(3, 2).to(torch.bfloat16), torch.randn(4, 5)[:, ::2],  # 0-dim, empty, long, bool, bf16, strided
+         torch.from_numpy(np.zeros(0, np.int64))]  # empty with stride 0: the labels of an image without objects
 
 
 def test_small_tensors_round_trip_exactly_and_large_or_subclassed_ones_are_left_alone(monkeypatch) -> None:

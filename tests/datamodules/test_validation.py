@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from datamodules import validation
 from datamodules.validation import BadSampleError, readable_images, sanitize_boxes
 from datamodules.voc import VOCDetectionDataModule
 from tests.formats import write_voc_fixture
@@ -93,3 +95,60 @@ def test_readable_images_skips_the_unreadable_with_a_warning(tmp_path):
     with warnings.catch_warnings(), pytest.raises(BadSampleError, match="none of the 1 images"):
         warnings.simplefilter("ignore")
         readable_images([str(broken)])
+
+
+def _cut_in_half(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_an_image_cut_in_half_fails_at_setup_before_any_update(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path / "cache"))
+    fix = write_voc_fixture(tmp_path, "2007", {"trainval": 6, "test": 3})
+    cut = tmp_path / "VOC2007" / "JPEGImages" / f"{fix['sets']['trainval'][3]}.jpg"
+    _cut_in_half(cut)  # its header still reads: only decoding it fails
+    dm = VOCDetectionDataModule(str(tmp_path), train_sets=[("2007", "trainval")], val_sets=[("2007", "test")])
+    with pytest.raises(BadSampleError, match=rf"train split: cannot decode image '{cut}': image file is truncated"
+                                             r".*skip_bad_samples: true"):
+        dm.setup("fit")
+    dm = VOCDetectionDataModule(str(tmp_path), train_sets=[("2007", "trainval")], val_sets=[("2007", "test")],
+                                skip_bad_samples=True)
+    with pytest.warns(UserWarning, match=rf"train split: unreadable samples skipped: 1 skipped \(in {cut}\)"):
+        dm.setup("fit")
+    assert len(dm.train_set) == 5 and str(cut) not in [r.path for r in dm.train_set.records]
+
+
+def test_a_split_found_decodable_is_not_decoded_again_unless_a_file_changed(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path / "cache"))
+    fix = write_voc_fixture(tmp_path, "2007", {"test": 3})
+    paths = [str(tmp_path / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in fix["sets"]["test"]]
+    calls, decode = [], validation.decode_error
+    monkeypatch.setattr(validation, "decode_error", lambda path: calls.append(path) or decode(path))
+    assert validation.undecodable(paths) == {} and len(calls) == 3
+    assert validation.undecodable(paths) == {} and len(calls) == 3  # recorded: nothing decoded
+    _cut_in_half(Path(paths[1]))
+    assert list(validation.undecodable(paths)) == [paths[1]] and len(calls) == 6
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_breaks_after_setup_is_skipped_where_it_is_decoded_and_counted(tmp_path, monkeypatch, workers):
+    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path / "cache"))
+    fix = write_voc_fixture(tmp_path, "2007", {"test": 4})
+    dm = VOCDetectionDataModule(str(tmp_path), val_sets=[("2007", "test")], image_size=32, batch_size=2,
+                                num_workers=workers, skip_bad_samples=True)
+    dm.setup("validate")
+    cut = tmp_path / "VOC2007" / "JPEGImages" / f"{fix['sets']['test'][0]}.jpg"
+    _cut_in_half(cut)  # e.g. a network file system hiccup during training
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two epochs
+            batches = list(dm.val_dataloader())
+            assert [len(b["targets"]) for b in batches] == [2, 2] and all("skipped" not in b for b in batches)
+            ids = [t["image_id"] for b in batches for t in b["targets"]]
+            assert ids == [2, 2, 3, 4]  # the next image stands in for the skipped one
+    messages = [str(w.message) for w in caught]
+    assert sum(f"val split: cannot decode image '{cut}': skipped" in m for m in messages) == 1  # once per file
+    assert sum("val split: 1 samples skipped at decode time in this pass" in m for m in messages) == 2  # each epoch
+    dm.val_set.skip_bad_samples = False  # without it, the error names the file
+    with pytest.raises(OSError, match=rf"cannot read image '{cut}'.*skip_bad_samples: true skips"):
+        next(iter(dm.val_dataloader()))

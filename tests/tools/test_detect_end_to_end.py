@@ -22,7 +22,7 @@ def run_tool(script: str, *args: str) -> str:
 
 def test_train_eval_predict_on_a_voc_folder(tmp_path):
     root = tmp_path / "VOCdevkit"
-    write_voc_fixture(root, sets={"trainval": 8, "test": 4})
+    fix = write_voc_fixture(root, sets={"trainval": 8, "test": 4})
     run = ["--config", "configs/quickstart_detect.yaml",
            "--data", "datamodules.voc.VOCDetectionDataModule", "--data.root", str(root),
            "--data.train_sets", '[["2007", "trainval"]]', "--data.val_sets", '[["2007", "test"]]',
@@ -51,9 +51,13 @@ def test_train_eval_predict_on_a_voc_folder(tmp_path):
     assert isinstance(json.loads((out / "coco_results_test.json").read_text()), list)
 
     pictures = tmp_path / "pred"
-    (root / "VOC2007" / "JPEGImages" / "broken.jpg").write_bytes(b"not an image")  # skipped with a warning
-    run_tool("predict.py", "--ckpt", str(ckpt), "--input", str(root / "VOC2007" / "JPEGImages"), "--out",
+    images = root / "VOC2007" / "JPEGImages"
+    (images / "broken.jpg").write_bytes(b"not an image")  # skipped with a warning
+    whole = (images / f"{fix['sets']['test'][0]}.jpg").read_bytes()
+    (images / "cut.jpg").write_bytes(whole[:len(whole) // 2])  # its header reads, its data is cut: skipped too
+    run_tool("predict.py", "--ckpt", str(ckpt), "--input", str(images), "--out",
              str(pictures), "--trainer.enable_progress_bar", "false")
-    assert len(list(pictures.glob("*.png"))) == 12 and not (pictures / "broken.png").exists()
+    drawn = {p.name for p in pictures.glob("*.png")}
+    assert len(drawn) == 12 and not {"broken.png", "cut.png"} & drawn
     detections = json.loads((pictures / "detections.json").read_text())
     assert {"image_id", "category_id", "bbox", "score", "file_name"} <= set(detections[0])

@@ -21,6 +21,7 @@ def cli_checkpoint(tmp_path_factory):
                             "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                             "--trainer.enable_progress_bar", "false", "--data.init_args.num_train", "64",
                             "--data.init_args.num_val", "64", "--checkpoint.dirpath", str(folder),
+                            "--trainer.default_root_dir", str(folder),  # its config.yaml goes there
                             "--model.init_args.scheduler", "torch.optim.lr_scheduler.StepLR",
                             "--model.init_args.scheduler.step_size", "1"])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -78,3 +79,25 @@ def test_an_override_that_changes_the_architecture_is_summarised(cli_checkpoint)
     path, _ = cli_checkpoint
     with pytest.raises(CheckpointError, match="missing|other shape"):
         build_run(path, overrides=["--model.init_args.model_kwargs", '{"channels": [8, 16, 32]}'])
+
+
+@pytest.mark.parametrize("flag, where, message", [
+    ("--json", "a_file/m.json", "'{tmp}/a_file' is a file, not a folder"),
+    ("--json", "a_folder", "is a folder; give a file name"),
+    ("--out", "a_file/eval", "'{tmp}/a_file' is a file, not a folder"),
+    ("--out", "a_file", "is a file; give a folder"),
+])
+def test_an_unwritable_output_fails_before_the_evaluation(tmp_path, monkeypatch, capsys, flag, where, message):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("eval_tool", Path(__file__).parents[2] / "tools" / "eval.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    monkeypatch.setattr(tool, "build_run", lambda *a: pytest.fail("the evaluation started"))
+    monkeypatch.setattr("sys.argv", ["eval.py", "--ckpt", "some.ckpt", flag, str(tmp_path / where)])
+    with pytest.raises(SystemExit) as stop:
+        tool.main()
+    expected = f"{flag} {tmp_path / where}: " + message.format(tmp=tmp_path)
+    assert stop.value.code == 2 and expected in capsys.readouterr().err

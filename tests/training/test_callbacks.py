@@ -130,3 +130,19 @@ def test_resume_mid_epoch_with_randomness_equals_the_uninterrupted_run(tmp_path)
             weights_only=True)
     for p, q in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(p, q)
+
+
+def test_the_end_of_training_is_saved_and_resuming_a_finished_run_writes_nothing(tmp_path):
+    torch.manual_seed(0)  # the last epoch runs no validation (every 2nd epoch): Lightning saved nothing after it
+    ckpt = fit(tmp_path, tiny_classifier(fptt=FPTTConfig(parts=2)), [], epochs=3, check_val_every_n_epoch=2)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = load(last)
+    assert saved["global_step"] == 3 * 2 * BATCHES and ckpt.last_model_path == str(last)
+    before = (last.stat().st_mtime_ns, last.read_bytes())
+    again = SafeCheckpoint(dirpath=tmp_path / "ckpt", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                           save_last=True)
+    resumed = trainer(tmp_path, max_epochs=3, limit_val_batches=1, check_val_every_n_epoch=2, enable_checkpointing=True,
+                      callbacks=[again, SignalCheckpoint()])
+    resumed.fit(tiny_classifier(fptt=FPTTConfig(parts=2)), datamodule=QuadrantData(num_train=64), ckpt_path=str(last),
+                weights_only=True)
+    assert resumed.global_step == 3 * 2 * BATCHES and (last.stat().st_mtime_ns, last.read_bytes()) == before
