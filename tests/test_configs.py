@@ -20,6 +20,7 @@ from spikeloc.cli import SpikelocCLI, train
 from tests.datamodules.test_vision import write_mnist
 from tests.event_formats import random_events, write_aedat4, write_dat, write_gen1_boxes, write_gesture_npy
 from tests.formats import write_coco_fixture, write_voc_fixture
+from tests.models.test_yolov4_tiny_weights import YoloBody
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(path.name for path in (REPO / "configs").glob("*.yaml"))
@@ -28,7 +29,7 @@ LIMITS = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "
 TINY_DETECTOR = ["--model.init_args.num_steps", "2", "--data.init_args.image_size", "64"]
 # configs whose header says they need a GPU, at a tiny size here (widths, input side, T)
 GPU_SIZED = {
-    "spyv4_voc.yaml": [*TINY_DETECTOR, "--model.init_args.backbone_kwargs", "{width: 0.125, neuron: ltc}"],
+    "spyv4_voc.yaml": TINY_DETECTOR,  # full width: it starts from the full-size YOLOv4-tiny file below
     "spyv4_coco.yaml": [*TINY_DETECTOR, "--model.init_args.backbone_kwargs", "{width: 0.125, neuron: ltc}"],
     # the width of the backbone pretrained by configs/pretrain_spyv4_shapes.yaml, as the headers say
     "finetune_voc.yaml": [*TINY_DETECTOR, "--model.init_args.backbone_kwargs", "{width: 0.25, neuron: ltc}"],
@@ -75,6 +76,9 @@ def write_datasets(data: Path) -> None:
         write_dat(data / "gen1" / split / "r_td.dat", random_events(rng, 200, 304, 240, 2_000_000))
         write_gen1_boxes(data / "gen1" / split / "r_bbox.npy", [(1_000_000, 20, 30, 40, 30, 0, 1.0, 1)])
     write_mnist(data)
+    weights = data.parent / "weights" / "yolov4_tiny_weights_voc.pth"  # spyv4_voc.yaml's init_from, random values
+    weights.parent.mkdir()
+    torch.save(YoloBody().state_dict(), weights)
 
 
 @pytest.fixture(scope="module")
