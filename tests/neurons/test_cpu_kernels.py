@@ -1,4 +1,4 @@
-"""The native LTC cell kernels against the modules they replace (SpikingConv2d: conv, BN, LTCNeuron).
+"""The ``cpu_kernels`` backend's LTC cell operator against the eager reference (SpikingConv2d: conv, BN, LTCNeuron).
 
 The reference is the module path itself: torch's batch norm, convolution, sigmoid and the
 MultiGaussian surrogate's own formula. The kernels sum in another order (BN statistics in double,
@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from spikeloc import kernels
-from spikeloc.neurons import native
+from spikeloc.neurons.backend import BackendError
 from spikeloc.neurons.modules import SpikingConv2d
 from spikeloc.neurons.surrogate import MultiGaussian
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
 RTOL = 1e-4
 
 
 def cells(reset="hard", threshold=0.6, channels=(3, 6), tau_kernel=3, seed=0):
-    """A reference cell with lively BN parameters, and its native copy."""
+    """A reference (eager) cell with lively BN parameters, and its ``cpu_kernels`` copy."""
     torch.manual_seed(seed)
     ref = SpikingConv2d(*channels, 3, 1, neuron="ltc", reset=reset, threshold=threshold, tau_kernel=tau_kernel)
     with torch.no_grad():
@@ -31,7 +31,7 @@ def cells(reset="hard", threshold=0.6, channels=(3, 6), tau_kernel=3, seed=0):
             bn.running_mean.uniform_(-0.2, 0.2)
             bn.running_var.uniform_(0.5, 2.0)
     nat = copy.deepcopy(ref)
-    nat.neuron.native = True
+    nat.neuron.backend = "cpu_kernels"
     return ref, nat
 
 
@@ -70,7 +70,7 @@ def margin(cell, x, u):
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("use", [("spike", "u"), ("spike",), ("u",)])
-def test_native_cell_equals_modules(reset, training, use):
+def test_kernel_cell_equals_eager_modules(reset, training, use):
     ref, nat = cells(reset)
     ref.train(training), nat.train(training)
     x, u, weights = inputs()
@@ -86,7 +86,7 @@ def test_native_cell_equals_modules(reset, training, use):
         assert torch.allclose(buffer.float(), ref_buffer.float(), rtol=1e-5, atol=1e-6), name
 
 
-def test_native_cell_without_a_membrane_gradient():
+def test_kernel_cell_without_a_membrane_gradient():
     """A membrane cut from the graph (FPTT between updates): no gradient for it, the others as the modules'."""
     ref, nat = cells()
     x, u, weights = inputs()
@@ -100,7 +100,7 @@ def test_native_cell_without_a_membrane_gradient():
     assert all(close(a, b) for a, b in zip(grads, ref_grads))
 
 
-def test_native_cell_1x1_tau_and_threads():
+def test_kernel_cell_1x1_tau_and_threads():
     """A 1x1 tau convolution; two threads give the same forward and tau-BN gradients (each channel is one
     thread's; the other gradients pass through torch's convolution backward, close but not bitwise)."""
     ref, nat = cells(tau_kernel=1)
@@ -121,20 +121,33 @@ def test_native_cell_1x1_tau_and_threads():
         assert same(grads2[name], grads[name]), name
 
 
-def test_native_cell_runs_the_modules_where_it_does_not_apply():
-    """float64, channels-last and bf16 autocast run the usual modules (bit for bit the reference)."""
-    ref, nat = cells()
+def test_kernel_cell_refuses_what_it_cannot_run():
+    """float64, channels-last and bf16 autocast: an error naming the backend and the reason (``auto`` runs the
+    fused step there instead)."""
+    _, nat = cells()
+    x, u, _ = inputs()
+    for convert, reason in ((lambda t: t.double(), "float32 only"),
+                            (lambda t: t.to(memory_format=torch.channels_last), "channels-last")):
+        n = convert(copy.deepcopy(nat))  # nn.Module.double / .to act in place
+        with pytest.raises(BackendError, match=f"'cpu_kernels' cannot run here: .*{reason}"):
+            n(convert(x), {"u": convert(u)})
+        n.neuron.backend = "auto"
+        assert n(convert(x), {"u": convert(u)})[0].shape == u.shape
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(BackendError, match="under autocast"):
+        nat(x, {"u": u})
+
+
+def test_kernel_cell_shows_in_the_profiler():
+    """The cell is an operator of the dispatcher: the profiler names it, forward and backward."""
+    _, nat = cells()
     x, u, weights = inputs()
-    for convert in (lambda t: t.double(), lambda t: t.to(memory_format=torch.channels_last)):
-        r, n = convert(copy.deepcopy(ref)), convert(copy.deepcopy(nat))  # nn.Module.double / .to act in place
-        x1, u1 = convert(x), convert(u)
-        assert not native.applies(n, n.conv(x1))
-        assert torch.equal(n(x1, {"u": u1})[0], r(x1, {"u": u1})[0])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not native.applies(nat, nat.conv(x))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        run(nat, x, u, weights)
+    names = {event.name for event in profiler.events()}
+    assert {"spikeloc::ltc_cell", "spikeloc::ltc_cell_backward"} <= names
 
 
-def test_native_cell_propagates_nan():
+def test_kernel_cell_propagates_nan():
     """A NaN reaching the cell stays visible (the non-finite guard looks for it downstream)."""
     _, nat = cells()
     x, u, _ = inputs()
@@ -143,32 +156,24 @@ def test_native_cell_propagates_nan():
     assert state["u"].isnan().any()
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_native_gradient_stays_finite_for_a_huge_membrane(portable, tmp_path, monkeypatch):
+def test_kernel_gradient_stays_finite_for_a_huge_membrane():
     """A membrane so far beyond the threshold that v^2 overflows float32: the surrogate is as good as zero
-    there (the modules' exp(-inf) = 0), not NaN; the backward tau kernel called directly, also as built
-    without AVX-512."""
-    if portable:
-        if not _has_avx512():
-            pytest.skip("the default build is the portable one here")
-        _use_portable_build(tmp_path, monkeypatch)
+    there (the modules' exp(-inf) = 0), not NaN; the backward operator called directly."""
     shape, channels = (2, 3, 5, 7), 3  # 35 values per plane: the ragged end of a vector too
     cur, t, grad_spike = torch.zeros(shape), torch.zeros(shape), torch.ones(shape)
     u = torch.zeros(shape)
     u[0, 1, 2] = 1e20  # tau = sigmoid(b2) = 0.5 below: u1 = 5e19, v^2 = inf
     ones, zeros = torch.ones(channels), torch.zeros(channels)
     surrogate = [*MultiGaussian().constants(), MultiGaussian().sigma]
-    try:
-        grads = native._tau_backward(cur, u, t, grad_spike, None, ones, zeros, zeros, ones, ones, zeros, zeros, ones,
-                                     True, 0.5, True, True, surrogate)
-    finally:
-        kernels.library.cache_clear()  # the next call loads the usual build
+    tau_weight = torch.zeros(channels, channels, 1, 1)
+    grads = torch.ops.spikeloc.ltc_cell_backward(grad_spike, None, cur, u, cur, t, tau_weight, ones, zeros, ones,
+                                                 zeros, zeros, ones, zeros, ones, True, 0.5, True, 0, True, surrogate)
     assert all(grad.isfinite().all() for grad in grads)
-    assert grads[0][0, 1, 2].abs().max() < 1e-30 and grads[0][0, 0].abs().min() > 1e-3
+    assert grads[1][0, 1, 2].abs().max() < 1e-30 and grads[1][0, 0].abs().min() > 1e-3
 
 
-def test_native_cell_compiles_without_graph_breaks(fresh_dynamo):
-    """Under torch.compile the kernels are opaque custom operators: one graph, the same numbers."""
+def test_kernel_cell_compiles_without_graph_breaks(fresh_dynamo):
+    """Under torch.compile the cell is an opaque operator with its fake tensors: one graph, the same numbers."""
     _, nat = cells()
     x, u, weights = inputs()
     compiled = copy.deepcopy(nat)
@@ -179,77 +184,48 @@ def test_native_cell_compiles_without_graph_breaks(fresh_dynamo):
     assert all(close(grads[name], ref_grads[name]) for name in grads)
 
 
-def test_native_kernels_unavailable_warn_and_fall_back(tmp_path, monkeypatch):
-    """Without a compiler: one warning naming the failure, and the cells run the usual modules."""
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path))
-    kernels.library.cache_clear()
+def test_kernels_unavailable_name_the_reason(monkeypatch):
+    """Without a compiler: ``cpu_kernels`` raises naming the backend and the reason; ``auto`` runs the fused step."""
+    import spikeloc.neurons.backend as backend
+    monkeypatch.setattr(kernels, "_LOADED", ["no C++ compiler: 'no-such-c++' is not on PATH (set CXX)"])
+    backend._resolve.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="native CPU kernels are unavailable.*no-such-compiler"):
-            assert kernels.library() is None
         ref, nat = cells()
         x, u, _ = inputs()
-        assert not native.applies(nat, nat.conv(x))
-        assert torch.equal(nat(x, {"u": u})[0], ref(x, {"u": u})[0])
+        with pytest.raises(BackendError, match="'cpu_kernels' cannot run here: no C\\+\\+ compiler"):
+            nat(x, {"u": u})
+        nat.neuron.backend = "auto"
+        spike, state = nat(x, {"u": u})
+        torch.testing.assert_close(state["u"], ref(x, {"u": u})[1]["u"], rtol=1e-6, atol=1e-6)
     finally:
-        kernels.library.cache_clear()  # the next call builds with the real environment
+        backend._resolve.cache_clear()
 
 
-def test_native_kernels_build_once_into_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path))
-    kernels.library.cache_clear()
-    try:
-        assert kernels.library() is not None
-        built = list((tmp_path / "kernels").iterdir())
-        assert len(built) == 1 and built[0].suffix == ".so"
-        stamp = built[0].stat().st_mtime_ns
-        kernels.library.cache_clear()
-        assert kernels.library() is not None and built[0].stat().st_mtime_ns == stamp
-    finally:
-        kernels.library.cache_clear()
-
-
-def test_native_cell_counts_firing_like_the_modules():
-    """Firing statistics hook the neuron and its tau convolution: a hooked cell runs the modules."""
-    from spikeloc.metrics.firing import FiringStats
-    ref, nat = cells()
-    x, u, _ = inputs()
-    counts = []
-    for cell in (ref, nat):
-        stats = FiringStats(cell)
-        cell(x, {"u": u})
-        counts.append((stats.spikes.clone(), stats.ops.clone()))
-        stats.remove()
-    assert counts[0][0].sum() > 0
-    assert all(torch.equal(a, b) for a, b in zip(*counts))
-
-
-def test_native_is_a_backbone_option_of_ltc_cells_only():
+def test_cpu_kernels_is_an_option_of_ltc_cells_only():
     import timm
 
     import spikeloc.models  # noqa: F401  (registers the backbones)
-    backbone = timm.create_model("spyv4_tiny", width=0.25, native=True)
-    assert sum(getattr(m, "native", False) for m in backbone.modules()) > 0
-    with pytest.raises(ValueError, match="neuron 'lif' has none"):
-        timm.create_model("spyv4_tiny", width=0.25, native=True, neuron="lif")
+    backbone = timm.create_model("spyv4_tiny", width=0.25, backend="cpu_kernels")
+    assert sum(getattr(m, "backend", None) == "cpu_kernels" for m in backbone.modules()) > 0
+    with pytest.raises(BackendError, match="LIF neurons have none"):
+        timm.create_model("spyv4_tiny", width=0.25, backend="cpu_kernels", neuron="lif")
+    with pytest.raises(BackendError, match="multi-Gaussian surrogate"):
+        SpikingConv2d(3, 4, backend="cpu_kernels", surrogate="atan")
 
 
-@pytest.mark.parametrize("cells, setting, expected", [(False, None, False), (True, None, True), (True, False, False)])
-def test_fptt_update_is_native_with_native_cells_unless_set(tmp_path, cells, setting, expected):
-    """FPTT's ``native`` follows the cells (``fptt.native: null``) unless set, and then also wins over
-    ``compile_step``'s compiled update (``fptt.compile: null``); native, every update after the first writes
-    the next penalty's gradient."""
+@pytest.mark.parametrize("cells, setting, expected", [("eager", "auto", "eager"), ("cpu_kernels", "auto", "cpu_kernels"),
+                                                      ("auto", "auto", "cpu_kernels"),
+                                                      ("cpu_kernels", "eager", "eager")])
+def test_fptt_update_follows_the_neurons_unless_set(tmp_path, cells, setting, expected):
+    """FPTT's ``backend: auto`` runs its operator where the neurons ask for the CPU kernels; with it every update
+    after the first hands the next penalty's gradient over."""
     from tests.training.tiny import QuadrantData, tiny_classifier, trainer
-    module = tiny_classifier(model_kwargs={"channels": [8, 16], "native": cells}, fptt={"native": setting})
+    module = tiny_classifier(model_kwargs={"channels": [8, 16], "backend": cells}, fptt={"backend": setting})
     trainer(tmp_path, max_steps=2).fit(module, QuadrantData(num_train=32))
-    assert module.fptt.native == expected
-    assert (module.fptt._next_penalty[1] is not None) == expected
-    module.compile_step = True
-    fptt = module._new_fptt()
-    assert (fptt.compile, fptt.native) == (not expected, expected)
+    assert module.fptt.backend == expected
 
 
-def test_native_cell_running_statistics_as_a_cumulative_average():
+def test_kernel_cell_running_statistics_as_a_cumulative_average():
     """``momentum=None`` (a cumulative average over batches): the same running statistics as the modules."""
     ref, nat = cells()
     for cell in (ref, nat):
@@ -261,44 +237,3 @@ def test_native_cell_running_statistics_as_a_cumulative_average():
     for (name, buffer), ref_buffer in zip(nat.named_buffers(), ref.buffers()):
         assert torch.allclose(buffer.float(), ref_buffer.float(), rtol=1e-5, atol=1e-6), name
     assert int(nat.bn.num_batches_tracked) == 3
-
-
-def _has_avx512() -> bool:
-    return " avx512f" in kernels._cpu_key()  # the CPU flags the build is keyed by
-
-
-def _use_portable_build(tmp_path, monkeypatch) -> None:
-    """Load the kernels built without AVX-512 (into ``tmp_path``) until ``kernels.library.cache_clear()``."""
-    monkeypatch.setenv("SPIKELOC_CACHE", str(tmp_path))
-    monkeypatch.setattr(kernels, "_FLAGS", kernels._FLAGS + ("-mno-avx512f",))
-    kernels.library.cache_clear()
-    assert kernels.library() is not None
-
-
-@pytest.mark.skipif(not _has_avx512(), reason="without AVX-512 the portable loops are what every test runs")
-@pytest.mark.parametrize("reset", ["hard", "soft"])
-def test_portable_loops_equal_the_avx512_ones(tmp_path, monkeypatch, reset):
-    """The kernels built without AVX-512 (GCC's vectorised loops, padded plane ends) against this CPU's
-    AVX-512 build (intrinsics, masked plane ends): the same spikes, values and gradients to float
-    rounding, with the membrane's gradient and without it (FPTT's cut)."""
-    _, nat = cells(reset)
-    x, u, weights = inputs()
-
-    def without_u():
-        leaf = x.clone().requires_grad_()
-        nat.zero_grad(set_to_none=True)
-        spike, state = nat(leaf, {"u": u})
-        ((spike * weights[0]).sum() + (state["u"] * weights[1]).sum()).backward()
-        return [leaf.grad] + [p.grad for p in nat.parameters()]
-
-    expected = run(nat, x, u, weights), without_u()
-    _use_portable_build(tmp_path, monkeypatch)
-    try:
-        actual = run(nat, x, u, weights), without_u()
-    finally:
-        kernels.library.cache_clear()  # the next call loads the usual build
-    (spike, u_next, grads), (ref_spike, ref_u, ref_grads) = actual[0], expected[0]
-    assert torch.equal(spike, ref_spike) and close(u_next, ref_u)
-    assert all(close(grads[name], ref_grads[name]) for name in grads)
-    assert all(close(a, b) for a, b in zip(actual[1], expected[1]))
-    assert not all(torch.equal(grads[name], ref_grads[name]) for name in grads)  # the other build did run
