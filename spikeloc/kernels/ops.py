@@ -1,12 +1,17 @@
-"""The ``torch.ops.spikeloc`` operators: schemas, fake tensors (shapes for ``torch.compile``) and autograd.
+"""The ``torch.ops.spikeloc`` operators: schemas and fake tensors (shapes for ``torch.compile``).
 
-Their CPU implementations (``ops.cpp``) are loaded by :func:`spikeloc.kernels.load`.
+Their CPU implementations (``ops.cpp``) are loaded by :func:`spikeloc.kernels.load`. The operators are
+primitives without autograd of their own: the LTC cell's is :func:`spikeloc.neurons.cpu_kernels.ltc_cell`'s
+``autograd.Function`` around ``ltc_cell`` and ``ltc_cell_backward`` (``torch.library.register_autograd``'s
+wrapper refills the schema's defaults in Python at every call, which cost as much as a small layer's
+kernels: benchmarks/RESULTS.md).
 
 * ``ltc_cell(cur, u, bn weight/bias, tau_weight, bn' weight/bias, bn means/variances, ...)``: the LTC
   conv cell from its convolution's output ``cur`` ``[B, C, H, W]`` and membrane ``u``; returns
   ``(spike, u_next, mean1, var1, mean2, var2, a, t, rstd1, rstd2)``: the spikes and membrane, both batch
   norms' statistics (the batch's where ``batch_stats``, else the given ones) and what the backward reads.
-  Differentiable in the current, the membrane and the five weights.
+* ``ltc_cell_backward(grad_spike?, grad_next?, ...)``: the gradients of the current, the membrane (empty
+  unless ``need_u``) and the five weights.
 * ``fptt_stage(weights, bar, lam, new_bar!, new_lam!, alpha, beta, update_alpha)``: FPTT's update of the
   flat state into ``new_bar`` and ``new_lam``; returns the next penalty's flat gradient and its value.
 * ``fptt_penalty(weights, bar, lam, alpha)``: the penalty's flat gradient and value of the current state, with
@@ -31,9 +36,6 @@ _LIB.define("fptt_stage(Tensor[] weights, Tensor bar, Tensor lam, Tensor(a!) new
             "float alpha, float beta, float update_alpha) -> (Tensor, Tensor)")
 _LIB.define("fptt_penalty(Tensor[] weights, Tensor bar, Tensor lam, float alpha) -> (Tensor, Tensor)")
 _LIB.define("nhwc_to_nchw(Tensor x) -> Tensor")
-
-_CELL_TENSORS = 11  # the tensor inputs of ltc_cell, cur to var2
-
 
 @torch.library.register_fake("spikeloc::ltc_cell", lib=_LIB)
 def _(cur, u, w1, b1, tau_weight, w2, b2, mean1, var1, mean2, var2, batch_stats, eps1, eps2, threshold, hard,
@@ -65,26 +67,3 @@ def _(x):
     return x.new_empty(x.shape)
 
 
-def _cell_setup(ctx, inputs: tuple, output: tuple) -> None:
-    cur, u, w1, b1, tau_weight, w2, b2 = inputs[:7]
-    batch_stats, _, _, threshold, hard, padding, surrogate = inputs[_CELL_TENSORS:]
-    _, _, mean1, _, mean2, _, a, t, rstd1, rstd2 = output
-    ctx.save_for_backward(cur, u, a, t, tau_weight, w1, b1, w2, b2, mean1, rstd1, mean2, rstd2)
-    ctx.settings = (batch_stats, threshold, hard, padding, surrogate)
-    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: the kernels skip it
-    ctx.mark_non_differentiable(*output[2:])
-
-
-def _cell_backward(ctx, grad_spike: Tensor | None, grad_next: Tensor | None, *_: Tensor | None) -> tuple:
-    no_grads = (None,) * (len(ctx.needs_input_grad))
-    if grad_spike is None and grad_next is None:
-        return no_grads
-    batch_stats, threshold, hard, padding, surrogate = ctx.settings
-    need_u = ctx.needs_input_grad[1]  # not where u was cut from the graph (FPTT between updates)
-    grads = torch.ops.spikeloc.ltc_cell_backward(grad_spike, grad_next, *ctx.saved_tensors, batch_stats, threshold,
-                                                 hard, padding, need_u, surrogate)
-    grad_cur, grad_u, *weights = grads
-    return (grad_cur, grad_u if need_u else None, *weights) + no_grads[7:]
-
-
-torch.library.register_autograd("spikeloc::ltc_cell", _cell_backward, setup_context=_cell_setup, lib=_LIB)
