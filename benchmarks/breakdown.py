@@ -66,7 +66,8 @@ def scoped(name: str, fn: Callable) -> Callable:
 
 def install_scopes(module: Any, trainer: Any) -> None:
     """Wrap the neurons, model, loss, FPTT, guard and optimizer step of a fitted ``OnlineModule`` in scopes."""
-    from spikeloc.neurons.modules import NEURONS, LTCDense
+    from spikeloc.neurons.layers import LTCDense
+    from spikeloc.neurons.modules import NEURONS
     kinds = tuple(NEURONS.values()) + (LTCDense,)
     for sub in module.modules():
         if isinstance(sub, kinds):

@@ -250,7 +250,7 @@ def test_the_floor_sees_every_spiking_ltc_cell_of_the_detector_and_changes_nothi
     import torch
     import common
     from floor import detector_floor, ltc_cell_sizes, stream_seconds
-    from spikeloc.neurons.modules import LTCNeuron, SpikingConv2d, set_twin
+    from spikeloc.neurons import LTCNeuron, SpikingConv2d, set_twin
     module = common.make_detector("fptt", 2, 64, 0.125)
     model = module.model
     cells = [m for m in model.modules() if isinstance(m, SpikingConv2d) and isinstance(m.neuron, LTCNeuron)]

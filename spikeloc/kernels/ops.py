@@ -21,7 +21,6 @@ kernels: benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 _LIB = torch.library.Library("spikeloc", "DEF")
 _LIB.define("ltc_cell(Tensor cur, Tensor u, Tensor w1, Tensor b1, Tensor tau_weight, Tensor w2, Tensor b2, "

@@ -5,7 +5,7 @@ tensors than on NCHW ones (forward and weight gradient are as fast either way; b
 :func:`conv2d` computes that gradient channels-last and hands it back as NCHW through the operator
 ``spikeloc::nhwc_to_nchw`` (torch's own copy in that direction took most of the gain back). Values equal
 ``F.conv2d``'s, the input gradient to float rounding (oneDNN sums in another order). The ``cpu_kernels``
-backend's cells use it (:class:`~spikeloc.neurons.modules.SpikingConv2d`).
+backend's cells use it (:class:`~spikeloc.neurons.layers.SpikingConv2d`).
 """
 from __future__ import annotations
 

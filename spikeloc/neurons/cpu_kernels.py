@@ -1,6 +1,6 @@
 """The LTC-SN conv cell as one CPU operator (``torch.ops.spikeloc.ltc_cell``; README "Speed and many GPUs").
 
-:func:`ltc_cell` computes what ``neuron(bn(current))`` of an LTC :class:`~spikeloc.neurons.modules.SpikingConv2d`
+:func:`ltc_cell` computes what ``neuron(bn(current))`` of an LTC :class:`~spikeloc.neurons.layers.SpikingConv2d`
 computes from its convolution's output ``current`` (BN, ``tau = sigmoid(BN'(tau_conv(i + u)))``, the LTC
 update, spike and reset) as one autograd node over two operators (forward, backward): hand-written kernels (``spikeloc/kernels/ltc_cell.cpp``) around the tau convolution
 that each walk the tensors one channel at a time, so BN's statistics and the pass that uses them share the

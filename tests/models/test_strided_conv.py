@@ -5,7 +5,7 @@ from torch import nn
 
 from spikeloc import kernels
 from spikeloc.kernels import strided_conv
-from spikeloc.neurons.modules import SpikingConv2d
+from spikeloc.neurons.layers import SpikingConv2d
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
 

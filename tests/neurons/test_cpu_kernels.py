@@ -13,7 +13,7 @@ import torch
 
 from spikeloc import kernels
 from spikeloc.neurons.backend import BackendError
-from spikeloc.neurons.modules import SpikingConv2d
+from spikeloc.neurons.layers import SpikingConv2d
 from spikeloc.neurons.surrogate import MultiGaussian
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")

@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from spikeloc import kernels
 from spikeloc.neurons import detach_state
 from spikeloc.training import FPTTConfig, SpikingDetector
 from spikeloc.training.loop import step_weights
 
 
-def _detector(compile_step):
+def _detector(compile_step, backend="eager"):
     torch.manual_seed(0)
-    return SpikingDetector(backbone="spyv4_tiny", backbone_kwargs={"width": 0.125}, num_classes=3,
+    return SpikingDetector(backbone="spyv4_tiny", backbone_kwargs={"width": 0.125, "backend": backend}, num_classes=3,
                            class_names=["a", "b", "c"], image_size=64, num_steps=2, algorithm="fptt",
                            fptt=FPTTConfig(parts=None, consolidate=False), compile_step=compile_step)
 
@@ -86,6 +87,17 @@ def test_compile_step_matches_eager_and_compiles_few_graphs(fresh_dynamo):
     assert counters["stats"]["unique_graphs"] == 4
     compiled.run_sequence(batch)
     assert counters["stats"]["unique_graphs"] == 4
+
+
+@pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
+def test_compile_step_calls_the_cpu_kernels_as_they_are(fresh_dynamo):
+    """The cpu_kernels cells (their operators and the strided convolution's channels-last gradient) inside
+    the compiled step: the eager step's numbers to float rounding, two graphs, no fallback."""
+    eager, compiled = _detector(False, "cpu_kernels"), _detector({"backend": "aot_eager"}, "cpu_kernels")
+    compiled.load_state_dict(eager.state_dict())
+    batch = _batch()
+    _assert_close(_fptt_batch(eager, batch), _fptt_batch(compiled, batch), 1e-6)
+    assert compiled._compiled_call is not None and counters["stats"]["unique_graphs"] == 2
 
 
 def test_the_compiled_step_returns_the_state_the_loop_cuts_detached(fresh_dynamo):
