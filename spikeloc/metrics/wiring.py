@@ -2,8 +2,8 @@
 rates and SynOps from the state a step returns.
 
 :func:`probe` runs two eager steps of the model on one sample (no gradients, evaluation mode, the
-random-number state restored after, every neuron on its ``eager`` backend; the model is left as it was)
-with forward hooks that, for this probe only, replace each spiking layer's spikes by codes: ``BASE``
+random-number state restored after, every neuron on its ``eager`` backend, float32 without autocast; the
+model is left as it was) with forward hooks that, for this probe only, replace each spiking layer's spikes by codes: ``BASE``
 everywhere, and ``2 BASE + k`` at the first element of channel ``k`` (numbered over all layers). Pooling,
 slicing, joining and nearest upsampling carry the codes to the convolutions and linear layers, so each
 operation's input shows which channels' spikes reach it and how many input elements one spike becomes;
@@ -14,6 +14,7 @@ kept (recurrent inputs come from the state). The layers' spikes are then found i
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, fields
 from typing import Any, Iterator
 
@@ -124,7 +125,8 @@ def _probing(model: nn.Module, device: torch.device) -> Iterator[None]:
     for module, _ in backends:
         module.backend = "eager"
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.autocast(device.type, enabled=False):  # the codes must stay exact: float32
             yield
     finally:
         for module, training in modes:
@@ -150,6 +152,8 @@ def _paths(state: Any, codes: dict[int, int], prefix: tuple = ()) -> Iterator[tu
 def probe(model: nn.Module, x: Tensor, spiking_types: tuple[type[nn.Module], ...] = SPIKING_TYPES) -> Wiring:
     """The wiring of ``model`` (one time step per call: ``model(x, state) -> (output, state)``) for inputs
     shaped like ``x`` ``[1, ...]``."""
+    if any(p.is_floating_point() and p.dtype not in (torch.float32, torch.float64) for p in model.parameters()):
+        model, x = copy.deepcopy(model).float(), x.float()  # codes are exact integers in float32 only
     spiking = [m for m in model.modules() if isinstance(m, spiking_types)]
     ops = [m for m in model.modules() if isinstance(m, OP_TYPES) and not isinstance(m, spiking_types)]
     recorder = _Recorder(spiking, ops)

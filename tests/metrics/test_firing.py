@@ -164,3 +164,16 @@ def test_the_probe_leaves_the_model_as_it_was():
     assert model.training and all(m.backend == "fused" for m in model.modules() if hasattr(m, "backend"))
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
+
+
+def test_the_wiring_under_bf16_autocast_matches_float32():
+    """Evaluation under bf16-mixed: the probe runs in float32 (its codes are exact there), so the fan-outs are
+    those of a float32 run."""
+    torch.manual_seed(0)
+    model = timm.create_model("ltc_convnet", channels=(4, 8), num_classes=2)
+    x = torch.rand(2, 1, 16, 16)
+    plain = FiringStats(model).wiring(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = FiringStats(model).wiring(x)
+    assert plain.fan_out.abs().sum() > 0 and torch.equal(mixed.fan_out, plain.fan_out)
+    assert torch.equal(mixed.macs, plain.macs) and mixed.paths == plain.paths
