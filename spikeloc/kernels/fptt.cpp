@@ -6,7 +6,8 @@
  * and on the way the next penalty's gradient alpha (W - W_bar') - lam' and its value, the sum of
  * alpha / 2 (W - W_bar')^2 - W lam' (double accumulators; a float overflow shows as inf once it is
  * stored as float). The state is flat: tensor k's elements follow tensor k - 1's, each in its W's
- * memory order, and so is the gradient. Large tensors are split over the threads.
+ * memory order; the gradient goes to one tensor per W, laid out like it. Large tensors are split over the
+ * threads.
  *
  * The three outputs are read again only at the next update, long after they leave the cache, so with
  * AVX-512 they are stored non-temporally: straight to memory, without first reading the lines they
@@ -87,13 +88,13 @@ static double stage_vectors(const float *w, const float *b, const float *l, floa
 
 template <bool UPDATE>
 static void run(const float *const *weights, const i64 *numels, i64 count, const float *bar, const float *lam,
-                float alpha, float beta, float update_alpha, float *new_bar, float *new_lam, float *grad,
+                float alpha, float beta, float update_alpha, float *new_bar, float *new_lam, float *const *grads,
                 double *value, int threads) {
     fptt_t f = {alpha, beta, update_alpha, 1.0f - beta, beta / update_alpha};
     double total = 0;
     for (i64 k = 0, offset = 0; k < count; offset += numels[k], ++k) {
         const float *w = weights[k], *b = bar + offset, *l = lam + offset;
-        float *nb = new_bar + offset, *nl = new_lam + offset, *g = grad + offset;
+        float *nb = new_bar + offset, *nl = new_lam + offset, *g = grads[k];
         i64 n = numels[k], done = 0;
 #ifdef __AVX512F__
         i64 head = (i64)((64 - ((uintptr_t)nl & 63)) & 63) / (i64)sizeof(float);
@@ -110,16 +111,16 @@ static void run(const float *const *weights, const i64 *numels, i64 count, const
 }
 
 void fptt_stage(const float *const *weights, const i64 *numels, i64 count, const float *bar, const float *lam,
-                float alpha, float beta, float update_alpha, float *new_bar, float *new_lam, float *grad,
+                float alpha, float beta, float update_alpha, float *new_bar, float *new_lam, float *const *grads,
                 double *value, int threads) {
-    run<true>(weights, numels, count, bar, lam, alpha, beta, update_alpha, new_bar, new_lam, grad, value, threads);
+    run<true>(weights, numels, count, bar, lam, alpha, beta, update_alpha, new_bar, new_lam, grads, value, threads);
 }
 
 /* The penalty's value and gradient of the current state, element by element as fptt_stage computes them for
  * its new state (the same code on the same elements: the same roundings). */
 void fptt_penalty(const float *const *weights, const i64 *numels, i64 count, const float *bar, const float *lam,
-                  float alpha, float *grad, double *value, int threads) {
+                  float alpha, float *const *grads, double *value, int threads) {
     /* lam as the layout's reference: its offsets equal new_lam's in fptt_stage (both buffers 64-byte aligned) */
     run<false>(weights, numels, count, bar, lam, alpha, 0.0f, 1.0f, const_cast<float *>(bar), const_cast<float *>(lam),
-               grad, value, threads);
+               grads, value, threads);
 }

@@ -26,12 +26,12 @@ void ltc_input_backward(const float *cur, const float *t, const float *grad_u1, 
                         const float *mean2, const float *rstd2, i64 N, i64 C, i64 HW, int batch_stats,
                         float *grad_u, float *grad_c, float *grad_w1, float *grad_b1, int threads);
 
-/* fptt.cpp: FPTT's staged update over flat state; the weights one pointer per tensor. */
+/* fptt.cpp: FPTT's staged update over flat state; the weights and their gradients one pointer per tensor. */
 void fptt_stage(const float *const *weights, const i64 *numels, i64 count, const float *bar, const float *lam,
-                float alpha, float beta, float update_alpha, float *new_bar, float *new_lam, float *grad,
+                float alpha, float beta, float update_alpha, float *new_bar, float *new_lam, float *const *grads,
                 double *value, int threads);
 void fptt_penalty(const float *const *weights, const i64 *numels, i64 count, const float *bar, const float *lam,
-                  float alpha, float *grad, double *value, int threads);
+                  float alpha, float *const *grads, double *value, int threads);
 
 /* layout.cpp: float32 [N, HW, C] -> [N, C, HW]. */
 void nhwc_to_nchw(const float *src, float *dst, i64 N, i64 C, i64 HW, int threads);

@@ -92,10 +92,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ltc_cell_back
     return {grad_u1, grad_u, grad_w1, grad_b1, grad_tau_weight, grad_w2, grad_b2};
 }
 
-/* The weights' data pointers and sizes (each dense, float32 on the CPU), checking the flat state against them. */
+/* The weights' data pointers and sizes (each dense, float32 on the CPU), checking the flat state against them,
+ * and one gradient per weight, laid out like it (fresh tensors: autograd may keep them as .grad). */
 struct Weights {
     std::vector<const float *> pointers;
     std::vector<int64_t> numels;
+    std::vector<Tensor> grads;
+    std::vector<float *> grad_pointers;
 
     Weights(at::TensorList weights, std::initializer_list<const Tensor *> state) {
         int64_t total = 0;
@@ -104,6 +107,8 @@ struct Weights {
             TORCH_CHECK(w.is_non_overlapping_and_dense(), "fptt: every weight must be dense in memory");
             pointers.push_back(ptr(w));
             numels.push_back(w.numel());
+            grads.push_back(at::empty_like(w));
+            grad_pointers.push_back(mut(grads.back()));
             total += w.numel();
         }
         for (const Tensor *t : state) {
@@ -115,28 +120,26 @@ struct Weights {
 };
 
 /* new_bar and new_lam (written in place) from the weights and the flat state; returns the next penalty's
- * gradient (flat, in the state's layout) and value (float64). */
-std::tuple<Tensor, Tensor> fptt_stage_op(at::TensorList weights, const Tensor &bar, const Tensor &lam,
-                                          Tensor &new_bar, Tensor &new_lam, double alpha, double beta,
-                                          double update_alpha) {
+ * gradient (one tensor per weight) and value (float64). */
+std::tuple<std::vector<Tensor>, Tensor> fptt_stage_op(at::TensorList weights, const Tensor &bar, const Tensor &lam,
+                                                       Tensor &new_bar, Tensor &new_lam, double alpha, double beta,
+                                                       double update_alpha) {
     Weights w(weights, {&bar, &lam, &new_bar, &new_lam});
-    Tensor grad = at::empty(bar.sizes(), bar.options());
     Tensor value = at::empty({}, bar.options().dtype(at::kDouble));
     fptt_stage(w.pointers.data(), w.numels.data(), (int64_t)w.pointers.size(), ptr(bar), ptr(lam), (float)alpha,
-               (float)beta, (float)update_alpha, mut(new_bar), mut(new_lam), mut(grad), value.data_ptr<double>(),
-               at::get_num_threads());
-    return {grad, value};
+               (float)beta, (float)update_alpha, mut(new_bar), mut(new_lam), w.grad_pointers.data(),
+               value.data_ptr<double>(), at::get_num_threads());
+    return {w.grads, value};
 }
 
 /* The penalty's gradient and value of the current state, with fptt_stage's roundings. */
-std::tuple<Tensor, Tensor> fptt_penalty_op(at::TensorList weights, const Tensor &bar, const Tensor &lam,
-                                            double alpha) {
+std::tuple<std::vector<Tensor>, Tensor> fptt_penalty_op(at::TensorList weights, const Tensor &bar,
+                                                         const Tensor &lam, double alpha) {
     Weights w(weights, {&bar, &lam});
-    Tensor grad = at::empty(bar.sizes(), bar.options());
     Tensor value = at::empty({}, bar.options().dtype(at::kDouble));
     fptt_penalty(w.pointers.data(), w.numels.data(), (int64_t)w.pointers.size(), ptr(bar), ptr(lam), (float)alpha,
-                 mut(grad), value.data_ptr<double>(), at::get_num_threads());
-    return {grad, value};
+                 w.grad_pointers.data(), value.data_ptr<double>(), at::get_num_threads());
+    return {w.grads, value};
 }
 
 /* A channels-last [N, C, H, W] tensor as a contiguous one. */

@@ -13,8 +13,9 @@ kernels: benchmarks/RESULTS.md).
 * ``ltc_cell_backward(grad_spike?, grad_next?, ...)``: the gradients of the current, the membrane (empty
   unless ``need_u``) and the five weights.
 * ``fptt_stage(weights, bar, lam, new_bar!, new_lam!, alpha, beta, update_alpha)``: FPTT's update of the
-  flat state into ``new_bar`` and ``new_lam``; returns the next penalty's flat gradient and its value.
-* ``fptt_penalty(weights, bar, lam, alpha)``: the penalty's flat gradient and value of the current state, with
+  flat state into ``new_bar`` and ``new_lam``; returns the next penalty's gradient (one tensor per weight) and
+  its value.
+* ``fptt_penalty(weights, bar, lam, alpha)``: the penalty's gradients and value of the current state, with
   ``fptt_stage``'s roundings.
 * ``nhwc_to_nchw(x)``: a channels-last ``[N, C, H, W]`` tensor as a contiguous one.
 """
@@ -32,8 +33,8 @@ _LIB.define("ltc_cell_backward(Tensor? grad_spike, Tensor? grad_next, Tensor cur
             "Tensor mean2, Tensor rstd2, bool batch_stats, float threshold, bool hard, int padding, bool need_u, "
             "float[] surrogate) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 _LIB.define("fptt_stage(Tensor[] weights, Tensor bar, Tensor lam, Tensor(a!) new_bar, Tensor(b!) new_lam, "
-            "float alpha, float beta, float update_alpha) -> (Tensor, Tensor)")
-_LIB.define("fptt_penalty(Tensor[] weights, Tensor bar, Tensor lam, float alpha) -> (Tensor, Tensor)")
+            "float alpha, float beta, float update_alpha) -> (Tensor[], Tensor)")
+_LIB.define("fptt_penalty(Tensor[] weights, Tensor bar, Tensor lam, float alpha) -> (Tensor[], Tensor)")
 _LIB.define("nhwc_to_nchw(Tensor x) -> Tensor")
 
 @torch.library.register_fake("spikeloc::ltc_cell", lib=_LIB)
@@ -53,12 +54,12 @@ def _(grad_spike, grad_next, cur, u, a, t, tau_weight, w1, b1, w2, b2, mean1, rs
 
 @torch.library.register_fake("spikeloc::fptt_stage", lib=_LIB)
 def _(weights, bar, lam, new_bar, new_lam, alpha, beta, update_alpha):
-    return torch.empty_like(bar), bar.new_empty((), dtype=torch.float64)
+    return [torch.empty_like(w) for w in weights], bar.new_empty((), dtype=torch.float64)
 
 
 @torch.library.register_fake("spikeloc::fptt_penalty", lib=_LIB)
 def _(weights, bar, lam, alpha):
-    return torch.empty_like(bar), bar.new_empty((), dtype=torch.float64)
+    return [torch.empty_like(w) for w in weights], bar.new_empty((), dtype=torch.float64)
 
 
 @torch.library.register_fake("spikeloc::nhwc_to_nchw", lib=_LIB)

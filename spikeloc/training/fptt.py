@@ -33,7 +33,7 @@ from torch import Tensor
 from spikeloc.neurons.backend import BackendError
 
 FPTTBackend = Literal["eager", "cpu_kernels"]
-Penalty = tuple[Tensor, Tensor]  # (value, flat gradient)
+Penalty = tuple[Tensor, list[Tensor]]  # (value, its gradient per parameter)
 
 
 def _dense(t: Tensor) -> bool:
@@ -63,22 +63,25 @@ def _views(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
 
 
 def advance(w: Tensor, bar: Tensor, lam: Tensor, new_bar: Tensor, new_lam: Tensor, alpha: float, beta: float,
-            update_alpha: float) -> Penalty:
-    """The update on flat tensors ``[N]``: ``new_lam``, ``new_bar`` (may be ``lam``, ``bar``: in place) from the
-    weights ``w``, and the next penalty ``(R(W), alpha (W - W_bar') - lam')`` (the gradient a new tensor)."""
-    difference = torch.sub(w, bar)
+            update_alpha: float) -> None:
+    """The update on flat tensors ``[N]``: ``new_lam`` and ``new_bar`` (``lam`` and ``bar`` themselves: in place)
+    from the weights ``w`` and the state."""
+    difference = torch.sub(w, bar) if new_lam is lam else torch.sub(w, bar, out=new_lam)
     torch.add(lam, difference, alpha=-update_alpha, out=new_lam)
     torch.mul(bar, 1.0 - beta, out=new_bar)
     new_bar.add_(w, alpha=beta)
     new_bar.add_(new_lam, alpha=-beta / update_alpha)
-    return penalty_terms(w, new_bar, new_lam, alpha, torch.sub(w, new_bar, out=difference))
 
 
-def penalty_terms(w: Tensor, bar: Tensor, lam: Tensor, alpha: float, difference: Tensor | None = None) -> Penalty:
-    """``(R(W), alpha (W - W_bar) - lam)`` on flat tensors; ``difference``: ``W - W_bar`` if computed (reused)."""
-    difference = torch.sub(w, bar) if difference is None else difference
-    value = 0.5 * alpha * torch.linalg.vector_norm(difference).square() - torch.dot(w, lam)
-    return value, difference.mul_(alpha).sub_(lam)
+def penalty_terms(weights: list[Tensor], w: Tensor, bars: list[Tensor], lam: Tensor, lams: list[Tensor],
+                  alpha: float) -> Penalty:
+    """``(R(W), [alpha (W - W_bar) - lam per weight])`` from the weights (and ``w``, them laid end to end) and
+    the state (``lam`` flat; ``bars``, ``lams`` per weight)."""
+    grads = torch._foreach_sub(weights, bars)
+    value = 0.5 * alpha * torch.stack(torch._foreach_norm(grads)).square().sum() - torch.dot(w, lam)
+    torch._foreach_mul_(grads, alpha)
+    torch._foreach_sub_(grads, lams)
+    return value, grads
 
 
 class _Penalty(torch.autograd.Function):
@@ -87,16 +90,15 @@ class _Penalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fptt: "FPTT", *params: Tensor) -> Tensor:
         ctx.save_for_backward(*params)  # saved_tensors in backward checks W was not changed in place
-        value, ctx.gradient = fptt.next_penalty()
-        ctx.params, ctx.staging = [p.detach() for p in params], fptt._staging()
+        value, ctx.grads = fptt.next_penalty()
+        ctx.staging = fptt._staging()
         return value.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
-        _, gradient, ctx.gradient = ctx.saved_tensors, ctx.gradient, None
+        _, grads, ctx.grads = ctx.saved_tensors, ctx.grads, None
         if not ctx.staging or float(grad) != 1.0:  # staged on the CPU: reading the scalar stalls nothing
-            gradient = gradient * grad
-        grads = _views(gradient, ctx.params)
+            grads = torch._foreach_mul(grads, grad)
         return (None, *(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:])))
 
 
@@ -163,27 +165,34 @@ class FPTT:
             self._weights = self._state[0].new_empty(self._state[0].shape)
         return torch.cat([_memory_flat(p.detach()) for p in self.params], out=self._weights)
 
-    def _advance(self, new_bar: Tensor, new_lam: Tensor) -> Penalty:
+    def _advance(self, new_bar: Tensor, new_lam: Tensor, penalty: bool = True) -> Penalty | None:
+        """The update into ``new_bar`` and ``new_lam``, and with ``penalty`` the next penalty."""
         bar, lam = self._state[:2]
         if self.backend == "cpu_kernels":
-            gradient, value = torch.ops.spikeloc.fptt_stage([p.detach() for p in self.params], bar, lam, new_bar,
-                                                            new_lam, self.alpha, self.beta, self.update_alpha)
-            return value.float(), gradient
-        return advance(self._flat_weights(), bar, lam, new_bar, new_lam, self.alpha, self.beta, self.update_alpha)
+            grads, value = torch.ops.spikeloc.fptt_stage([p.detach() for p in self.params], bar, lam, new_bar,
+                                                         new_lam, self.alpha, self.beta, self.update_alpha)
+            return value.float(), grads
+        w = self._flat_weights()
+        advance(w, bar, lam, new_bar, new_lam, self.alpha, self.beta, self.update_alpha)
+        if not penalty:
+            return None
+        views = self._spare if new_bar is self._spare[0] else self._state
+        return penalty_terms([p.detach() for p in self.params], w, views[2], new_lam, views[3], self.alpha)
 
     @torch.no_grad()
     def next_penalty(self) -> Penalty:
-        """``(R(W), its flat gradient)`` for the current weights: the accepted update's (once), else computed."""
+        """``(R(W), its gradient per parameter)`` for the current weights: the accepted update's, handed over
+        once (nothing but FPTT may change the weights or the state in between), else computed."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             return ahead
         if not self.params:
-            return torch.zeros(()), torch.zeros(0)
+            return torch.zeros(()), []
+        weights, (bar, lam, bars, lams) = [p.detach() for p in self.params], self._state
         if self.backend == "cpu_kernels":  # the operator's roundings, as its updates hand over
-            gradient, value = torch.ops.spikeloc.fptt_penalty([p.detach() for p in self.params], *self._state[:2],
-                                                              self.alpha)
-            return value.float(), gradient
-        return penalty_terms(self._flat_weights(), *self._state[:2], self.alpha)
+            grads, value = torch.ops.spikeloc.fptt_penalty(weights, bar, lam, self.alpha)
+            return value.float(), grads
+        return penalty_terms(weights, self._flat_weights(), bars, lam, lams, self.alpha)
 
     def penalty(self) -> Tensor:
         """``R(W)`` as a scalar tensor to add to the step loss (differentiable in ``W``)."""
@@ -211,7 +220,7 @@ class FPTT:
         if not self.params:
             return None
         if not self._staging():
-            self._advance(*self._state[:2])
+            self._advance(*self._state[:2], penalty=False)
             return None
         if self._spare is None:
             self._spare = self._new_state(self._state[0])
