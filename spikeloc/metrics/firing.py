@@ -99,13 +99,13 @@ class FiringStats(Metric):
             per_channel = [wiring.channel_counts(state_out, index) for index in range(len(wiring.layers))]
             counts = torch.cat(per_channel).to(self.ops.dtype) if per_channel else self.ops.new_zeros(0)
             layer_totals = torch.stack([c.sum() for c in per_channel]) if per_channel else counts
-            if wiring.layers:
-                self.spikes[wiring.layers] += layer_totals.to(self.spikes.dtype)
-                self.neurons[wiring.layers] += wiring.neurons * batch
+            if wiring.layers:  # index tensors on the device: no copy from the host per step
+                self.spikes.index_add_(0, wiring.layer_index, layer_totals.to(self.spikes.dtype))
+                self.neurons.index_add_(0, wiring.layer_index, wiring.neurons * batch)
             if wiring.ops:
                 synops = wiring.fan_out @ counts if counts.numel() else torch.zeros_like(wiring.analog_macs)
-                self.ops[wiring.ops] += torch.stack([synops, wiring.analog_macs * batch], dim=1)
-                self.dense_macs[wiring.ops] += wiring.macs * batch
+                self.ops.index_add_(0, wiring.op_index, torch.stack([synops, wiring.analog_macs * batch], dim=1))
+                self.dense_macs.index_add_(0, wiring.op_index, wiring.macs * batch)
 
     # ---- summary (one host sync) --------------------------------------------------------------
     def compute(self, time_steps: int | None = 1) -> dict[str, Any]:

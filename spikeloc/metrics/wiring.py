@@ -52,11 +52,15 @@ class Wiring:
     fan_out: Tensor
     analog_macs: Tensor
     macs: Tensor
+    layer_index: Tensor | None = None  # ``layers`` and ``ops`` as index tensors on the statistics' device
+    op_index: Tensor | None = None
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "Wiring":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in ("neurons", "fan_out", "analog_macs", "macs"):
             moved[name] = moved[name].to(device, dtype)
+        moved["layer_index"] = torch.tensor(self.layers, dtype=torch.long, device=device)
+        moved["op_index"] = torch.tensor(self.ops, dtype=torch.long, device=device)
         return Wiring(**moved)
 
     def channel_counts(self, state: Any, index: int) -> Tensor:
