@@ -21,7 +21,10 @@ from .surrogate import Surrogate, get_surrogate
 class SpikingConv2d(nn.Module):
     """The LTC-SN conv cell: ``i = BN(conv(x))`` then a spiking neuron.
 
-    ``x`` ``[B, C_in, H, W]`` -> spikes ``[B, C_out, H / stride, W / stride]``.
+    ``x`` ``[B, C_in, H, W]`` -> spikes ``[B, C_out, H / stride, W / stride]``; the neuron's state. Where an LTC
+    neuron's backend resolves to ``cpu_kernels``, BN and the neuron run as one CPU operator
+    (:mod:`.cpu_kernels`) and a strided convolution computes its input gradient channels-last
+    (:mod:`spikeloc.kernels.strided_conv`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
