@@ -13,7 +13,7 @@ CPU time then goes to:
    ``aten::convolution_backward``, ``ConvolutionBackward0``, ``aten::native_batch_norm_backward`` ...),
    not the engine's wrapper around the node, where gradients that meet at one tensor are added
    (FPTT's penalty gradient and a weight's own, for one: rule 2 places those);
-   ``neuron`` when it is a kernel of the native LTC cell (``spikeloc::ltc_...``: batch norm and neuron
+   ``neuron`` when it is an operator of the ``cpu_kernels`` LTC cell (``spikeloc::ltc_...``: batch norm and neuron
    maths together);
 2. else the innermost scope around it; a backward node (``evaluate_function: XBackward0``) goes
    to the scope of the forward op that created it: the last op to start with its autograd sequence
@@ -42,7 +42,7 @@ def by_name(name: str) -> str | None:
     lower = name.lower()
     if "cpp_fused" in lower:  # before the others: its name lists the ops fused into it, convolutions' too
         return "compiled"
-    if name.startswith("spikeloc::ltc_"):  # the native cell's kernels
+    if name.startswith("spikeloc::ltc_"):  # the cpu_kernels cell's operators
         return "neuron"
     if _CONV.search(lower):
         return "conv"
@@ -66,7 +66,8 @@ def scoped(name: str, fn: Callable) -> Callable:
 
 def install_scopes(module: Any, trainer: Any) -> None:
     """Wrap the neurons, model, loss, FPTT, guard and optimizer step of a fitted ``OnlineModule`` in scopes."""
-    from spikeloc.neurons.modules import NEURONS, LTCDense
+    from spikeloc.neurons.layers import LTCDense
+    from spikeloc.neurons.modules import NEURONS
     kinds = tuple(NEURONS.values()) + (LTCDense,)
     for sub in module.modules():
         if isinstance(sub, kinds):

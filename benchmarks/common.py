@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # glibc: few arenas, and a fixed mmap threshold (no dynamic growth), so big freed tensors go
 # straight back to the kernel and RSS follows live memory instead of allocator history.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-OPTIONS = ("default", "fused", "compile", "native", "compile_step", "inductor_layout", "channels_last", "bf16",
-           "fused_adam", "device_guard", "eager_fptt")
+BACKENDS = ("fused", "compiled", "cpu_kernels")  # neuron backends; the default is the eager reference
+OPTIONS = ("default", *BACKENDS, "compile_step", "inductor_layout", "channels_last", "bf16", "fused_adam",
+           "device_guard", "eager_fptt")
 
 
 def _status_kib(field: str) -> int:
@@ -156,12 +157,12 @@ def make_trainer(device: str, batches: int, callbacks: list[Any], precision: str
 
 
 # ---- speed options -------------------------------------------------------------------------
-def fuse_cells(model: Any, compile: bool = False) -> int:
-    """Switch every spiking neuron of ``model`` to the fused step (its ``fused`` / ``compile`` options,
-    as ``neuron_kwargs: {fused: true}`` would); returns how many were switched."""
-    neurons = [m for m in model.modules() if hasattr(m, "fused")]
+def set_backend(model: Any, backend: str) -> int:
+    """Run every spiking neuron of ``model`` with ``backend`` (as ``neuron_kwargs: {backend: ...}`` would);
+    returns how many were switched."""
+    neurons = [m for m in model.modules() if isinstance(getattr(m, "backend", None), str)]
     for neuron in neurons:
-        neuron.fused, neuron.compile = True, compile
+        neuron.backend = backend
     return len(neurons)
 
 
@@ -182,18 +183,15 @@ def apply_option(module: Any, option: str) -> str:
     from spikeloc.training.guard import NonFiniteGuard
     parts = option_parts(option)
     NonFiniteGuard.read_cpu_flag = "device_guard" not in parts  # the restore path a GPU takes, on any device
-    if "fused" in parts or "compile" in parts:
-        fuse_cells(module, compile="compile" in parts)
-    if "native" in parts:  # LTC conv cells as hand-written CPU kernels (neuron_kwargs: {native: true})
-        for neuron in module.modules():
-            if hasattr(neuron, "native"):
-                neuron.native = True
+    for backend in BACKENDS:  # cpu_kernels: the LTC conv cells as CPU operators, the other neurons fused
+        if backend in parts:
+            set_backend(module, backend)
     if "compile_step" in parts:  # the whole model step through torch.compile (OnlineModule.call_step)
         module.compile_step = True
     if "inductor_layout" in parts:  # the same, with inductor free to turn convolutions channels-last
         module.compile_step = {"options": {"layout_optimization": True}}
-    if "eager_fptt" in parts:  # FPTT blocked and eager also under compile_step or native
-        module.fptt_config.compile = module.fptt_config.native = False
+    if "eager_fptt" in parts:  # FPTT's eager update also with cpu_kernels
+        module.fptt_config.backend = "eager"
     if "fused_adam" in parts:  # Adam's update as one kernel over all parameters (CPU and CUDA)
         module.optimizer_factory = lambda params: torch.optim.Adam(params, lr=1e-3, fused=True)
     if "channels_last" in parts:  # weights, inputs and state in NHWC (the task module's option)

@@ -45,7 +45,7 @@ def ltc_cell_sizes(model: Any, image_size: int, batch_size: int) -> list[int]:
     the smaller of its batch norm's and its neuron's (a neck cell upsamples between the two). The model
     runs once in eval mode, under a forked RNG: its buffers and the global RNG are left as they were."""
     import torch
-    from spikeloc.neurons.modules import LTCNeuron, SpikingConv2d
+    from spikeloc.neurons import LTCNeuron, SpikingConv2d
     cells = [m for m in model.modules() if isinstance(m, SpikingConv2d) and isinstance(m.neuron, LTCNeuron)
              and not m.neuron.twin]
     seen: dict[int, list[int]] = {index: [] for index in range(len(cells))}

@@ -13,12 +13,12 @@ peak is the memory training adds over the footprint at the first batch, approxim
 ``--glibc-default`` leaves it as it is), so freed memory stays mapped (``memory.py`` measures exactly,
 under an allocator setting that returns every big tensor to the kernel, which slows element-wise work).
 
-Options, each against ``default`` in the same run (FPTT, T = ``--options-steps``):
-``fused`` (the fused LTC-SN step), ``compile`` (its kernels compiled by ``torch.compile``),
-``compile_step`` (the whole model time step, forward and backward, compiled: ``compile_step: true``;
-its neuron and BN maths then run inside compiled kernels, which the breakdown counts as ``compiled``;
-FPTT's update and penalty gradient are compiled too), ``eager_fptt`` (with ``compile_step``: FPTT
-blocked and eager, ``fptt.compile: false``),
+Options, each against ``default`` (every neuron on the ``eager`` backend) in the same run (FPTT,
+T = ``--options-steps``): the neuron backends ``fused`` (the fused LTC-SN step), ``compiled`` (its kernels
+compiled by ``torch.compile``) and ``cpu_kernels`` (the LTC conv cells and FPTT's update as CPU operators,
+the other neurons fused), ``compile_step`` (the whole model time step, forward and backward, compiled:
+``compile_step: true``; its neuron and BN maths then run inside compiled kernels, which the breakdown
+counts as ``compiled``), ``eager_fptt`` (with ``cpu_kernels``: FPTT's eager update, ``fptt.backend: eager``),
 ``inductor_layout`` (``compile_step`` with inductor's ``layout_optimization`` on, torch.compile's own
 default, which turns the convolutions channels-last; ``compile_step`` keeps the model's layout),
 ``channels_last`` (weights, input and state in NHWC: ``channels_last: true``), ``bf16``
@@ -27,12 +27,12 @@ all parameters instead of ~10 ops each) and
 ``device_guard`` (the non-finite guard restoring with ``torch.where`` per tensor, as on a GPU, instead
 of reading its flag on the CPU); several joined by ``+`` run together (``compile_step+fused_adam``); then
 ``default again``, whose "speedup" shows how much a shared machine drifted during the options.
-The cell part times one ``LTCNeuron`` step, forward + backward, reference vs fused (vs compiled).
+The cell part times one ``LTCNeuron`` step, forward + backward, eager (the reference) vs fused (vs compiled).
 
 Usage::
 
     python benchmarks/train_speed.py [--sizes small full] [--algorithms fptt bptt] [--steps 4 8 16]
-        [--options default fused compile channels_last bf16] [--batches 3] [--json] [--plot FILE.png]
+        [--options default fused compiled cpu_kernels channels_last bf16] [--batches 3] [--json] [--plot FILE.png]
 
 With ``--json`` the last stdout line is one object with keys ``device``, ``threads``, ``torch``,
 ``held_freed_memory`` (whether the allocator setting took effect),
@@ -47,7 +47,7 @@ the fewest seconds per batch the non-convolution work of the step can take on th
 = ``cells_s`` + ``updates_s``; ``options``: per fp32 option its profiled ``conv_s`` and ``nonconv_s``,
 ``best_conv_share`` with the rest at the floor and ``nonconv_over_floor``; ``best_conv_share`` of the
 default at the top), ``cell`` (rows: shape, scope ``neuron``
-or ``step``, variant, ms, speedup), ``compile`` (``ok`` or the compiler error) and, unless
+or ``step``, variant, ms, speedup) and, unless
 ``--loader-batches 0``, ``loader_samples_per_s`` (the quick-start datamodule's training loader at the
 first size, its own batch size and workers), ``loader_vs_train`` (that over the fastest training case
 of the first size, in samples per second: above 1, data loading is not the bottleneck),
@@ -254,9 +254,7 @@ def _cell_cases(shape: list[int], compiled: bool) -> dict[str, dict[str, Any]]:
     neuron_fns, step_fns = {}, {}
     for variant, compile in variants.items():
         torch.manual_seed(0)
-        neuron = LTCNeuron(shape[1])
-        if compile is not None:
-            common.fuse_cells(neuron, compile=compile)
+        neuron = LTCNeuron(shape[1], backend="eager" if compile is None else variant)
 
         def whole(neuron: Any = neuron) -> None:
             spike, state = neuron(current, {"u": u})
@@ -276,7 +274,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     for the whole ``LTCNeuron`` (``scope: neuron``) and for the element-wise step alone (``scope: step``)."""
     rows = []
     for shape in args.cell_shapes:
-        for scope, fns in _cell_cases(shape, any("compile" in o.split("+") for o in args.options)).items():
+        for scope, fns in _cell_cases(shape, any("compiled" in o.split("+") for o in args.options)).items():
             for variant, (seconds, speedup) in _interleaved(fns, args.cell_repeats).items():
                 rows.append({"shape": list(shape), "scope": scope, "variant": variant,
                              "ms": round(1000 * seconds, 3), "speedup": round(speedup, 3)})
@@ -306,7 +304,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     print("one LTC-SN step, forward + backward (speedup: median of paired ratios to the reference):")
     for r in result["cell"]:
         print(f"{r['scope']:>7} {str(r['shape']):>18} {r['variant']:>10} {r['ms']:>9.2f} ms  x{r['speedup']:.2f}")
-    print(f"conv_share {result['conv_share']:.3f}  fptt_share {result['fptt_share']:.3f}  compile: {result['compile']}")
+    print(f"conv_share {result['conv_share']:.3f}  fptt_share {result['fptt_share']:.3f}")
     if "floor" in result:
         floor = result["floor"]
         print(f"floor of the non-convolution work: {1e3 * floor['total_s']:.0f} ms per batch; per option, best conv "
@@ -402,7 +400,6 @@ def main(argv: list[str] | None = None) -> None:
         import torch
         import torch._inductor.config
         from spikeloc.allocator import hold_freed_memory
-        from spikeloc.neurons.fused import compile_status
         torch.set_num_threads(args.threads)
         torch._inductor.config.cpp.enable_kernel_profile = True  # compiled kernels by name in the breakdown
         result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
@@ -411,7 +408,6 @@ def main(argv: list[str] | None = None) -> None:
         result.update(run_training(args))
         if args.loader_batches:
             result.update(run_loader(args.sizes[0], result["runs"], args))
-        result["compile"] = compile_status()
         if args.plot:
             plot(result, args.plot)
         if args.json:

@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import yaml
 
 DEFAULT_OUT_STRIDES = (16, 32)  # the SPYv4 detector's feature strides
-FPTT_KEYS = ("alpha", "beta", "parts", "consolidate", "update_alpha", "compile", "native")  # training.FPTTConfig
+FPTT_KEYS = ("alpha", "beta", "parts", "consolidate", "update_alpha", "backend")  # training.FPTTConfig
+FPTT_BACKENDS = ("auto", "eager", "cpu_kernels")
 
 
 class ConfigError(ValueError):
@@ -85,11 +86,12 @@ def check_loop(model: Any, data: Any = None) -> None:
         # a key or value that FPTTConfig does not take makes jsonargparse fall back to a plain dict of it
         for key in fptt.keys():
             _require(key in FPTT_KEYS, f"model.init_args.fptt.{key}", fptt[key], f"FPTT has {', '.join(FPTT_KEYS)}")
-        nullable = {"compile": " (or null: with compile_step)", "native": " (or null: with the cells)"}
-        for key in ("consolidate", "compile", "native"):
-            if key in fptt.keys():
-                _require(isinstance(fptt[key], bool) or key in nullable and fptt[key] is None,
-                         f"model.init_args.fptt.{key}", fptt[key], "true or false" + nullable.get(key, ""))
+        if "consolidate" in fptt.keys():
+            _require(isinstance(fptt["consolidate"], bool), "model.init_args.fptt.consolidate", fptt["consolidate"],
+                     "true or false")
+        if "backend" in fptt.keys():
+            _require(fptt["backend"] in FPTT_BACKENDS, "model.init_args.fptt.backend", fptt["backend"],
+                     ", ".join(FPTT_BACKENDS))
         parts, length = fptt.get("parts"), _sequence_length(model, data)
         allowed = f"null or a divisor of {length[0]}={length[1]}" if length else "null or an integer >= 1"
         ok = parts is None or isinstance(parts, int) and parts >= 1 and (

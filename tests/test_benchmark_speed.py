@@ -36,7 +36,7 @@ def test_train_speed_tiny_json(benchmarks, capsys, tmp_path):
                       "--profiled", "1", "--floor", "--json", "--plot", str(plot)])
     result = last_json(capsys)
     assert {"device", "threads", "torch", "runs", "options", "breakdown", "conv_share", "fptt_share", "cell",
-            "compile", "loader_samples_per_s", "loader_vs_train", "loader_main_ms", "loader",
+            "loader_samples_per_s", "loader_vs_train", "loader_main_ms", "loader",
             "held_freed_memory"} <= set(result)
     loader = result["loader"]
     assert (loader["size"], loader["image_size"], loader["batch_size"], loader["num_workers"]) == ("tiny", 64, 16, 1)
@@ -102,7 +102,7 @@ def test_infer_speed_rejects_unknown_model(benchmarks):
 
 
 def test_fused_cells_keep_the_detector_numbers(benchmarks):
-    # the benchmarks' "fused" option: same outputs over two steps, same parameter gradients
+    # the benchmarks' "fused" option (the fused backend): same outputs over two steps, same parameter gradients
     import copy
 
     import torch
@@ -110,7 +110,7 @@ def test_fused_cells_keep_the_detector_numbers(benchmarks):
     torch.manual_seed(0)
     reference = common.make_detector("fptt", 2, 64, 0.125).model
     fused = copy.deepcopy(reference)
-    assert common.fuse_cells(fused) > 10
+    assert common.set_backend(fused, "fused") > 10
     x = torch.rand(2, 3, 64, 64)
     losses = []
     for model in (reference, fused):
@@ -127,13 +127,14 @@ def test_fused_cells_keep_the_detector_numbers(benchmarks):
 
 def test_fptt_speed_tiny_json(benchmarks, capsys):
     import fptt_speed
-    fptt_speed.main(["--image-size", "64", "--width", "0.125", "--repeats", "1", "--steps", "2", "--compiled",
-                     "--native", "--json"])
+    from spikeloc import kernels
+    fptt_speed.main(["--image-size", "64", "--width", "0.125", "--repeats", "1", "--steps", "2", "--json"]
+                    + ["--kernels"] * kernels.available())
     result = last_json(capsys)
-    assert result["same_gradients_and_state"] and result["same_penalty"] and result["compiled_close"]
-    assert result["native_close"]
-    assert result["tensors"] > 10 and result["foreach_ms"] > 0 and result["blocked_ms"] > 0 and result["ratio"] > 0
-    assert result["compiled_ms"] > 0 and result["compiled_ratio"] > 0 and result["native_ms"] > 0
+    assert result["same_gradients_and_state"] and result["same_penalty"]
+    assert result["tensors"] > 10 and result["foreach_ms"] > 0 and result["eager_ms"] > 0 and result["eager_ratio"] > 0
+    if kernels.available():
+        assert result["cpu_kernels_close"] and result["cpu_kernels_ms"] > 0
 
 
 def test_breakdown_names_compiled_kernels_before_the_ops_they_fuse(benchmarks):
@@ -141,7 +142,7 @@ def test_breakdown_names_compiled_kernels_before_the_ops_they_fuse(benchmarks):
     assert by_name("graph_1_cpp_fused__native_batch_norm_legit_functional_add_convolution_backward_7") == "compiled"
     assert by_name("aten::convolution_backward") == "conv"
     assert by_name("aten::native_batch_norm_backward") == "batchnorm"
-    assert by_name("spikeloc::ltc_tau_backward") == "neuron"  # the native cell: batch norm and neuron together
+    assert by_name("spikeloc::ltc_cell_backward") == "neuron"  # the cpu_kernels cell: batch norm and neuron together
     assert by_name("aten::sigmoid") is None
 
 
@@ -172,9 +173,9 @@ def test_options_combine_and_unknown_ones_are_named(benchmarks):
     common.apply_option(module, "inductor_layout+fused_adam")  # torch.compile's own layout choice
     assert module.compile_step == {"options": {"layout_optimization": True}}
     ltc = [m for m in module.modules() if type(m).__name__ == "LTCNeuron"]
-    assert ltc and not any(m.native for m in ltc)
-    common.apply_option(module, "native")  # the LTC cells' hand-written kernels
-    assert all(m.native for m in ltc)
+    assert ltc and all(m.backend == "eager" for m in ltc)
+    common.apply_option(module, "cpu_kernels+eager_fptt")  # the LTC cells' CPU operators, FPTT's eager update
+    assert all(m.backend == "cpu_kernels" for m in ltc) and module.fptt_config.backend == "eager"
     with pytest.raises(ValueError, match="'fast' in 'fused\\+fast'"):
         common.apply_option(module, "fused+fast")
     with pytest.raises(SystemExit):
@@ -249,7 +250,7 @@ def test_the_floor_sees_every_spiking_ltc_cell_of_the_detector_and_changes_nothi
     import torch
     import common
     from floor import detector_floor, ltc_cell_sizes, stream_seconds
-    from spikeloc.neurons.modules import LTCNeuron, SpikingConv2d, set_twin
+    from spikeloc.neurons import LTCNeuron, SpikingConv2d, set_twin
     module = common.make_detector("fptt", 2, 64, 0.125)
     model = module.model
     cells = [m for m in model.modules() if isinstance(m, SpikingConv2d) and isinstance(m.neuron, LTCNeuron)]

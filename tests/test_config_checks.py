@@ -26,11 +26,12 @@ def start(config, *overrides):
     (["--model.init_args.fptt.beta", "1.5"], "model.init_args.fptt.beta=1.5 is not allowed: a number in (0, 1]"),
     (["--model.init_args.fptt.beta", "0"], "model.init_args.fptt.beta=0.0 is not allowed"),
     (["--model.init_args.fptt.alpah", "0.3"], "model.init_args.fptt.alpah='0.3' is not allowed: FPTT has alpha, beta, "
-                                              "parts, consolidate, update_alpha, compile, native"),
-    (["--model.init_args.fptt.compile", "maybe"],
-     "model.init_args.fptt.compile='maybe' is not allowed: true or false (or null: with compile_step)"),
-    (["--model.init_args.fptt.native", "2"],
-     "model.init_args.fptt.native='2' is not allowed: true or false (or null: with the cells)"),
+                                              "parts, consolidate, update_alpha, backend"),
+    (["--model.init_args.fptt.native", "true"],
+     "model.init_args.fptt.native='true' is not allowed: FPTT has alpha, beta, parts, consolidate, update_alpha, "
+     "backend"),
+    (["--model.init_args.fptt.backend", "native"],
+     "model.init_args.fptt.backend='native' is not allowed: auto, eager, cpu_kernels"),
     (["--model.init_args.fptt.consolidate", "2"], "model.init_args.fptt.consolidate='2' is not allowed: true or false"),
     (["--model.init_args.optimizer.init_args.lr", "-0.1"], "optimizer.init_args.lr=-0.1 is not allowed: a number > 0"),
     (["--data.init_args.batch_size", "0"], "data.init_args.batch_size=0 is not allowed: an integer >= 1"),

@@ -1,49 +1,33 @@
-"""Hand-written CPU kernels (README "Speed and many GPUs"): the LTC cell (``ltc_cell.c``, used by
-:mod:`spikeloc.neurons.native`), FPTT's update (``fptt.c``, used by :mod:`spikeloc.training.fptt`),
-2x2 max pooling (``maxpool.c``, :mod:`spikeloc.kernels.maxpool`) and a layout change for strided
-convolutions' input gradients (``layout.c``, :mod:`spikeloc.kernels.strided_conv`).
+"""Hand-written CPU kernels as PyTorch operators (README "Speed and many GPUs").
 
-The ``.c`` files of this folder are compiled on first use, as one shared library, with the system C
-compiler (``$CC``, else ``cc``) into ``$SPIKELOC_CACHE`` (else ``~/.cache/spikeloc``), keyed by the
-sources, the flags and the CPU, and loaded with ctypes. Without a compiler one warning names the error,
-:func:`library` is None, and their callers run their torch code instead.
+The operators ``torch.ops.spikeloc.*`` are defined in :mod:`.ops` (schemas, fake tensors for
+``torch.compile``, autograd): the LTC conv cell (``ltc_cell.cpp``, used by the ``cpu_kernels`` neuron
+backend), FPTT's update (``fptt.cpp``, :mod:`spikeloc.training.fptt`) and a layout change for strided
+convolutions' input gradients (``layout.cpp``, :mod:`.strided_conv`). Their CPU implementations
+(``ops.cpp``) are built on first use with ``torch.utils.cpp_extension`` (the system C++ compiler and
+ninja) into ``$SPIKELOC_CACHE`` (else ``~/.cache/spikeloc``), keyed by torch's version and the CPU
+(``-march=native``), and loaded into the dispatcher, so the profiler and ``torch.compile`` see them.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import hashlib
+import logging
 import os
 import platform
-import subprocess
-import tempfile
-import warnings
+import shutil
 from pathlib import Path
 
 import torch
 
-_SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC",
-          *(("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()))
-F, I64, INT, P = ctypes.c_float, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+from . import ops  # noqa: F401  (defines the operators)
+
+_SOURCES = tuple(Path(__file__).parent / name for name in ("ops.cpp", "ltc_cell.cpp", "fptt.cpp", "layout.cpp"))
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+          *(["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])]
 
 
-class Surrogate(ctypes.Structure):
-    """The multi-Gaussian surrogate's constants, as ``ltc_cell.c``'s ``surrogate_t``."""
-    _fields_ = [(name, ctypes.c_float) for name in ("c0", "c1", "k0", "k1", "sigma")]
-
-
-SIGNATURES = {  # argument types of each kernel, in the C sources' order
-    "ltc_input_forward": [P] * 4 + [I64] * 3 + [INT, F] + [P] * 4 + [INT],
-    "ltc_tau_forward": [P] * 9 + [I64] * 3 + [INT, F, F, INT] + [P] * 5 + [INT],
-    "ltc_tau_backward": [P] * 13 + [I64] * 3 + [INT, F, INT, INT, Surrogate] + [P] * 4 + [INT],
-    "ltc_input_backward": [P] * 11 + [I64] * 3 + [INT] + [P] * 4 + [INT],
-    "fptt_stage": [P, P, I64, P, P, F, F, F, P, P, P, P, INT],
-    "maxpool2_forward": [P] + [I64] * 6 + [P, P, INT],
-    "maxpool2_backward": [P, P] + [I64] * 6 + [P, INT],
-    "nhwc_to_nchw": [P, P, I64, I64, I64, INT],
-}
+class KernelsUnavailable(RuntimeError):
+    """The CPU kernels could not be built or loaded (the message names why)."""
 
 
 def _cache_dir() -> Path:
@@ -59,51 +43,56 @@ def _cpu_key() -> str:
     return platform.machine() + flags
 
 
-def _build() -> Path:
-    """Compile the sources into the cache (atomically: a temporary file renamed) unless they are there."""
-    compiler = os.environ.get("CC", "cc")
-    parts = [source.read_text() for source in _SOURCES] + [compiler, *_FLAGS, _cpu_key()]
-    path = _cache_dir() / f"spikeloc-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
+def _find_ninja() -> None:
+    """Put the ``ninja`` of the Python package on ``PATH`` where none is there (a venv not activated)."""
+    if shutil.which("ninja") is None:
         try:
-            result = subprocess.run([compiler, *_FLAGS, *map(str, _SOURCES), "-o", tmp, "-lm"], capture_output=True,
-                                    text=True)
-            if result.returncode:
-                raise RuntimeError(f"{compiler} failed on {', '.join(s.name for s in _SOURCES)}: "
-                                   f"{result.stderr.strip()[:500]}")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return path
+            import ninja
+        except ImportError as error:
+            raise KernelsUnavailable("ninja is not installed (pip install ninja)") from error
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
-@functools.lru_cache(maxsize=None)
-def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (after one warning) where they cannot be built or loaded."""
+_LOADED: list[str | None] = []  # after the first load(): None, or why the kernels are unavailable
+
+
+def load() -> None:
+    """Build (once per cache) and load the CPU implementations; raises :class:`KernelsUnavailable`
+    (again on every later call, without trying again)."""
+    if not _LOADED:
+        try:
+            _build_and_load()
+            _LOADED.append(None)
+        except KernelsUnavailable as error:
+            _LOADED.append(str(error))
+    if _LOADED[0] is not None:
+        raise KernelsUnavailable(_LOADED[0])
+
+
+def _build_and_load() -> None:
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
+    from torch.utils import cpp_extension
+    key = hashlib.sha256("\0".join([torch.__version__, _cpu_key(), *_FLAGS]).encode()).hexdigest()[:12]
+    directory = _cache_dir() / f"ops-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise KernelsUnavailable(f"no C++ compiler: {compiler!r} is not on PATH (set CXX)")
+    _find_ninja()
     try:
-        lib = ctypes.CDLL(str(_build()))
-    except (OSError, RuntimeError) as error:
-        warnings.warn(f"the native CPU kernels are unavailable ({error}); the usual torch code runs instead",
-                      stacklevel=3)
-        return None
-    for name, argtypes in SIGNATURES.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
-    return lib
+        cpp_extension.load("spikeloc_kernels", [str(s) for s in _SOURCES], extra_cflags=_FLAGS,
+                           extra_ldflags=["-fopenmp"], build_directory=str(directory), is_python_module=False,
+                           with_cuda=False)
+    except (OSError, RuntimeError, ImportError) as error:
+        message = str(error).strip().splitlines()
+        raise KernelsUnavailable(f"building the CPU kernels in {directory} failed: "
+                                 f"{' '.join(message[-3:])[:500]}") from error
 
 
-@torch.compiler.assume_constant_result
 def available() -> bool:
-    """Whether the kernels are built and loaded (a constant to ``torch.compile``)."""
-    return library() is not None
-
-
-def scope(name: str) -> contextlib.AbstractContextManager:
-    """A profiler range named ``name`` while a profiler runs, else nothing (a range costs microseconds
-    per call, as much as a small kernel)."""
-    if torch.autograd.profiler._is_profiler_enabled:
-        return torch.profiler.record_function(name)
-    return contextlib.nullcontext()
+    """Whether the kernels are built and loaded (builds them on the first call)."""
+    try:
+        load()
+    except KernelsUnavailable:
+        return False
+    return True

@@ -1,26 +1,34 @@
-"""Firing statistics and synaptic-operation (SynOps) energy estimates, collected by forward hooks.
+"""Firing statistics and synaptic-operation (SynOps) energy estimates, from the state each step returns.
 
-Attach to the module that advances ONE time step (backbone, detector) and run it as usual::
+Every spiking neuron keeps its last spikes in its state (``state["s"]``). Give :class:`FiringStats` the
+module that advances ONE time step (backbone, detector) and, after every step, its input, the state it
+was given and the state it returned::
 
     stats = FiringStats(model)
-    for t in range(T): out, state = model(x[t], state)
+    for t in range(T):
+        out, new_state = model(x[t], state)
+        stats.update(x[t], state, new_state)  # a state of None starts a sequence
+        state = new_state
     summary = stats.compute(time_steps=None)  # per-layer rates, SynOps, energy per sample
-    stats.remove()
 
-A call with a fresh state (``state=None``, the backbone contract) starts a sequence, so the
-statistics per sample need no bookkeeping of T by the caller.
+So the statistics read what the trained code computed, whatever its backend or ``torch.compile``.
+Where each layer's spikes sit in the state and where they go is learned once per input size by
+:mod:`.wiring` (one eager probe of the model, outside the measured steps).
 
 Counting rules:
 
 * spiking layers (LTC/LIF/ALIF neurons, dense LTC): spikes / neurons -> firing rate;
-* every ``Conv``/``Linear`` costs ``MACs = output elements x fan-in``. If its input is binary
-  (spikes) the layer does ``SynOps = input firing rate x MACs`` accumulates (AC); otherwise
-  (images, tau-convs fed ``i + u``, heads fed rates) every MAC is a real multiply-accumulate;
+* every ``Conv``/``Linear`` costs ``MACs = output elements x fan-in``. If its input is made of spikes
+  (directly, or joined, sliced, pooled or upsampled), each spike of channel ``c`` of a layer costs the
+  ``MACs / input elements`` of every operation it reaches, once per input element it becomes:
+  ``SynOps = sum over layers and channels of spikes x fan-out`` accumulates (AC). A max-pooled window
+  counts each of its spikes (an upper bound where a window holds several). Otherwise (images, tau-convs
+  fed ``i + u``, heads fed membranes or rates) every MAC is a real multiply-accumulate;
 * energy (45 nm, Horowitz 2014): 0.9 pJ per AC, 4.6 pJ per MAC; the equivalent ANN does all
   MACs as MACs. BatchNorm (foldable), pooling and neuron element-wise maths are not counted.
 
 ``FiringStats`` is a ``torchmetrics.Metric``: its counts are device tensors summed across DDP
-ranks before ``compute`` (no host sync in the hooks; ``compute`` syncs once).
+ranks before ``compute`` (no host sync in :meth:`~FiringStats.update`; ``compute`` syncs once).
 """
 from __future__ import annotations
 
@@ -28,25 +36,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 
-from spikeloc.neurons import ALIFNeuron, LIFNeuron, LTCDense, LTCNeuron
+from .wiring import OP_TYPES, SPIKING_TYPES, Wiring, fan_in, probe
 
 ENERGY_AC_PJ = 0.9
 ENERGY_MAC_PJ = 4.6
-SPIKING_TYPES: tuple[type[nn.Module], ...] = (LTCNeuron, LIFNeuron, ALIFNeuron, LTCDense)
-OP_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def fan_in(module: nn.Module) -> int:
-    """Multiply-accumulates per output element of a conv (``C_in / groups x kernel``) or linear."""
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    kernel = 1
-    for size in module.kernel_size:
-        kernel *= size
-    return module.in_channels // module.groups * kernel
+__all__ = ["ENERGY_AC_PJ", "ENERGY_MAC_PJ", "FiringStats", "OP_TYPES", "SPIKING_TYPES", "fan_in"]
 
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -54,7 +50,7 @@ def _accumulator_dtype(device: torch.device) -> torch.dtype:
 
 
 class FiringStats(Metric):
-    """Accumulates per-layer spike counts and per-layer SynOps / MACs of ``model`` while it runs.
+    """Accumulates per-layer spike counts and per-layer SynOps / MACs of ``model`` from the states it returns.
 
     The states live on the model's device: ``spikes`` / ``neurons`` ``[L]`` per spiking layer,
     ``ops`` ``[O, 2]`` (SynOps, analog MACs) and ``dense_macs`` ``[O]`` per conv / linear layer,
@@ -65,63 +61,51 @@ class FiringStats(Metric):
 
     def __init__(self, model: nn.Module, spiking_types: tuple[type[nn.Module], ...] = SPIKING_TYPES,
                  **kwargs: Any) -> None:
-        super().__init__(**{"compute_with_cache": False, **kwargs})  # hooks count outside update()
+        super().__init__(**{"compute_with_cache": False, **kwargs})
         device = next(model.parameters(), torch.empty(0)).device
         dtype = _accumulator_dtype(device)
-        spiking = [(n, m) for n, m in model.named_modules() if isinstance(m, spiking_types)]
-        ops = [(n, m) for n, m in model.named_modules() if isinstance(m, OP_TYPES) and not isinstance(m, spiking_types)]
-        self.layer_names = [name.removesuffix(".neuron") for name, _ in spiking]
-        self.op_names = [name for name, _ in ops]
-        for state, shape in (("spikes", [len(spiking)]), ("neurons", [len(spiking)]), ("ops", [len(ops), 2]),
-                             ("dense_macs", [len(ops)]), ("sample_steps", []), ("sequences", [])):
+        self._model = (model,)  # a tuple: not a submodule of the metric
+        self._types = spiking_types
+        spiking = [name for name, m in model.named_modules() if isinstance(m, spiking_types)]
+        self.layer_names = [name.removesuffix(".neuron") for name in spiking]
+        self.op_names = [n for n, m in model.named_modules() if isinstance(m, OP_TYPES) and
+                         not isinstance(m, spiking_types)]
+        for state, shape in (("spikes", [len(spiking)]), ("neurons", [len(spiking)]), ("ops", [len(self.op_names), 2]),
+                             ("dense_macs", [len(self.op_names)]), ("sample_steps", []), ("sequences", [])):
             self.add_state(state, default=torch.zeros(shape, dtype=dtype), dist_reduce_fx="sum")
         self.to(device)
-        self._handles: list[RemovableHandle] = [model.register_forward_pre_hook(self._count_samples, with_kwargs=True)]
-        self._handles += [m.register_forward_hook(self._spike_hook(i)) for i, (_, m) in enumerate(spiking)]
-        self._handles += [m.register_forward_hook(self._ops_hook(i, fan_in(m))) for i, (_, m) in enumerate(ops)]
+        self._wirings: dict[tuple, Wiring] = {}
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        """Nothing to add by hand: the forward hooks count while the model runs."""
+    def watches(self, module: nn.Module) -> bool:
+        """Whether ``module`` is the model these statistics count."""
+        return module is self._model[0]
 
-    def remove(self) -> None:
-        """Detach all hooks from the model."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def wiring(self, x: Tensor) -> Wiring:
+        """The model's wiring for inputs shaped like ``x`` (probed on first sight of the size)."""
+        key = (tuple(x.shape[1:]), x.device, x.dtype)
+        if key not in self._wirings:
+            self._wirings[key] = probe(self._model[0], x[:1], self._types).to(self.ops.device, self.ops.dtype)
+        return self._wirings[key]
 
-    def __enter__(self) -> "FiringStats":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
-
-    # ---- hooks: device tensors only, never .item() ------------------------------------------
-    def _count_samples(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        first = next((v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)), None)
-        batch = first.shape[0] if first is not None and first.dim() > 0 else 1
-        self._update_count += 1
+    def update(self, x: Tensor, state_in: Any, state_out: Any) -> None:
+        """Count one step: ``x`` the model's input ``[B, ...]``, ``state_in`` the state it was given (None
+        starts a sequence), ``state_out`` the state it returned."""
+        wiring = self.wiring(x)
+        batch = x.shape[0]
         self.sample_steps += batch
-        if (args[1] if len(args) > 1 else kwargs.get("state")) is None:  # a fresh state starts a sequence
+        if state_in is None:
             self.sequences += batch
-
-    def _spike_hook(self, index: int):
-        def hook(module: nn.Module, inputs: tuple, output: tuple[Tensor, Any]) -> None:
-            spikes = output[0]
-            with torch.no_grad():
-                self.spikes[index] += torch.count_nonzero(spikes)
-            self.neurons[index] += spikes.numel()
-        return hook
-
-    def _ops_hook(self, index: int, ops_per_output: int):
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            x = inputs[0]
-            macs = output.numel() * ops_per_output
-            with torch.no_grad():
-                nonzero = torch.count_nonzero(x).to(self.ops.dtype)
-                binary = (torch.count_nonzero(x == 1) == nonzero).to(nonzero.dtype)  # 1: input is spikes
-                self.ops[index] += torch.stack([binary * nonzero * (macs / x.numel()), (1 - binary) * float(macs)])
-            self.dense_macs[index] += macs
-        return hook
+        with torch.no_grad():
+            per_channel = [wiring.channel_counts(state_out, index) for index in range(len(wiring.layers))]
+            counts = torch.cat(per_channel).to(self.ops.dtype) if per_channel else self.ops.new_zeros(0)
+            layer_totals = torch.stack([c.sum() for c in per_channel]) if per_channel else counts
+            if wiring.layers:  # index tensors on the device: no copy from the host per step
+                self.spikes.index_add_(0, wiring.layer_index, layer_totals.to(self.spikes.dtype))
+                self.neurons.index_add_(0, wiring.layer_index, wiring.neurons * batch)
+            if wiring.ops:
+                synops = wiring.fan_out @ counts if counts.numel() else torch.zeros_like(wiring.analog_macs)
+                self.ops.index_add_(0, wiring.op_index, torch.stack([synops, wiring.analog_macs * batch], dim=1))
+                self.dense_macs.index_add_(0, wiring.op_index, wiring.macs * batch)
 
     # ---- summary (one host sync) --------------------------------------------------------------
     def compute(self, time_steps: int | None = 1) -> dict[str, Any]:

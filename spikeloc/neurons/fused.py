@@ -7,9 +7,8 @@ multiply-adds, a cheaper form of the multi-Gaussian). Instead of the ~8 autograd
 composition (each saving its own operands) it is one node that saves only its inputs and
 recomputes the membrane and the surrogate derivative in backward (README "Speed and many GPUs").
 
-With ``compile=True`` the forward and the backward maths are each compiled by ``torch.compile``
-into one kernel. Without a working compiler the first call warns once and every later call runs
-the eager maths, which gives the same numbers.
+With ``compile=True`` (the ``compiled`` backend) the forward and the backward maths are each compiled by
+``torch.compile`` into one kernel; a compiler failure raises :class:`~.backend.BackendError`.
 
 Shapes are element-wise: ``current``, ``u``, ``tau`` ``[B, C, H, W]`` (or ``[B, N]``);
 ``threshold`` and ``decay`` a float or a tensor that broadcasts to them.
@@ -17,13 +16,13 @@ Shapes are element-wise: ``current``, ``u``, ``tau`` ``[B, C, H, W]`` (or ``[B, 
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Callable
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .backend import BackendError
 from .functional import Reset
 from .surrogate import MultiGaussian, Surrogate, get_surrogate
 
@@ -117,49 +116,34 @@ def _derivative(surrogate: Surrogate) -> Callable[[Tensor], Tensor]:
 # ---- eager or compiled kernels -------------------------------------------------------------------
 _MATHS = {"ltc": (_ltc_forward, _ltc_backward), "lif": (_lif_forward, _lif_backward)}
 _COMPILED: dict[tuple, tuple[Callable, Callable]] = {}
-_BOUND: dict[tuple, tuple[Surrogate, tuple[Callable, Callable]]] = {}
-_COMPILE_FAILED: list[str] = []  # the error of the first failed compilation, if any
 
 
 def _kernels(kind: str, surrogate: Surrogate, reset: str, compile: bool) -> tuple[Callable, Callable]:
-    """``(forward, backward)`` with the reset mode and surrogate bound, cached per surrogate object.
-
-    Compiled kernels are shared per kind, reset and surrogate type and parameters, so every layer
-    with the same settings uses one compiled function (and its dynamic-shape kernels).
-    """
-    compile = compile and not _COMPILE_FAILED
-    cached = _BOUND.get((kind, reset, compile, id(surrogate)))
-    if cached is not None and cached[0] is surrogate:
-        return cached[1]
+    """``(forward, backward)`` with the reset mode and surrogate bound. Compiled kernels are shared per kind,
+    reset and surrogate type and parameters, so every layer with the same settings uses one compiled function
+    (and its dynamic-shape kernels)."""
     forward, backward = _MATHS[kind]
     kernels = (functools.partial(forward, reset=reset),
                functools.partial(backward, derivative=_derivative(surrogate), reset=reset))
-    if compile:
-        key = (kind, reset, type(surrogate), tuple(sorted(vars(surrogate).items())))
-        if key not in _COMPILED:
-            _COMPILED[key] = tuple(torch.compile(fn, dynamic=True) for fn in kernels)
-        kernels = _COMPILED[key]
-    _BOUND[(kind, reset, compile, id(surrogate))] = (surrogate, kernels)
-    return kernels
+    if not compile:
+        return kernels
+    key = (kind, reset, type(surrogate), tuple(sorted(vars(surrogate).items())))
+    if key not in _COMPILED:
+        _COMPILED[key] = tuple(torch.compile(fn, dynamic=True) for fn in kernels)
+    return _COMPILED[key]
 
 
 def _call(settings: tuple, which: int, *tensors) -> tuple:
-    """Run the forward (0) or backward (1) maths; a failing compilation falls back to eager, once."""
+    """Run the forward (0) or backward (1) maths; a failing compilation raises :class:`BackendError`."""
     kind, surrogate, reset, compile = settings
     try:
         return _kernels(kind, surrogate, reset, compile)[which](*tensors)
-    except Exception as error:  # noqa: BLE001 - any compiler failure: report it, keep the exact eager maths
-        if not compile or _COMPILE_FAILED:
+    except Exception as error:  # noqa: BLE001 - any compiler failure: name it
+        if not compile:
             raise
-        _COMPILE_FAILED.append(f"{type(error).__name__}: {error}".splitlines()[0])
-        warnings.warn(f"torch.compile of the fused neuron step failed ({_COMPILE_FAILED[0]}); "
-                      "running the eager fused step instead (same numbers, fewer fused kernels)", stacklevel=4)
-        return _kernels(kind, surrogate, reset, False)[which](*tensors)
-
-
-def compile_status() -> str:
-    """``"ok"`` when the compiled kernels ran (or were never tried), else the compiler error."""
-    return _COMPILE_FAILED[0] if _COMPILE_FAILED else "ok"
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        raise BackendError(f"backend 'compiled': torch.compile of the neuron step failed ({type(error).__name__}: "
+                           f"{first}); use fused, which runs the same maths uncompiled") from error
 
 
 def _reduce(grad: Tensor | None, like: Threshold) -> Tensor | None:

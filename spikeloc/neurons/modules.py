@@ -13,11 +13,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..kernels import strided_conv
 from . import functional as F
-from . import native
+from .backend import Backend, check, resolve
 from .fused import fused_lif_step, fused_ltc_step
-from .surrogate import Surrogate, get_surrogate
+from .surrogate import MultiGaussian, Surrogate, get_surrogate
 
 NeuronKind = Literal["ltc", "lif", "alif", "ltc_readout", "ann"]
 InitState = Literal["zeros", "uniform"]
@@ -55,47 +54,52 @@ def set_twin(module: nn.Module, on: bool) -> int:
 
 
 def _spiking_repr(module: nn.Module) -> str:
-    fused = f", fused{' (compiled)' if module.compile else ''}" if module.fused else ""
-    return f"threshold={module.threshold}, reset={module.reset}, surrogate={module.surrogate}{fused}"
+    return f"threshold={module.threshold}, reset={module.reset}, surrogate={module.surrogate}, backend={module.backend}"
 
 
-def _set_fused(module: nn.Module, fused: bool, compile: bool) -> None:
-    """``fused``: the step as one autograd node (:mod:`spikeloc.neurons.fused`, same numbers, less
-    memory and time); ``compile``: its kernels compiled by ``torch.compile`` (needs ``fused``)."""
-    if compile and not fused:
-        raise ValueError("compile=True needs fused=True (it compiles the fused step's kernels)")
-    module.fused, module.compile = fused, compile
+def _step(neuron: nn.Module, current: Tensor, kernels: bool = False) -> bool | None:
+    """The fused step's ``compile`` flag for ``neuron``'s backend on ``current`` (``cpu_kernels``: a neuron on its
+    own runs the fused step), or None for the eager reference."""
+    backend = resolve(neuron.backend, current, kernels)
+    return None if backend == "eager" else backend == "compiled"
 
 
 def _lif_update(neuron: nn.Module, current: Tensor, u: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
-    """:func:`~spikeloc.neurons.functional.lif_step` with ``neuron``'s settings (fused if asked)."""
-    if neuron.fused:
-        return fused_lif_step(current, u, neuron.decay, threshold, neuron.surrogate, neuron.reset, neuron.compile)
-    return F.lif_step(current, u, neuron.decay, threshold, neuron.surrogate, neuron.reset)
+    """:func:`~spikeloc.neurons.functional.lif_step` with ``neuron``'s settings, run by its backend."""
+    compile = _step(neuron, current)
+    if compile is None:
+        return F.lif_step(current, u, neuron.decay, threshold, neuron.surrogate, neuron.reset)
+    return fused_lif_step(current, u, neuron.decay, threshold, neuron.surrogate, neuron.reset, compile)
 
 
 class LTCNeuron(nn.Module):
     """Convolutional LTC-SN: ``tau = sigmoid(BN'(conv_k(i + u)))`` then :func:`ltc_step`.
 
-    Input current and output spikes ``[B, C, H, W]``; state ``{"u": [B, C, H, W]}``.
-    ``tau_bias`` initialises the bias of ``BN'``, so the initial mean ``tau`` is ``sigmoid(tau_bias)``.
-    ``native``: inside a :class:`SpikingConv2d`, the cell's BN and this neuron run as hand-written CPU
-    kernels (:mod:`spikeloc.neurons.native`; float32 on CPU, else the usual modules).
+    Input current and output spikes ``[B, C, H, W]``; state ``{"u", "s"}`` (membrane, last spikes), each
+    ``[B, C, H, W]``. ``tau_bias`` initialises the bias of ``BN'``, so the initial mean ``tau`` is
+    ``sigmoid(tau_bias)``. ``backend``: see :mod:`spikeloc.neurons.backend`; with ``cpu_kernels`` (or ``auto``
+    on the CPU) a :class:`SpikingConv2d` runs its BN and this neuron as one CPU operator.
     """
 
     twin = False  # see set_twin
 
     def __init__(self, channels: int, tau_kernel: int = 3, threshold: float = 1.0,
                  surrogate: str | dict | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
-                 tau_bias: float = 0.0, init_state: InitState = "zeros", fused: bool = False,
-                 compile: bool = False, native: bool = False) -> None:
+                 tau_bias: float = 0.0, init_state: InitState = "zeros", backend: Backend = "eager") -> None:
         super().__init__()
-        self.init_state, self.native = init_state, native
-        _set_fused(self, fused, compile)
+        self.init_state = init_state
         self.tau_conv = nn.Conv2d(channels, channels, tau_kernel, padding=tau_kernel // 2, bias=False)
         self.tau_bn = nn.BatchNorm2d(channels)
         nn.init.constant_(self.tau_bn.bias, tau_bias)
         self.threshold, self.surrogate, self.reset = threshold, get_surrogate(surrogate), reset
+        self.backend = check(backend, "LTCNeuron", self.kernels_missing())
+
+    def kernels_missing(self) -> str | None:
+        """Why the CPU kernels cannot run this neuron's maths (they implement the multi-Gaussian surrogate
+        and a float threshold), or None."""
+        if type(self.surrogate) is not MultiGaussian:
+            return f"the kernels implement the multi-Gaussian surrogate, not {self.surrogate}"
+        return None if isinstance(self.threshold, (int, float)) else "the kernels take a float threshold"
 
     def tau(self, current: Tensor, u: Tensor) -> Tensor:
         """Liquid time constant ``sigmoid(BN'(conv_k(i + u)))``, shaped like ``current``."""
@@ -105,13 +109,13 @@ class LTCNeuron(nn.Module):
         if self.twin:
             return twin_output(current)
         u = _membrane(state, current, self.init_state)
-        step = partial(fused_ltc_step, compile=self.compile) if self.fused else F.ltc_step
+        compile = _step(self, current, self.kernels_missing() is None)
+        step = F.ltc_step if compile is None else partial(fused_ltc_step, compile=compile)
         spike, u = step(current, u, self.tau(current, u), self.threshold, self.surrogate, self.reset)
-        return spike, {"u": u}
+        return spike, {"u": u, "s": spike}
 
     def extra_repr(self) -> str:
-        suffix = ", native" if self.native else ""
-        return f"{_spiking_repr(self)}, tau_kernel={self.tau_conv.kernel_size[0]}{suffix}"
+        return f"{_spiking_repr(self)}, tau_kernel={self.tau_conv.kernel_size[0]}"
 
 
 class LTCReadoutNeuron(nn.Module):
@@ -148,10 +152,12 @@ class LTCReadoutNeuron(nn.Module):
 
 
 SPIKING_ONLY = frozenset({"tau_kernel", "threshold", "surrogate", "reset", "tau_bias", "decay", "rho", "scale",
-                          "init_state", "fused", "compile", "native"})
+                          "init_state", "backend"})
+REPLACED = {"fused": "backend: fused", "compile": "backend: compiled", "native": "backend: cpu_kernels (or auto)"}
 
 
 def _check_ignored(kwargs: dict, owner: str, allowed: frozenset = SPIKING_ONLY) -> None:
+    _check_replaced(kwargs, owner)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise TypeError(f"{owner} got unknown neuron arguments {unknown}; spiking-only ones accepted: "
@@ -184,24 +190,25 @@ class ANNNeuron(nn.Module):
 
 
 class LIFNeuron(nn.Module):
-    """Leaky integrate-and-fire with a fixed leak ``decay``; any input shape; state ``{"u"}``."""
+    """Leaky integrate-and-fire with a fixed leak ``decay``; any input shape; state ``{"u", "s"}`` (membrane,
+    last spikes). ``backend``: ``eager``, ``fused``, ``compiled`` or ``auto`` (fused)."""
 
     twin = False  # see set_twin
 
     def __init__(self, channels: int | None = None, decay: float = 0.5, threshold: float = 1.0,
                  surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
-                 init_state: InitState = "zeros", fused: bool = False, compile: bool = False) -> None:
+                 init_state: InitState = "zeros", backend: Backend = "eager") -> None:
         super().__init__()
         self.init_state = init_state
-        _set_fused(self, fused, compile)
         self.decay, self.threshold, self.surrogate, self.reset = decay, threshold, get_surrogate(surrogate), reset
+        self.backend = check(backend, "LIFNeuron", "LIF neurons have none")
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         if self.twin:
             return twin_output(current)
         u = _membrane(state, current, self.init_state)
         spike, u = _lif_update(self, current, u, self.threshold)
-        return spike, {"u": u}
+        return spike, {"u": u, "s": spike}
 
     def extra_repr(self) -> str:
         return f"{_spiking_repr(self)}, decay={self.decay}"
@@ -211,18 +218,19 @@ class ALIFNeuron(nn.Module):
     """Adaptive LIF: fixed leak, threshold ``theta = threshold + scale * b`` adapting with ``rho``.
 
     State ``{"u", "b", "s"}`` (membrane, adaptation, last spikes), all shaped like the input.
+    ``backend``: as :class:`LIFNeuron`'s.
     """
 
     twin = False  # see set_twin
 
     def __init__(self, channels: int | None = None, decay: float = 0.5, rho: float = 0.9, threshold: float = 1.0,
                  scale: float = 1.8, surrogate: str | Surrogate = "multi_gaussian", reset: F.Reset = "hard",
-                 init_state: InitState = "zeros", fused: bool = False, compile: bool = False) -> None:
+                 init_state: InitState = "zeros", backend: Backend = "eager") -> None:
         super().__init__()
         self.init_state = init_state
-        _set_fused(self, fused, compile)
         self.decay, self.rho, self.threshold, self.scale = decay, rho, threshold, scale
         self.surrogate, self.reset = get_surrogate(surrogate), reset
+        self.backend = check(backend, "ALIFNeuron", "ALIF neurons have none")
 
     def forward(self, current: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         if self.twin:
@@ -247,85 +255,13 @@ def make_neuron(kind: NeuronKind, channels: int, **kwargs) -> nn.Module:
     non-spiking ``ltc_readout`` or the stateless ``ann`` twin."""
     if kind not in NEURONS:
         raise ValueError(f"unknown neuron {kind!r}; expected one of {sorted(NEURONS)}")
-    if kind in ("lif", "alif") and kwargs.pop("native", False):
-        raise ValueError(f"native: true runs LTC cells as hand-written kernels; neuron {kind!r} has none "
-                         "(use fused: true)")
+    _check_replaced(kwargs, f"neuron {kind!r}")
     return NEURONS[kind](channels, **kwargs)
 
 
-class SpikingConv2d(nn.Module):
-    """The LTC-SN conv cell: ``i = BN(conv(x))`` then a spiking neuron.
-
-    ``x`` ``[B, C_in, H, W]`` -> spikes ``[B, C_out, H / stride, W / stride]``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 groups: int = 1, neuron: NeuronKind = "ltc", **neuron_kwargs) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups,
-                              bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.neuron = make_neuron(neuron, out_channels, **neuron_kwargs)
-        self.out_channels = out_channels
-
-    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        current = strided_conv.conv2d(self.conv, x) if getattr(self.neuron, "native", False) else self.conv(x)
-        if native.applies(self, current):
-            u = _membrane(state, current, self.neuron.init_state)
-            spike, u = native.ltc_cell(current, u, self.bn, self.neuron)
-            return spike, {"u": u}
-        return self.neuron(self.bn(current), state)
-
-
-class LTCDense(nn.Module):
-    """Dense LTC-SN layer, optionally recurrent and with an adaptive threshold (the paper; README "What is inside").
-
-    ``i = W x (+ W_rec s_prev)``, ``tau = sigmoid(W_tau [i, u])``; adaptive:
-    ``rho = sigmoid(W_rho [i, b])``, ``theta = 0.1 + 1.8 b``. ``x`` ``[B, N_in]`` -> ``[B, N]``;
-    state ``{"u", "s"}`` (plus ``"b"`` when adaptive), each ``[B, N]``.
-    """
-
-    def __init__(self, in_features: int, out_features: int, recurrent: bool = False, adaptive: bool = False,
-                 threshold: float = 1.0, surrogate: str | Surrogate = "multi_gaussian",
-                 reset: F.Reset = "hard") -> None:
-        super().__init__()
-        self.input = nn.Linear(in_features, out_features)
-        self.recurrent = nn.Linear(out_features, out_features, bias=False) if recurrent else None
-        self.tau = nn.Linear(2 * out_features, out_features)
-        self.rho = nn.Linear(2 * out_features, out_features) if adaptive else None
-        self.threshold, self.surrogate, self.reset = threshold, get_surrogate(surrogate), reset
-
-    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        current = self.input(x)
-        u, s = _zeros(state, "u", current), _zeros(state, "s", current)
-        if self.recurrent is not None:
-            current = current + self.recurrent(s)
-        tau = torch.sigmoid(self.tau(torch.cat([current, u], dim=-1)))
-        new_state = {}
-        threshold = self.threshold
-        if self.rho is not None:
-            b = _zeros(state, "b", current)
-            rho = torch.sigmoid(self.rho(torch.cat([current, b], dim=-1)))
-            threshold, new_state["b"] = F.adaptive_threshold(b, s, rho)
-        spike, u = F.ltc_step(current, u, tau, threshold, self.surrogate, self.reset)
-        return spike, {"u": u, "s": spike, **new_state}
-
-    def extra_repr(self) -> str:
-        kind = "adaptive" if self.rho is not None else f"threshold={self.threshold}"
-        return f"{kind}, reset={self.reset}, surrogate={self.surrogate}, recurrent={self.recurrent is not None}"
-
-
-class LeakyReadout(nn.Module):
-    """Non-spiking read-out ``u' = (1 - tau) u + tau x`` with a learned per-channel ``tau``.
-
-    ``x`` ``[B, C, ...]`` (channels on dim 1) -> ``u`` of the same shape; state ``{"u"}``.
-    """
-
-    def __init__(self, channels: int, tau_init: float = 0.5) -> None:
-        super().__init__()
-        self.tau_logit = nn.Parameter(torch.full((channels,), float(torch.logit(torch.tensor(tau_init)))))
-
-    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        tau = torch.sigmoid(self.tau_logit).view(-1, *([1] * (x.dim() - 2)))
-        u = F.readout_step(x, _zeros(state, "u", x), tau)
-        return u, {"u": u}
+def _check_replaced(kwargs: dict, owner: str) -> None:
+    """A ``TypeError`` naming the ``backend`` that replaced an old ``fused`` / ``compile`` / ``native`` option."""
+    old = sorted(set(kwargs) & set(REPLACED))
+    if old:
+        raise TypeError(f"{owner}: option {old[0]!r} was replaced by the neuron backend: write "
+                        f"{REPLACED[old[0]]} (README \"Speed and many GPUs\")")

@@ -2,10 +2,11 @@
 
 A spiking network that starves (layers firing well under 1 %, whole channels never firing) or
 saturates (every neuron firing at every step) learns little, and evaluation-time statistics show
-it only after the run. :class:`FiringMonitor` attaches :class:`~spikeloc.metrics.FiringStats`
-to the module's ``firing_network()`` for one training batch every ``every_n_batches``, logs
-``firing/<layer>`` and ``firing/mean`` and warns (once per layer and kind) about layers outside
-``[silent_below, saturated_above]``. Between those batches no hook is attached (no cost).
+it only after the run. :class:`FiringMonitor` counts :class:`~spikeloc.metrics.FiringStats` of the
+module's ``firing_network()`` from the states its steps return (``OnlineModule.firing_meters``) for one
+training batch every ``every_n_batches``, logs ``firing/<layer>`` and ``firing/mean`` and warns (once per
+layer and kind) about layers outside ``[silent_below, saturated_above]``. The measured batches train as
+every other one does; between them nothing is counted (no cost).
 """
 from __future__ import annotations
 
@@ -45,21 +46,26 @@ class FiringMonitor(pl.Callback):
         self.every_n_batches, self.silent_below, self.saturated_above = every_n_batches, silent_below, saturated_above
         self.last_rates: dict[str, float] = {}
         self._stats: FiringStats | None = None
+        self._counting = False  # whether the batch under way is measured
         self._warned: set[tuple[str, str]] = set()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         network = pl_module.firing_network() if hasattr(pl_module, "firing_network") else None
-        if network is not None and batch_idx % self.every_n_batches == 0:
-            self._stats = FiringStats(network)
+        if network is None or batch_idx % self.every_n_batches or not hasattr(pl_module, "firing_meters"):
+            return
+        if self._stats is None or not self._stats.watches(network):
+            self._stats = FiringStats(network)  # kept: its wiring is probed once
+        self._stats.reset()
+        pl_module.firing_meters.append(self._stats)
+        self._counting = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._stats is None:
+        if not self._counting:
             return
+        self._stop(pl_module)
         summary = self._stats.compute()
-        self._stats.remove()
-        self._stats = None
         self.last_rates = summary["firing_rate"]
         if not self.last_rates:  # a non-spiking twin: nothing fires
             return
@@ -73,6 +79,9 @@ class FiringMonitor(pl.Callback):
                                f"{trainer.global_step}")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._stats is not None:
-            self._stats.remove()
-            self._stats = None
+        if self._counting:
+            self._stop(pl_module)
+
+    def _stop(self, pl_module: pl.LightningModule) -> None:
+        pl_module.firing_meters.remove(self._stats)
+        self._counting = False

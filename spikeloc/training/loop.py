@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from spikeloc.metrics.firing import FiringStats
 from spikeloc.neurons import detach_state, set_twin
-from .fptt import FPTT, warn_compile_failed
+from spikeloc.neurons.backend import BackendError, backends, resolve
+from .fptt import FPTT
 from .guard import NonFiniteGuard
 from .schedules import PhaseCosineLR
 
@@ -42,8 +43,7 @@ class FPTTConfig:
     parts: int | None = None
     consolidate: bool = True  # copy the running average into the weights after each epoch's last batch
     update_alpha: float | None = None  # alpha of the trace / running-average update (None: alpha)
-    compile: bool | None = None  # compile the CPU update and penalty gradient (None: with compile_step unless native)
-    native: bool | None = None  # the CPU update as a hand-written kernel (None: when the LTC cells are native)
+    backend: Literal["auto", "eager", "cpu_kernels"] = "auto"  # auto: the CPU operator where the neurons use theirs
 
 
 def step_weights(num_steps: int, weighting: Weighting = "uniform", start: int = 0) -> list[float]:
@@ -115,8 +115,7 @@ class OnlineModule(pl.LightningModule):
             a dict is passed to ``torch.compile`` (``mode``, ``backend``, ``dynamic`` ...). The step
             keeps the model's memory format (``channels_last`` decides; see :func:`compile_options`).
             Parameter names and checkpoints are unchanged; a failing compiler warns once and runs eager.
-            On the CPU, FPTT's staged update and penalty gradient are compiled too, unless ``fptt.compile``
-            is false (:class:`FPTT` ``compile``).
+            Evaluation runs the step the same way.
         channels_last: keep 4-D weights and inputs (and so the neuron state) in the channels-last (NHWC)
             memory format, which oneDNN and cuDNN's tensor cores prefer (README "Speed"). Same maths;
             checkpoints load either way.
@@ -153,7 +152,8 @@ class OnlineModule(pl.LightningModule):
         self.max_nonfinite_steps = max_nonfinite_steps
         self.guard: NonFiniteGuard | None = None
         self._pending_fptt_state: dict | None = None
-        self.firing_stats: FiringStats | None = None
+        self.firing_stats: FiringStats | None = None  # of the evaluation epoch under way
+        self.firing_meters: list[FiringStats] = []  # every FiringStats that call_step feeds (evaluation, monitors)
         if twin_epochs < 0:
             raise ValueError(f"twin_epochs must be >= 0, got {twin_epochs}")
         if not 0 <= twin_fraction < 1 or (twin_fraction and twin_epochs):
@@ -221,7 +221,8 @@ class OnlineModule(pl.LightningModule):
         return []
 
     def call_step(self, module: nn.Module, *args: Any) -> Any:
-        """``module(*args)``: one time step, compiled when ``compile_step`` (README "Speed").
+        """``module(x_t, state)``: one time step, compiled when ``compile_step`` (README "Speed"); the
+        :attr:`firing_meters` of ``module`` count its input and the state it returns.
 
         The compiled function calls the module itself, so nothing is re-registered and the state dict
         keeps its keys. Graphs: one per kind of state (None at the first step, then the nested
@@ -229,17 +230,25 @@ class OnlineModule(pl.LightningModule):
         At the last step of a span (``state_grad`` False; every step under FPTT with K = T) the
         compiled step returns its state detached, as the loop would cut it next: no zero gradients
         are materialised for it and added in backward (one more graph where spans are longer).
-        Evaluation epochs that count firing statistics run eager (their hooks are not traced).
         If compiling fails, one warning names the error and every later call runs eager.
         """
-        if not self.compile_step or self.firing_stats is not None:
+        output = self._run_step(module, *args)
+        for meter in self.firing_meters:
+            if meter.watches(module):
+                meter.update(args[0], args[1] if len(args) > 1 else None, output[1])
+        return output
+
+    def _run_step(self, module: nn.Module, *args: Any) -> Any:
+        if not self.compile_step:
             return module(*args)
         try:
             if self._compiled_call is None:
                 self._compiled_call = torch.compile(_call_module, **compile_options(self.compile_step))
             return self._compiled_call(module, *args, cut_state=not self.state_grad)
+        except BackendError:  # a neuron backend that cannot run here: not a compiler failure
+            raise
         except Exception as error:  # compiler or backend failure: eager from now on
-            warn_compile_failed("compile_step", "the model step eager", error)
+            _warn_compile_failed(error)
             self.compile_step, self._compiled_call = False, None
             return module(*args)
 
@@ -280,6 +289,7 @@ class OnlineModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.guard = None
+        self._log_backends()
         if self.algorithm == "fptt":
             self.fptt = self._new_fptt()
             if self._pending_fptt_state is not None:
@@ -289,9 +299,34 @@ class OnlineModule(pl.LightningModule):
     def _new_fptt(self) -> FPTT:
         """FPTT state that starts at the current weights."""
         config = self.fptt_config
-        native = any(getattr(m, "native", False) for m in self.modules()) if config.native is None else config.native
-        compile = (False if native else self.compile_step) if config.compile is None else config.compile
-        return FPTT(self.parameters(), config.alpha, config.beta, config.update_alpha, compile=compile, native=native)
+        return FPTT(self.parameters(), config.alpha, config.beta, config.update_alpha, backend=self._fptt_backend())
+
+    def _fptt_backend(self) -> str:
+        """``fptt.backend``; ``auto``: ``cpu_kernels`` where a neuron asks for the CPU kernels (``cpu_kernels`` or
+        ``auto``) and the parameters are float32 on the CPU with the kernels built, else ``eager``."""
+        if self.fptt_config.backend != "auto":
+            return self.fptt_config.backend
+        asked = backends(self)
+        if not (asked.get("cpu_kernels") or asked.get("auto")):
+            return "eager"
+        from spikeloc import kernels
+        params = [p for p in self.parameters() if p.requires_grad]
+        float_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+        return "cpu_kernels" if float_cpu and kernels.available() else "eager"
+
+    def _log_backends(self) -> None:
+        """Log once what the neurons run (``auto`` resolved for this device, dtype and precision, for neurons
+        with CPU kernels); a backend that cannot run here raises now."""
+        asked = backends(self)
+        if not asked:
+            return
+        like = torch.empty((1, 2, 2, 2), device=self.device, dtype=next(self.parameters()).dtype,
+                           memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        with self.trainer.precision_plugin.forward_context():  # autocast under mixed precision
+            resolved = {name: resolve(name, like, True) for name in asked}
+        rank_zero_info("neuron backends: " + ", ".join(
+            f"{count} x {name}" + (f" -> {resolved[name]}" if resolved[name] != name else "")
+            for name, count in asked.items()))
 
     @property
     def time_steps(self) -> int:
@@ -467,17 +502,19 @@ class OnlineModule(pl.LightningModule):
 
     # ---- evaluation epochs: subclasses extend these two, the hooks below call them ---------
     def start_evaluation(self) -> None:
-        """Attach :class:`FiringStats` to :meth:`spiking_network` for one evaluation epoch."""
+        """Count firing statistics of :meth:`spiking_network` for one evaluation epoch (see :meth:`call_step`)."""
         network = self.firing_network()
         self.firing_stats = FiringStats(network) if network is not None else None
+        if self.firing_stats is not None:
+            self.firing_meters.append(self.firing_stats)
 
     def end_evaluation(self, stage: str) -> None:
         """Firing statistics per sample (one host sync) logged as ``<stage>/<key>`` and
-        ``<stage>/firing_rate/<layer>``; hooks detached."""
+        ``<stage>/firing_rate/<layer>``."""
         if self.firing_stats is None:
             return
         firing = self.firing_stats.compute(time_steps=None)
-        self.firing_stats.remove()
+        self.firing_meters.remove(self.firing_stats)
         self.firing_stats = None
         for key in FIRING_KEYS:
             self.log(f"{stage}/{key}", float(firing[key]), sync_dist=True)
@@ -531,6 +568,14 @@ def _scales_gradients(optimizer: torch.optim.Optimizer) -> bool:
 def _unscaled(precision: Any) -> bool:
     """Lightning's plain or mixed precision without a gradient scaler (32-true, bf16-mixed ...)."""
     return type(precision) in (Precision, MixedPrecision) and getattr(precision, "scaler", None) is None
+
+
+def _warn_compile_failed(error: Exception) -> None:
+    """One warning that ``torch.compile`` failed for ``compile_step``, naming the error's first line (inductor's
+    can run to pages)."""
+    message = (str(error).strip().splitlines() or [""])[0][:300]
+    warnings.warn(f"compile_step: torch.compile failed ({type(error).__name__}: {message}); running the model step "
+                  "eager", RuntimeWarning, stacklevel=3)
 
 
 def compile_options(compile_step: bool | dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class SpikingRegressor(OnlineModule):
     def forward_step(self, x_t: Tensor, state: dict | None) -> tuple[Tensor, dict]:
         """``x_t`` ``[B, in]`` -> prediction ``[B, out]``; state ``{"net", "readout"}``."""
         state = state or {}
-        features, net_state = self.net(x_t, state.get("net"))
+        features, net_state = self.call_step(self.net, x_t, state.get("net"))
         y = self.net.forward_head(features)
         readout_state = None
         if self.readout is not None:

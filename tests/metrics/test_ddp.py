@@ -61,7 +61,9 @@ def _firing(rank: int | None, folder: str | None = None) -> dict:
         for x in _sequences(rank):
             state = None
             for _ in range(2):
-                _, state = network(x, state)
+                _, new_state = network(x, state)
+                stats.update(x, state, new_state)
+                state = new_state
     result = stats.compute(time_steps=None)
     if folder is not None:
         with open(os.path.join(folder, f"firing{rank}.json"), "w") as handle:

@@ -5,18 +5,22 @@ from torch import nn
 
 from spikeloc import kernels
 from spikeloc.kernels import strided_conv
-from spikeloc.neurons.modules import SpikingConv2d
+from spikeloc.neurons.layers import SpikingConv2d
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
 
 
 @pytest.mark.parametrize("shape", [(2, 32, 13, 11), (1, 3, 1, 70), (3, 17, 9, 8)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_layout_change_equals_torch(shape, threads, monkeypatch):
     """Channel counts and plane sizes that are not multiples of the kernel's tiles, on one and two threads."""
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-    out = strided_conv._to_nchw(x)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        out = torch.ops.spikeloc.nhwc_to_nchw(x)
+    finally:
+        torch.set_num_threads(previous)
     assert out.is_contiguous() and torch.equal(out, x.contiguous())
 
 
@@ -47,20 +51,17 @@ def test_only_strided_convolutions_needing_an_input_gradient():
     assert not strided_conv.applies(nn.Conv2d(4, 4, 3, bias=False), x.requires_grad_())
     assert not strided_conv.applies(nn.Conv2d(4, 4, 3, stride=2), x)  # a bias
     assert not strided_conv.applies(conv, x.double())
-    handle = conv.register_forward_hook(lambda *args: None)  # firing statistics count through hooks
-    assert strided_conv.applies(conv, x) is False
-    handle.remove()
     assert strided_conv.applies(conv, x)
 
 
-def test_native_strided_cell_matches_the_modules(monkeypatch):
-    """A native LTC cell of stride 2 (its convolution through :func:`strided_conv.conv2d`) against the same
-    cell run by the usual modules."""
+def test_kernel_strided_cell_matches_the_eager_modules(monkeypatch):
+    """A ``cpu_kernels`` LTC cell of stride 2 (its convolution through :func:`strided_conv.conv2d`) against the
+    same cell run eager."""
     calls = []
     apply = strided_conv._StridedConv.apply
     monkeypatch.setattr(strided_conv._StridedConv, "apply", lambda *args: calls.append(1) or apply(*args))
     torch.manual_seed(0)
-    cells = [SpikingConv2d(6, 8, 3, stride=2, native=native) for native in (True, False)]
+    cells = [SpikingConv2d(6, 8, 3, stride=2, backend=backend) for backend in ("cpu_kernels", "eager")]
     cells[1].load_state_dict(cells[0].state_dict())
     x, u = torch.randn(2, 6, 12, 12), torch.rand(2, 8, 6, 6)
     grads = []
@@ -69,23 +70,13 @@ def test_native_strided_cell_matches_the_modules(monkeypatch):
         spike, state = cell(leaf, {"u": u})
         (spike * torch.linspace(0, 1, spike.numel()).view_as(spike)).sum().add(state["u"].square().sum()).backward()
         grads.append((leaf.grad, cell.conv.weight.grad))
-    assert len(calls) == 1  # the native cell's
-    for native, modules in zip(*grads):
-        torch.testing.assert_close(native, modules, rtol=1e-4, atol=1e-5)
+    assert len(calls) == 1  # the kernel cell's
+    for kernel, eager in zip(*grads):
+        torch.testing.assert_close(kernel, eager, rtol=1e-4, atol=1e-5)
 
 
-def test_firing_statistics_count_a_native_strided_cell():
-    """Firing statistics hook the convolution: a hooked strided cell counts its operations as the modules do."""
-    from spikeloc.metrics.firing import FiringStats
-    torch.manual_seed(0)
-    cells = [SpikingConv2d(6, 8, 3, stride=2, native=native) for native in (True, False)]
-    cells[1].load_state_dict(cells[0].state_dict())
-    x = torch.rand(2, 6, 12, 12).requires_grad_()  # in training the input needs a gradient
-    counts = []
-    for cell in cells:
-        stats = FiringStats(cell)
-        cell(x)
-        counts.append((stats.spikes.clone(), stats.ops.clone()))
-        stats.remove()
-    assert counts[0][1].sum() > 0
-    assert all(torch.equal(a, b) for a, b in zip(*counts))
+def test_the_layout_change_shows_in_the_profiler():
+    conv, x = nn.Conv2d(4, 6, 3, stride=2, bias=False), torch.randn(2, 4, 8, 8, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        strided_conv.conv2d(conv, x).sum().backward()
+    assert "spikeloc::nhwc_to_nchw" in {event.name for event in profiler.events()}

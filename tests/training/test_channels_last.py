@@ -80,10 +80,11 @@ class LayoutBreaks(TorchDispatchMode, pl.Callback):
         self.__exit__(None, None, None)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_a_channels_last_detector_batch_stays_channels_last(tmp_path, fused):
-    # an op that hands back NCHW makes every batch norm and convolution behind it convert layouts
-    module = tiny_detector(channels_last=True, backbone_kwargs={"width": 0.125, "fused": fused})
+@pytest.mark.parametrize("backend", ["eager", "fused", "auto"])
+def test_a_channels_last_detector_batch_stays_channels_last(tmp_path, backend):
+    # an op that hands back NCHW makes every batch norm and convolution behind it convert layouts; ``auto`` runs
+    # the fused step on channels-last tensors (the CPU kernels take NCHW ones)
+    module = tiny_detector(channels_last=True, backbone_kwargs={"width": 0.125, "backend": backend})
     breaks = LayoutBreaks()
     trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[breaks]).fit(
         module, datamodule=shapes())

@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from spikeloc import kernels
 from spikeloc.neurons import detach_state
 from spikeloc.training import FPTTConfig, SpikingDetector
 from spikeloc.training.loop import step_weights
 
 
-def _detector(compile_step):
+def _detector(compile_step, backend="eager"):
     torch.manual_seed(0)
-    return SpikingDetector(backbone="spyv4_tiny", backbone_kwargs={"width": 0.125}, num_classes=3,
+    return SpikingDetector(backbone="spyv4_tiny", backbone_kwargs={"width": 0.125, "backend": backend}, num_classes=3,
                            class_names=["a", "b", "c"], image_size=64, num_steps=2, algorithm="fptt",
                            fptt=FPTTConfig(parts=None, consolidate=False), compile_step=compile_step)
 
@@ -88,6 +89,17 @@ def test_compile_step_matches_eager_and_compiles_few_graphs(fresh_dynamo):
     assert counters["stats"]["unique_graphs"] == 4
 
 
+@pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
+def test_compile_step_calls_the_cpu_kernels_as_they_are(fresh_dynamo):
+    """The cpu_kernels cells (their operators and the strided convolution's channels-last gradient) inside
+    the compiled step: the eager step's numbers to float rounding, two graphs, no fallback."""
+    eager, compiled = _detector(False, "cpu_kernels"), _detector({"backend": "aot_eager"}, "cpu_kernels")
+    compiled.load_state_dict(eager.state_dict())
+    batch = _batch()
+    _assert_close(_fptt_batch(eager, batch), _fptt_batch(compiled, batch), 1e-6)
+    assert compiled._compiled_call is not None and counters["stats"]["unique_graphs"] == 2
+
+
 def test_the_compiled_step_returns_the_state_the_loop_cuts_detached(fresh_dynamo):
     """Under FPTT with K = T the state is cut after every step: the compiled step returns it detached
     (no zero gradients for it in backward); inside a longer span it keeps its graph."""
@@ -128,17 +140,6 @@ def test_failing_compile_warns_once_and_runs_eager(monkeypatch):
         _fptt_batch(compiled, batch)  # once only
 
 
-@pytest.mark.parametrize("compile_step", [False, True, {"backend": "aot_eager"}])
-def test_fptt_compiles_with_the_step_unless_told(compile_step):
-    """``compile_step`` compiles FPTT's staged update and penalty gradient too, with the same arguments;
-    ``fptt.compile`` decides alone when set."""
-    module = _detector(compile_step)
-    assert module._new_fptt().compile == compile_step
-    for alone in (False, True):
-        module.fptt_config.compile = alone
-        assert module._new_fptt().compile is alone
-
-
 @pytest.mark.parametrize("compile_step, expected", [
     (True, {"options": {"layout_optimization": False}}),
     ({"dynamic": True, "options": {"max_autotune": True}},
@@ -162,20 +163,26 @@ def test_the_compiled_step_keeps_the_memory_format_unless_told(monkeypatch, comp
     assert calls == [expected]
 
 
-def test_firing_statistics_run_eager(monkeypatch):
-    """While an evaluation epoch counts firing statistics (hooks), the step is not compiled."""
-    def broken(*args, **kwargs):
-        raise AssertionError("compiled while hooks count")
-
-    monkeypatch.setattr(torch, "compile", broken)
-    module = _detector(True)
-    module.eval()
-    module.start_evaluation()
-    try:
+def test_evaluation_counts_firing_through_the_compiled_step(fresh_dynamo):
+    """An evaluation epoch that counts firing statistics runs the compiled step, as training does: the
+    statistics read the states it returns, the same as the eager step's."""
+    eager, compiled = _detector(False), _detector({"backend": "aot_eager"})
+    compiled.load_state_dict(eager.state_dict())
+    results = []
+    for module in (eager, compiled):
+        for neuron in module.modules():
+            if hasattr(neuron, "threshold"):
+                neuron.threshold = 0.05  # fresh weights: let the cells fire
+        module.eval()
+        module.start_evaluation()
         module.run_sequence(_batch())
-    finally:
-        module.firing_stats.remove()
-    assert module.compile_step is True
+        results.append(module.firing_stats.compute(time_steps=None))
+        module.firing_meters.remove(module.firing_stats)
+    assert compiled.compile_step and compiled._compiled_call is not None
+    assert counters["stats"]["unique_graphs"] == 2  # no-grad evaluation: state None, then a dict
+    assert results[1]["sample_steps"] == 2 * 2 and results[1]["mean_firing_rate"] > 0
+    for key in ("mean_firing_rate", "synops", "macs", "ann_macs"):
+        assert results[1][key] == pytest.approx(results[0][key], rel=1e-6), key
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """FiringMonitor: per-layer firing logged during training, warnings for silent and saturated layers."""
 import pytest
+import torch
 
 from spikeloc.training.firing_monitor import FiringMonitor, firing_problems
 from tests.training.tiny import QuadrantData, tiny_classifier, trainer
@@ -16,7 +17,7 @@ def test_monitor_warns_on_a_silent_layer_and_logs_rates(tmp_path):
     with pytest.warns(UserWarning, match=r"layer cells\.0 is silent"):
         trainer(tmp_path, callbacks=[monitor], max_steps=12, limit_val_batches=0).fit(model, QuadrantData())
     assert monitor.last_rates and all(rate == 0.0 for rate in monitor.last_rates.values())
-    assert monitor._stats is None  # hooks removed between measured batches
+    assert not model.firing_meters and not monitor._counting  # nothing counted between measured batches
 
 
 def test_monitor_is_quiet_on_a_healthy_network(tmp_path, recwarn):
@@ -25,6 +26,20 @@ def test_monitor_is_quiet_on_a_healthy_network(tmp_path, recwarn):
     trainer(tmp_path, callbacks=[monitor], max_steps=8, limit_val_batches=0).fit(model, QuadrantData())
     assert all(0 < rate < 0.99 for rate in monitor.last_rates.values())
     assert not [w for w in recwarn if "firing rate" in str(w.message)]
+
+
+@pytest.mark.parametrize("backend", ["eager", "auto"])
+def test_measured_batches_train_as_the_others(tmp_path, backend):
+    """The monitor reads the states the steps return: the same training, bit for bit, with or without it (also
+    with the CPU kernels, which forward hooks used to switch off)."""
+    runs = []
+    for monitors in ([], [FiringMonitor(every_n_batches=1)]):
+        torch.manual_seed(0)
+        model = tiny_classifier(model_kwargs={"channels": [8, 16], "threshold": 0.3, "backend": backend})
+        trainer(tmp_path, callbacks=monitors, max_steps=6, limit_val_batches=0).fit(model, QuadrantData())
+        runs.append([p.detach().clone() for p in model.parameters()] + list(model.buffers()))
+    assert monitors[0].last_rates
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def test_bad_settings_are_refused():

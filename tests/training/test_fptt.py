@@ -1,13 +1,12 @@
 """The FPTT engine against a plain per-parameter loop written from the paper's update equations
 (README, "Training: FPTT and BPTT")."""
 import copy
-import warnings
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 from spikeloc import kernels
+from spikeloc.neurons.backend import BackendError
 from spikeloc.training.fptt import FPTT
 
 ALPHA, BETA = 0.3, 0.4
@@ -119,24 +118,21 @@ def _mixed_params():
     return params
 
 
-@pytest.mark.parametrize("block, compile", [(None, False), (1, False), (7, False), (16, False), (1 << 18, False),
-                                           (1 << 18, True)])
-def test_penalty_gradient_and_update_match_plain_loop(block, compile, fresh_dynamo):
-    """Penalty value, gradient and update, block by block or compiled (inductor: a fused loop per tensor),
-    against the docstring's equations written as a per-tensor loop (float64), over several updates with
-    the weights moving in between; a staged update that is dropped changes nothing. Compiled: two graphs,
-    made once for all updates, and each update computes the next penalty's gradient on the way."""
+@pytest.mark.parametrize("staging", [True, False])
+def test_penalty_gradient_and_update_match_plain_loop(staging, monkeypatch):
+    """Penalty value, gradient and update against the docstring's equations written as a per-tensor loop
+    (float64), over several updates with the weights moving in between; staged (the CPU) or in place (other
+    devices); a staged update that is dropped changes nothing."""
     params = _mixed_params()
-    fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, compile=compile)
-    fptt.block = block
+    fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
+    monkeypatch.setattr(fptt, "_staging", lambda: staging)
     w_bar = [p.detach().clone() for p in params]
     lam = [torch.zeros_like(p) for p in params]
     generator = torch.Generator().manual_seed(4)
     for step in range(4):
         for p in params:
             p.grad = None
-        staged_gradient = fptt._next_penalty is not None and fptt._next_penalty[1] is not None
-        assert staged_gradient == (compile and step > 0)  # compiled, the update computed the next gradient
+        assert (fptt._ahead is not None) == (staging and step > 0)  # staged, the update computed the next penalty
         value = fptt.penalty()
         scale = 3.0 if step % 2 else 1.0  # an upstream gradient other than 1, too
         (scale * value).backward()
@@ -148,7 +144,7 @@ def test_penalty_gradient_and_update_match_plain_loop(block, compile, fresh_dyna
         with torch.no_grad():
             for p in params:
                 p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=generator))
-        if block is not None:  # staged: dropped, it changes nothing
+        if staging:  # dropped, it changes nothing
             before = [t.clone() for t in fptt.running + fptt.trace]
             assert fptt.stage() is not None
             fptt.accept(torch.tensor(False))
@@ -160,78 +156,22 @@ def test_penalty_gradient_and_update_match_plain_loop(block, compile, fresh_dyna
         for mine, ref in zip(fptt.running + fptt.trace, w_bar + lam):
             assert mine.shape == ref.shape and torch.allclose(mine, ref, rtol=1e-12, atol=1e-12)
     assert max(l.abs().max() for l in lam if l.numel()) > 1e-3  # the trace moved
-    assert bool(fptt._compiled) == compile and (fptt.blocks() is None) == (compile or block is None)
-    assert counters["stats"]["unique_graphs"] == (2 if compile else 0)  # not once per update
+    assert (fptt.in_place_state() == []) == staging  # staged, the guard copies none of the state
 
 
-def test_blocks_give_the_same_numbers_as_one_block():
-    """Blocked (flat state) or over the tensor lists, the gradients and the state are bitwise the same."""
-    runs = []
-    for block in (None, 5):
-        params = [torch.nn.Parameter(p.detach().float()) for p in _mixed_params()]
-        fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
-        fptt.block = block
-        generator = torch.Generator().manual_seed(5)
-        grads = []
-        for _ in range(3):
-            for p in params:
-                p.grad = None
-            fptt.penalty().backward()
-            grads += [p.grad.clone() for p in params]
-            with torch.no_grad():
-                for p in params:
-                    p.add_(0.1 * torch.randn(p.shape, generator=generator))
-            fptt.update()
-        runs.append(grads + fptt.running + fptt.trace)
-    assert len(fptt.blocks().blocks) > 10
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
-
-
-def test_channels_last_weights_keep_their_layout_and_are_cut_in_place():
-    """Channels-last weights (``channels_last: true``): the state takes their layout, and a large one is cut
-    into blocks that are views of it (no gather), with the same numbers as the per-tensor formulas."""
+def test_state_is_one_flat_buffer_laid_out_like_the_weights():
+    """``W_bar`` and ``lam`` are views of one buffer each, in every weight's own layout (channels-last stays
+    channels-last, a weight with gaps gets a contiguous view), and so is the penalty's gradient."""
     from spikeloc.training.fptt import _dense
-    shapes = [(32, 16, 3, 3), (8,), (16, 8, 1, 1)]
-    runs = []
-    for block in (None, 1000):
-        torch.manual_seed(0)
-        params = [torch.nn.Parameter(torch.randn(s).contiguous(memory_format=torch.channels_last) if len(s) == 4
-                                     else torch.randn(s)) for s in shapes]
-        fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
-        fptt.block = block
-        for step in range(3):
-            for p in params:
-                p.grad = None
-            fptt.penalty().backward()
-            runs.append([p.grad.clone() for p in params])
-            with torch.no_grad():
-                for p in params:
-                    p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(step)))
-            fptt.update()
-        runs[-1] += fptt.running + fptt.trace
-        assert [t.stride() for t in fptt.running] == [p.stride() for p in params]
-        assert [p.grad.stride() for p in params] == [p.stride() for p in params]
-    assert not params[0].is_contiguous() and _dense(params[0]) and not _dense(params[0][:, ::2])
-    plans = [plan for plan, *_ in fptt.blocks().blocks]
-    assert sum(len(plan) == 1 and plan[0][0] == 0 for plan in plans) == 5  # 4608 elements: 5 blocks, in place
-    for per_tensor, blocked in zip(runs[:3], runs[3:]):
-        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(per_tensor, blocked))
-
-
-def test_plan_blocks_covers_every_element_once():
-    from spikeloc.training.fptt import plan_blocks
-    numels, flat = [5, 40, 1, 0, 84, 33, 36, 3], [True, True, True, True, True, True, False, True]
-    blocks = plan_blocks(numels, flat, 16)
-    covered = [[0] * n for n in numels]
-    for block in blocks:
-        assert sum(n for _, _, n in block) <= 16 or len(block) == 1  # a tensor that cannot be cut is one block
-        assert len(block) == 1 or all(n == numels[i] for i, _, n in block)  # cut pieces are blocks of their own
-        for index, start, n in block:
-            for k in range(start, start + n):
-                covered[index][k] += 1
-    assert all(c == [1] * n for c, n in zip(covered, numels))
-    pieces = [piece for block in blocks for piece in block]
-    assert pieces == sorted(pieces)  # in order: each block is one range of the flat state
+    params = _mixed_params()
+    fptt = FPTT(params, ALPHA, BETA)
+    for views in (fptt.running, fptt.trace):
+        assert len({v.untyped_storage().data_ptr() for v in views}) == 1
+    assert [t.stride() for t in fptt.running] == [p.stride() if _dense(p) else p.contiguous().stride()
+                                                  for p in params]
+    assert not params[-1].is_contiguous() and not _dense(params[-1]) and _dense(params[-2])
+    _updates(fptt, params, steps=2)
+    assert [p.grad.stride() for p in params] == [t.stride() for t in fptt.running]
 
 
 def _moved(params, seed):
@@ -240,77 +180,56 @@ def _moved(params, seed):
             p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(seed)))
 
 
-def test_staged_update_takes_effect_only_when_accepted():
+@pytest.mark.parametrize("backend", ["eager", pytest.param("cpu_kernels", marks=pytest.mark.skipif(
+    not kernels.available(), reason="the CPU kernels cannot be built here"))])
+def test_staged_update_takes_effect_only_when_accepted(backend):
     """On the CPU an update is staged in spare buffers: dropped, it changes nothing (state, penalty);
-    accepted, it equals the plain update, and the penalty value it computed on the way is bitwise the
-    one computed from the new state."""
+    accepted, it equals the plain update, and the penalty it computed on the way is bitwise the one computed
+    from the new state (so a run resumed from a checkpoint, which hands nothing over, trains bitwise the same)."""
     runs = {}
     for name in ("staged", "plain"):
-        params = [torch.nn.Parameter(p.detach().float()) for p in _mixed_params()]
-        fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
-        fptt.block = 5
+        params = [torch.nn.Parameter(p.detach().float()) for p in
+                  (_mixed_params() if backend == "eager" else _dense_float_params())]
+        fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, backend=backend)
         for step in range(3):
             _moved(params, step)
             if name == "plain":
                 fptt.update()
                 continue
             before = [t.clone() for t in fptt.running + fptt.trace]
-            penalty_before = fptt.penalty().detach()
             value = fptt.stage()
             fptt.accept(torch.tensor(False))
             assert all(torch.equal(a, b) for a, b in zip(fptt.running + fptt.trace, before))
-            assert torch.equal(fptt.penalty().detach(), penalty_before)
+            assert fptt._ahead is None  # nothing handed over
             assert torch.equal(fptt.stage(), value)  # the same update again, now kept
             fptt.accept(torch.tensor(True))
-            assert fptt._next_penalty is not None and torch.equal(fptt.penalty().detach(), value)
-            fptt._next_penalty = None
-            assert torch.equal(fptt.penalty().detach(), value)  # from the state itself
+            handed, gradient = fptt.next_penalty()
+            computed, computed_gradient = fptt.next_penalty()  # the hand-over is used once: from the state itself
+            assert torch.equal(handed, value) and torch.equal(computed, value)
+            assert all(torch.equal(a, b) for a, b in zip(gradient, computed_gradient, strict=True))
         runs[name] = fptt.running + fptt.trace + [fptt.penalty().detach()]
-    assert fptt.in_place_state() == []  # the guard copies none of it
     assert all(torch.equal(a, b) for a, b in zip(runs["staged"], runs["plain"]))
 
 
-def test_penalty_is_computed_again_when_weights_or_state_change_in_place():
+def test_penalty_is_computed_again_when_fptt_changes_the_weights_or_state():
+    """The next penalty an accepted update hands over is dropped when the weights or the state change through
+    FPTT (consolidate, load_state_dict) or another update begins."""
     params = [torch.nn.Parameter(p.detach()) for p in _mixed_params()]
     fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5)
-    _moved(params, 0)
-    fptt.update()
 
     def fresh():
-        cached, fptt._next_penalty = fptt._next_penalty, None
-        value = fptt.penalty().detach()
-        fptt._next_penalty = cached
-        return value
+        return sum(-(w.detach() * lam).sum() + ALPHA / 2 * ((w.detach() - b) ** 2).sum()
+                   for w, b, lam in zip(params, fptt.running, fptt.trace))
 
-    _moved(params, 1)  # the weights move (an optimizer step, the guard restoring them)
-    assert torch.equal(fptt.penalty().detach(), fresh())
+    _moved(params, 0)
     fptt.update()
     fptt.consolidate()  # W <- W_bar
-    assert torch.equal(fptt.penalty().detach(), fresh())
+    assert torch.allclose(fptt.penalty().detach(), fresh(), rtol=1e-12, atol=1e-12)
     fptt.update()
-    before = fptt.penalty().detach()
+    before = fresh()
     fptt.load_state_dict({**fptt.state_dict(), "trace": [torch.ones_like(t) for t in fptt.trace]})
-    assert torch.equal(fptt.penalty().detach(), fresh()) and not torch.equal(fptt.penalty().detach(), before)
-
-
-def test_failing_compile_warns_once_and_runs_blocked(monkeypatch):
-    """If ``torch.compile`` fails, one warning, and the state goes back to the flat blocked path: the same
-    numbers bit for bit as FPTT that never compiled."""
-    def broken(*args, **kwargs):
-        raise RuntimeError("no compiler here")
-
-    monkeypatch.setattr(torch, "compile", broken)
-    runs = []
-    for compile in (True, False):
-        params = [torch.nn.Parameter(p.detach().float()) for p in _mixed_params()]
-        fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, compile=compile)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            runs.append(_updates(fptt, params))
-        assert [str(w.message) for w in caught if "no compiler here" in str(w.message)] == \
-            ["FPTT compile: torch.compile failed (RuntimeError: no compiler here); running FPTT eager"] * compile
-        assert fptt.blocks() is not None and not fptt.compile
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert torch.allclose(fptt.penalty().detach(), fresh(), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(fresh(), before)
 
 
 def _updates(fptt, params, steps=3):
@@ -324,10 +243,11 @@ def _updates(fptt, params, steps=3):
     return [p.grad for p in params] + fptt.running + fptt.trace
 
 
-@pytest.mark.parametrize("compile, native", [(False, False), ({"backend": "aot_eager"}, False), (False, True)])
-def test_staged_value_is_not_finite_when_the_new_state_is_not(compile, native):
+@pytest.mark.parametrize("backend", ["eager", pytest.param("cpu_kernels", marks=pytest.mark.skipif(
+    not kernels.available(), reason="the CPU kernels cannot be built here"))])
+def test_staged_value_is_not_finite_when_the_new_state_is_not(backend):
     params = [torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.ones(3))]
-    fptt = FPTT(params, ALPHA, BETA, compile=compile, native=native)
+    fptt = FPTT(params, ALPHA, BETA, backend=backend)
     assert torch.isfinite(fptt.stage())
     fptt.accept(True)
     with torch.no_grad():
@@ -338,12 +258,10 @@ def test_staged_value_is_not_finite_when_the_new_state_is_not(compile, native):
             params[1][2] = 1.0
             params[0][4] = bad
         assert not torch.isfinite(fptt.stage())
-    assert bool(fptt._compiled) == bool(compile)
-    assert (fptt._staged_gradients is not None) == (bool(compile) or native and kernels.available())
 
 
 def _dense_float_params(seed=6):
-    """float32 parameters the native kernel takes: dense in every layout (contiguous, empty, transposed,
+    """float32 parameters the CPU operator takes: dense in every layout (contiguous, empty, transposed,
     channels-last), one large enough to be split over threads."""
     generator = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=generator) for s in [(5, 3), (0,), (1,), (70_001,), (6, 7, 2)]]
@@ -352,9 +270,9 @@ def _dense_float_params(seed=6):
     return [torch.nn.Parameter(p) for p in params]
 
 
-@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
-def test_native_update_matches_the_equations_on_one_and_two_threads():
-    """``native``: one kernel call stages the update and writes the next penalty's value and gradient; against
+@pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
+def test_kernel_update_matches_the_equations_on_one_and_two_threads():
+    """``cpu_kernels``: one operator stages the update and writes the next penalty's value and gradient; against
     the docstring's equations in float64 over several updates (a dropped stage changes nothing), and
     bitwise the same state and gradients on 1 and 2 threads."""
     runs, threads = [], torch.get_num_threads()
@@ -362,14 +280,14 @@ def test_native_update_matches_the_equations_on_one_and_two_threads():
         for count in (1, 2):
             torch.set_num_threads(count)
             params = _dense_float_params()
-            fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, native=True)
+            fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, backend="cpu_kernels")
             w_bar = [p.detach().double() for p in params]
             lam = [torch.zeros_like(b) for b in w_bar]
             grads = []
             for step in range(4):
                 for p in params:
                     p.grad = None
-                assert (fptt._next_penalty is not None and fptt._next_penalty[1] is not None) == (step > 0)
+                assert (fptt._ahead is not None) == (step > 0)
                 value = fptt.penalty()
                 scale = 3.0 if step % 2 else 1.0
                 (scale * value).backward()
@@ -398,15 +316,30 @@ def test_native_update_matches_the_equations_on_one_and_two_threads():
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-def test_native_falls_back_where_the_kernel_does_not_apply():
-    """A weight with gaps (or float64) runs the blocked path: the same numbers as FPTT without ``native``."""
-    for params_of in (lambda: _dense_float_params() + [torch.nn.Parameter(torch.ones(4, 18)[:, ::2])],
-                      lambda: [torch.nn.Parameter(p.detach().double()) for p in _dense_float_params()]):
-        runs = []
-        for native in (True, False):
-            params = params_of()
-            fptt = FPTT(params, ALPHA, BETA, update_alpha=0.5, native=native)
-            runs.append(_updates(fptt, params))
-            assert fptt._next_penalty[1] is None  # the kernel did not run
-        assert all(torch.equal(a, b) for a, b in zip(*runs))
+@pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
+def test_kernel_update_refuses_what_it_cannot_run():
+    """A weight with gaps or float64 weights: an error naming the backend and the reason."""
+    with pytest.raises(BackendError, match="'cpu_kernels' needs every parameter dense"):
+        FPTT(_dense_float_params() + [torch.nn.Parameter(torch.ones(4, 18)[:, ::2])], backend="cpu_kernels")
+    with pytest.raises(BackendError, match="'cpu_kernels' runs float32 CPU parameters, these are torch.float64"):
+        FPTT([torch.nn.Parameter(p.detach().double()) for p in _dense_float_params()], backend="cpu_kernels")
 
+
+@pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
+def test_kernel_update_equals_the_eager_one_to_rounding():
+    runs = []
+    for backend in ("eager", "cpu_kernels"):
+        params = _dense_float_params()
+        runs.append(_updates(FPTT(params, ALPHA, BETA, update_alpha=0.5, backend=backend), params, steps=4))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_update_shows_in_the_profiler():
+    if not kernels.available():
+        pytest.skip("the CPU kernels cannot be built here")
+    params = _dense_float_params()
+    fptt = FPTT(params, ALPHA, BETA, backend="cpu_kernels")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        fptt.update()
+    assert "spikeloc::fptt_stage" in {event.name for event in profiler.events()}

@@ -3,6 +3,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from spikeloc import kernels
 from spikeloc.training import FPTTConfig
 from spikeloc.training.guard import NonFiniteError, NonFiniteGuard
 from .tiny import QuadrantData, tiny_classifier, trainer
@@ -164,9 +165,9 @@ class Record(pl.Callback):
         self.weights.append([t.clone() for t in trained_state(module)])
 
 
-def poisoned_classifier(bad_batches, compile_fptt=False, **kwargs):
+def poisoned_classifier(bad_batches, fptt_backend="eager", **kwargs):
     """The tiny classifier, fed NaN images at the batches in ``bad_batches``."""
-    module = tiny_classifier(fptt=FPTTConfig(parts=2, consolidate=False, compile=compile_fptt), **kwargs)
+    module = tiny_classifier(fptt=FPTTConfig(parts=2, consolidate=False, backend=fptt_backend), **kwargs)
     plain_step = module.training_step
 
     def training_step(batch, batch_idx):
@@ -177,11 +178,12 @@ def poisoned_classifier(bad_batches, compile_fptt=False, **kwargs):
     return module
 
 
-@pytest.mark.parametrize("compile_fptt", [False, True], ids=["blocked", "compiled"])
-def test_training_skips_a_bad_batch_and_goes_on(tmp_path, compile_fptt):
-    """FPTT blocked or compiled (its staged update dropped either way)."""
+@pytest.mark.parametrize("fptt_backend", ["eager", pytest.param("cpu_kernels", marks=pytest.mark.skipif(
+    not kernels.available(), reason="the CPU kernels cannot be built here"))])
+def test_training_skips_a_bad_batch_and_goes_on(tmp_path, fptt_backend):
+    """FPTT eager or as the CPU operator (its staged update dropped either way)."""
     torch.manual_seed(0)
-    module = poisoned_classifier({2}, compile_fptt)
+    module = poisoned_classifier({2}, fptt_backend)
     record = Record()
     trainer(tmp_path, limit_train_batches=5, limit_val_batches=0, callbacks=[record]).fit(
         module, datamodule=QuadrantData())
@@ -192,7 +194,7 @@ def test_training_skips_a_bad_batch_and_goes_on(tmp_path, compile_fptt):
     assert all(torch.isfinite(p).all() for p in module.parameters())
     fptt = module.fptt.state_dict()
     assert all(torch.isfinite(t).all() for t in fptt["running"] + fptt["trace"])
-    assert bool(module.fptt._compiled) == compile_fptt
+    assert module.fptt.backend == fptt_backend
     assert module.guard._skipping == NonFiniteGuard.read_cpu_flag  # the loop skips bad updates on the CPU
 
 

@@ -2,7 +2,8 @@
 a GPU's host is caught by dispatch (:mod:`tests.host_syncs`). After a warm-up batch, a training
 batch may read back one value: the non-finite guard's count (``NonFiniteGuard.check``), once per
 batch, after its K updates. On a CPU the guard also reads its flag before (inside the optimizer step)
-and after each update, and FPTT reads it to keep or drop its staged update (nothing to stall there);
+and after each update, and FPTT reads it to keep or drop its staged update and reads the penalty's upstream
+gradient (nothing to stall there);
 the device path a GPU takes is checked
 with those reads switched off (FPTT then updates in place, as on a GPU)."""
 import pytest
@@ -44,7 +45,7 @@ def _outside_the_guard(found, allowed=(GUARD_CHECK,)):
 @pytest.fixture
 def device_path(monkeypatch):
     monkeypatch.setattr(NonFiniteGuard, "read_cpu_flag", False)
-    monkeypatch.setattr(FPTT, "_flat_device", lambda self: False)
+    monkeypatch.setattr(FPTT, "_staging", lambda self: False)
 
 
 @pytest.mark.parametrize("algorithm", ["fptt", "bptt"])
@@ -62,7 +63,9 @@ def test_on_the_cpu_the_guard_flag_is_read_after_each_update(tmp_path):
     found = _syncs_per_batch(tmp_path, module, shapes(num_train=12))
     assert _outside_the_guard(found, (GUARD_CHECK, FPTT_ACCEPT)) == []
     reads = [sorted(s.site.split()[1] for s in syncs if not s.in_optimizer) for syncs in found]
-    assert reads == [["accept", "accept", "check", "commit", "commit"]] * 2  # K = 2 updates, then the count
+    # per update: the penalty's upstream gradient (1: its staged gradient is used as it is), the guard's flag
+    # and FPTT's; then the count
+    assert reads == [["accept", "accept", "backward", "backward", "check", "commit", "commit"]] * 2
 
 
 def test_a_classifier_batch_reads_back_only_the_guard(tmp_path, device_path):

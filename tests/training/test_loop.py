@@ -3,8 +3,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from spikeloc import kernels
 from spikeloc.training import FPTTConfig, loop, split_steps, step_weights
 from .tiny import QuadrantData, tiny_classifier, trainer
+
+KERNELS = pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
 
 
 def test_step_weights():
@@ -96,10 +99,10 @@ def test_bf16_mixed_precision_trains(tmp_path):
     assert any(not torch.equal(p, b) for p, b in zip(module.parameters(), before))
 
 
-def _fit(tmp_path, epochs, ckpt_path=None, compile_fptt=False):
+def _fit(tmp_path, epochs, ckpt_path=None, fptt_backend="eager"):
     torch.manual_seed(0)
     module = tiny_classifier(scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.7),
-                             fptt=FPTTConfig(parts=2, consolidate=False, compile=compile_fptt))
+                             fptt=FPTTConfig(parts=2, consolidate=False, backend=fptt_backend))
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
     fit = trainer(tmp_path, max_epochs=epochs, limit_val_batches=0, callbacks=[checkpoints],
                   enable_checkpointing=True)
@@ -107,14 +110,14 @@ def _fit(tmp_path, epochs, ckpt_path=None, compile_fptt=False):
     return module, fit
 
 
-@pytest.mark.parametrize("compile_fptt", [False, True], ids=["blocked", "compiled"])
-def test_resume_equals_uninterrupted_run_bitwise(tmp_path, compile_fptt):
-    straight, _ = _fit(tmp_path / "a", epochs=3, compile_fptt=compile_fptt)
-    _fit(tmp_path / "b", epochs=1, compile_fptt=compile_fptt)
+@pytest.mark.parametrize("fptt_backend", ["eager", pytest.param("cpu_kernels", marks=KERNELS)])
+def test_resume_equals_uninterrupted_run_bitwise(tmp_path, fptt_backend):
+    straight, _ = _fit(tmp_path / "a", epochs=3, fptt_backend=fptt_backend)
+    _fit(tmp_path / "b", epochs=1, fptt_backend=fptt_backend)
     checkpoint = tmp_path / "b" / "ckpt" / "epoch=0.ckpt"
     assert "fptt" in torch.load(checkpoint, weights_only=True)
-    resumed, fit = _fit(tmp_path / "c", epochs=3, ckpt_path=str(checkpoint), compile_fptt=compile_fptt)
-    assert bool(resumed.fptt._compiled) == compile_fptt
+    resumed, fit = _fit(tmp_path / "c", epochs=3, ckpt_path=str(checkpoint), fptt_backend=fptt_backend)
+    assert resumed.fptt.backend == fptt_backend
     assert fit.global_step == 3 * 8 * 2
     for p, q in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(p, q)

@@ -23,7 +23,6 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from spikeloc.kernels.maxpool import max_pool2x2_cat
 from spikeloc.neurons import NeuronKind, SpikingConv2d
 
 from .base import SpikingBackbone, State, cell_with_shortcut, check_out_strides, scale_channels, sub_state
@@ -53,14 +52,7 @@ class CSPBlock(nn.Module):
         else:
             b2, s3 = self.conv3(b1, sub_state(state, "conv3"))
         t, s4 = self.conv4(torch.cat([b2, b1], dim=1), sub_state(state, "conv4"))
-        return self._pool_join(a, t), t, {"conv1": s1, "conv2": s2, "conv3": s3, "conv4": s4}
-
-    def _pool_join(self, a: Tensor, t: Tensor) -> Tensor:
-        """``maxpool2x2([a, t])`` as the join of the pooled tensors: with native cells, the hand-written CPU
-        kernel pools both straight into one output (the same numbers)."""
-        if getattr(self.conv1.neuron, "native", False):
-            return max_pool2x2_cat([a, t])
-        return torch.cat([self.pool(a), self.pool(t)], dim=1)
+        return torch.cat([self.pool(a), self.pool(t)], dim=1), t, {"conv1": s1, "conv2": s2, "conv3": s3, "conv4": s4}
 
 
 class SPYv4Tiny(SpikingBackbone):

@@ -1,4 +1,5 @@
-/* The LTC-SN conv cell's element-wise work as four CPU kernels (README "Speed and many GPUs").
+/* The LTC-SN conv cell's element-wise work as four CPU kernels (README "Speed and many GPUs"), called by
+ * the operators of ops.cpp.
  *
  * Around two library convolutions, c = conv(x) and t = tau_conv(a):
  *   i = BN(c), a = i + u, tau = sigmoid(BN'(t)), u1 = u + tau (i - u), s = H(u1 - theta),
@@ -12,15 +13,12 @@
  */
 #include <math.h>
 #include <stdint.h>
+
+#include "kernels.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
 
-typedef int64_t i64;
-
-typedef struct {
-    float c0, c1, k0, k1, sigma;
-} surrogate_t;
 
 #define PLANE(ptr, n, c) ((ptr) + ((n) * C + (c)) * HW)
 #define INLINE static inline __attribute__((always_inline))
@@ -43,7 +41,8 @@ static const float EXP2_POLY[] = {1.32764715e-3f, 9.67554133e-3f, 5.55071327e-2f
 static inline float exp2_inline(float t) {
     float n = floorf(t + 0.5f), f = t - n, p = EXP2_POLY[0];
     for (int k = 1; k < 6; ++k) p = p * f + EXP2_POLY[k];
-    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)n + 127) << 23;
     return p * scale.f;
 }
 

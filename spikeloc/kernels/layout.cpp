@@ -1,11 +1,11 @@
-/* Channels-last to channels-first (README "Speed and many GPUs"): dst[n, c, p] = src[n, p, c] for
- * float32 [N, HW, C] -> [N, C, HW], in tiles of 64 positions x 16 channels that stay in L1, so every
- * line is read and written once. torch's copy_ in this direction walks the source with stride C and
- * ran 8x slower (a [2, 32, 208, 208] tensor: 14 ms against 1.7 on a 2-core Xeon VM).
+/* Channels-last to channels-first (README "Speed and many GPUs"), the operator spikeloc::nhwc_to_nchw of
+ * ops.cpp: dst[n, c, p] = src[n, p, c] for float32 [N, HW, C] -> [N, C, HW], in tiles of 64 positions x
+ * 16 channels that stay in L1, so every line is read and written once (torch's copy_ in this direction
+ * walks the source with stride C; benchmarks/RESULTS.md).
  */
 #include <stdint.h>
 
-typedef int64_t i64;
+#include "kernels.h"
 
 void nhwc_to_nchw(const float *src, float *dst, i64 N, i64 C, i64 HW, int threads) {
     const i64 TILE_P = 64, TILE_C = 16, tiles = (HW + TILE_P - 1) / TILE_P;
