@@ -159,7 +159,7 @@ def _neuron_arguments(kind: str) -> set[str]:
     from spikeloc.neurons.modules import NEURONS, SPIKING_ONLY
 
     named, more = _parameters(NEURONS[kind].__init__)
-    return (named | (set(SPIKING_ONLY) if more else set()) | {"native"}) - {"channels"}
+    return (named | (set(SPIKING_ONLY) if more else set())) - {"channels"}
 
 
 def backbone_arguments(name: str, kwargs: dict[str, Any]) -> set[str] | None:
@@ -169,7 +169,8 @@ def backbone_arguments(name: str, kwargs: dict[str, Any]) -> set[str] | None:
     import torch
 
     import spikeloc.models  # noqa: F401  (registers the backbones)
-    from spikeloc.neurons.modules import NEURONS, LTCDense
+    from spikeloc.neurons import LTCDense
+    from spikeloc.neurons.modules import NEURONS
 
     if name not in timm.list_models():
         return None

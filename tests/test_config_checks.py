@@ -67,11 +67,11 @@ def test_detector_shapes_and_class_counts(override, message, capsys):
 @pytest.mark.parametrize("config, override, message", [
     (QUICKSTART, ["--model.init_args.model_kwargs", "{channel: [8, 16]}"],
      "model.init_args.model_kwargs.channel=[8, 16] is not allowed: not an argument of ltc_convnet; it takes "
-     "channels, compile, features_only, fused, init_state, native, neuron, out_indices, pretrained, pretrained_cfg, "
+     "backend, channels, features_only, init_state, neuron, out_indices, pretrained, pretrained_cfg, "
      "pretrained_cfg_overlay, reset, surrogate, tau_bias, tau_kernel, threshold, width"),
     (DETECT, ["--model.init_args.backbone_kwargs", "{widht: 0.25, neuron: ann}"],
      "model.init_args.backbone_kwargs.widht=0.25 is not allowed: not an argument of spyv4_tiny with ann neurons; "
-     "it takes activation, compile, decay,"),
+     "it takes activation, backend, decay,"),
     (DETECT, ["--model.init_args.backbone_kwargs", "{width: 0.25, tau_kernal: 5}"], "backbone_kwargs.tau_kernal=5"),
     (DETECT, ["--model.init_args.backbone_kwargs", "{width: 0.25, stem_neuron: ann, decay: 0.5}"],
      "backbone_kwargs.decay=0.5 is not allowed: not an argument of spyv4_tiny"),  # LIF's: not the LTC cells'
