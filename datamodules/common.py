@@ -109,11 +109,11 @@ class ResumableLoader(DataLoader):
 class _PickledTensor:
     """A small tensor sent from a loader worker by value: its bytes, dtype and shape.
 
-    A tensor leaves a worker through shared memory, one file descriptor each, and receiving one costs
-    the main process 0.3-0.5 ms; a detection batch of 16 carries some 65 small target tensors
-    (22-34 ms per batch, a sixth of the glyph quick start's twin step). Pickled by value they cost
-    3-5 ms (README "Speed and many GPUs"). Only plain tensors of at most ``BY_VALUE_BYTES`` are sent
-    this way; images still go through shared memory.
+    A tensor leaves a worker through shared memory, one file descriptor each, and receiving each one
+    costs the main process a file-descriptor exchange; a detection batch carries dozens of small target
+    tensors, which pickled by value cost a fraction of that (benchmarks/RESULTS.md, "Data loading").
+    Only plain tensors of at most ``BY_VALUE_BYTES`` are sent this way; images still go through shared
+    memory.
     """
 
     __slots__ = ("data", "dtype", "shape")

@@ -11,7 +11,7 @@ otherwise pass for records):
 
 :func:`decode` unpacks records with a handful of vectorised numpy passes per cache-sized block.
 A whole file decodes about as fast as with ``expelliarmus`` (``benchmarks/events.py``, figures in
-the README), and a memory map lets a GEN1 sample decode only its own window.
+benchmarks/RESULTS.md), and a memory map lets a GEN1 sample decode only its own window.
 """
 from __future__ import annotations
 

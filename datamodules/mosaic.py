@@ -1,5 +1,5 @@
-"""Box-aware mosaic augmentation: four training images tiled around a random centre (README,
-"VOC and the paper's protocol": the reference's optional mosaic, ``data.init_args.mosaic``).
+"""Box-aware mosaic augmentation: four training images tiled around a random centre (docs/paper.md:
+the reference's optional mosaic, ``data.init_args.mosaic``).
 
 A mosaic is built from source images before the training pipeline: image ``k`` of four fills
 quadrant ``k`` (top-left, top-right, bottom-left, bottom-right) of an ``S x S`` canvas split at the
@@ -86,8 +86,8 @@ class Mosaic:
     """With probability ``p``, replace a training image by a mosaic of it and three others of the split.
 
     Draws (whether, the three partners with replacement, the centre) come from torch's global RNG
-    like every other random transform here, so they are seeded and resumed as those are (README,
-    "Resuming is exact").
+    like every other random transform here, so they are seeded and resumed as those are
+    (docs/troubleshooting.md, "Resuming is exact").
 
     Args:
         p: probability in [0, 1] (0: never).

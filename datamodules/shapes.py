@@ -209,7 +209,7 @@ class ShapesDetectionDataModule(DetectionDataModule):
             colour jitter and horizontal flip.
         crop: add the random zoom-out and IoU crop of :func:`~datamodules.transforms.train_transform`
             (off by default: the scenes already vary in size and place; with a few hundred training
-            images it is what keeps the detector from memorising them, README "Learning").
+            images it is what keeps the detector from memorising them, docs/learning.md).
     """
 
     def __init__(self, num_train: int = 4096, num_val: int = 512, image_size: int = 128, max_objects: int = 4,

@@ -277,7 +277,7 @@ def train_transform(size: int, crop: bool = True, jitter: bool = True, flip: boo
         jitter: colour jitter (p=0.8).
         flip: random horizontal flip (p=0.5).
         grayscale: the images are gray (three equal channels): jitter brightness and contrast only, as
-            saturation and hue leave them unchanged (the hue alone costs 2.6 ms per 128x128 image).
+            saturation and hue leave them unchanged (the hue step is also the costliest).
     """
     steps: list[v2.Transform] = []
     if jitter:

@@ -1,6 +1,6 @@
 """Checks of detection data at setup: one box rule for every split, unreadable files named or skipped.
 
-The box rule (training and evaluation alike, README "Troubleshooting"): a box with a non-finite
+The box rule (training and evaluation alike, docs/data.md): a box with a non-finite
 coordinate is dropped; the others are clipped to the image, ``[0, W] x [0, H]``; a box left with
 zero or negative width or height (inverted, zero-area, wholly outside the image) is dropped. Each
 kind is counted and one warning names the first files. Unreadable images (missing, not an image,

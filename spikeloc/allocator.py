@@ -3,9 +3,9 @@
 By default glibc serves large blocks with fresh ``mmap`` pages (above a threshold that starts at
 128 KiB) and gives the top of its heap back to the kernel once enough of it is free. A time loop
 frees and allocates the same large activations at every step, so each step faults all their pages in
-again: 37 000-73 000 page faults per batch of the paper's 416x416 workload on a 2-core VM (about
-1.6 us each, 1.5-3 % of the batch), where :func:`hold_freed_memory` leaves 4-5 (README "Speed and many
-GPUs"). The price: memory freed after the peak is not returned to the kernel until the process ends.
+again: tens of thousands of page faults per batch of the paper's 416x416 workload, where
+:func:`hold_freed_memory` leaves a handful (benchmarks/RESULTS.md, "The glibc allocator"). The price:
+memory freed after the peak is not returned to the kernel until the process ends.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Do a detector's anchors fit its training boxes? Checked once when training starts (README "Data")."""
+"""Do a detector's anchors fit its training boxes? Checked once when training starts (docs/data.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence, Sized

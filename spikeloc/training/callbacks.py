@@ -1,4 +1,4 @@
-"""Callbacks that keep a run's work safe (README "Troubleshooting").
+"""Callbacks that keep a run's work safe (docs/troubleshooting.md).
 
 - :class:`SafeCheckpoint`: Lightning's ``ModelCheckpoint`` that never writes non-finite weights
   (and so never replaces or deletes a good checkpoint for one), writes ``last`` before each
@@ -128,7 +128,7 @@ def _settings(optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple:
 
 
 class ConfiguredOptimization(pl.Callback):
-    """On resume, the config's optimizer and schedule settings win over the checkpoint's (README "Troubleshooting":
+    """On resume, the config's optimizer and schedule settings win over the checkpoint's (docs/troubleshooting.md:
     after a divergence, lower the learning rate or fix the scheduler and resume from ``last.ckpt``).
 
     Lightning restores the optimizer's hyperparameters and the scheduler with its settings from the checkpoint,

@@ -1,4 +1,4 @@
-"""Spiking object detection (SPYv4) on the shared online loop (README "Detection"; the paper's SPYv4).
+"""Spiking object detection (SPYv4) on the shared online loop (docs/detection.md; the paper's SPYv4).
 
 ``SpikingDetector`` presents a static image for ``num_steps`` steps (or a ``[B, T, C, H, W]``
 sequence of frames), takes the YOLO loss at every weighted step (FPTT: one optimizer step per

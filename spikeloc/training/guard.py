@@ -1,7 +1,7 @@
 """Non-finite guard: a step whose loss, gradients or new weights are not finite changes nothing
 (where bad updates are skipped, non-finite new weights from finite gradients stop training instead).
 
-How it stays off the host (README "Troubleshooting"): before each update the guard copies every
+How it stays off the host (docs/troubleshooting.md): before each update the guard copies every
 tensor the update may change (weights, buffers such as batch-norm statistics, the optimizer's state
 tensors, the FPTT running average and trace where FPTT updates them in place) into buffers allocated
 once; after the update it computes one device-side flag ``ok = isfinite(loss) & isfinite(||g||, ||W||,
@@ -13,9 +13,8 @@ value is finite only when the new weights are, they are not read again. Nothing 
 step; the count of consecutive bad steps is read once per batch (:meth:`NonFiniteGuard.check`), which
 raises :class:`NonFiniteError` after ``limit`` in a row.
 A flag on the CPU is read at once instead (nothing runs ahead of the host there, so reading stalls
-nothing), and the old values are copied back only after a bad update: one ``torch.where`` and one
-copy per tensor (two per weight, four with Adam) took 4 % of a small detector's CPU time (README
-"Speed and many GPUs").
+nothing), and the old values are copied back only after a bad update, instead of one ``torch.where``
+and one copy per tensor (two per weight, four with Adam) after every update.
 The price is one copy of those tensors per update (memory: once more the weights, buffers,
 optimizer and FPTT state; on the CPU the FPTT spare buffers take the place of its copy).
 
@@ -25,7 +24,7 @@ are checked *before* ``optimizer.step()`` (:meth:`NonFiniteGuard.precheck`, righ
 took the gradients' norm), and a bad update is skipped by dropping the gradients (``torch.optim``
 steps no parameter without one). Only the buffers, which the forward pass moves (batch-norm
 statistics), are copied: not the weights and the optimizer's state (with Adam three times the
-weights' memory; the copy took about 2.5 % of the detector's compiled CPU step). Finite gradients
+weights' memory). Finite gradients
 give finite new weights with these optimizers unless the learning rate is absurd or not finite; the
 new weights are still checked, and should one not be finite, which cannot be undone without the
 copy, :class:`NonFiniteError` stops training at once (the last checkpoint is intact).
@@ -164,7 +163,7 @@ class NonFiniteGuard:
             raise NonFiniteError(
                 "after the optimizer step a weight, the optimizer's or FPTT's state or a batch-norm statistic is "
                 "not finite: this cannot be undone here (on the CPU the guard checks the loss and gradients before "
-                "a step instead of copying the weights: README, Troubleshooting). Lower the learning rate (is the "
+                "a step instead of copying the weights: docs/troubleshooting.md). Lower the learning rate (is the "
                 "scheduler's finite?); every checkpoint written holds finite weights.")
         self._count(ok)
         return ok
@@ -199,5 +198,5 @@ class NonFiniteGuard:
             raise NonFiniteError(
                 f"{int(self.bad_run)} optimizer steps in a row had a non-finite loss, gradient or weight "
                 f"({int(self.bad_total)} in all); every one was skipped, so the weights are the last finite ones. "
-                "Lower the learning rate, check the scheduler and the input data (README, Troubleshooting); "
+                "Lower the learning rate, check the scheduler and the input data (docs/troubleshooting.md); "
                 "model.init_args.max_nonfinite_steps sets this limit (0: never stop).")

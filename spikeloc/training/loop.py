@@ -582,7 +582,7 @@ def compile_options(compile_step: bool | dict[str, Any]) -> dict[str, Any]:
     """``torch.compile``'s arguments for ``compile_step``: the dict given, with inductor's
     ``layout_optimization`` off unless set, so the compiled step keeps the model's memory format. Left
     on, inductor turns the convolutions and everything around them channels-last, which made the
-    full-size detector's step 1.26-1.41x slower on an AVX2 CPU (README "Speed"); ``channels_last: true`` is
+    full-size detector's step slower on the CPUs measured (docs/speed.md); ``channels_last: true`` is
     the switch for that layout. With ``mode``, which ``torch.compile`` takes only without ``options``,
     or another backend, the dict is passed as given."""
     options = dict(compile_step) if isinstance(compile_step, dict) else {}

@@ -12,7 +12,7 @@ class PhaseCosineLR(CosineAnnealingLR):
     optional linear warm-up over the phase's first ``warmup`` fraction.
 
     The task module sets ``T_max`` to the phase's scheduler steps when the phase begins (the whole run,
-    or the twin or spiking phase with ``twin_scheduler``; README "Learning: SNN vs ANN twin"), so one
+    or the twin or spiking phase with ``twin_scheduler``; docs/learning.md), so one
     config fits any dataset size, ``max_epochs``, ``twin_epochs`` or ``limit_train_batches``. The sized
     ``T_max`` is part of the scheduler's state, so a resumed run keeps it. Step ``t`` of ``T`` with ``W``
     warm-up steps has ``lr = base * (t + 1) / W`` for ``t < W``, then

@@ -1,6 +1,6 @@
 """What every spiking backbone shares: the classification head and channel scaling.
 
-The backbone contract (README): ``forward(x_t, state=None) -> (features, state)`` advances ONE
+The backbone contract (docs/detection.md): ``forward(x_t, state=None) -> (features, state)`` advances ONE
 time step; ``x_t`` is ``[B, in_chans, H, W]`` and ``features`` a list of spike tensors
 ``[B, out_channels[i], H / strides[i], W / strides[i]]`` ordered by increasing stride.
 ``forward_head(features) -> [B, num_classes]`` is a non-spiking average-pool + linear read-out
