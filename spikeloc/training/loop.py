@@ -10,11 +10,12 @@ how a batch presents its input over time (``inputs``).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -107,6 +108,10 @@ class OnlineModule(pl.LightningModule):
             those weights: ANN->SNN initialisation in one run (docs/learning.md). A fraction, so the split
             holds whatever ``max_epochs`` is.
         twin_epochs: the twin phase as a number of epochs instead (not with ``twin_fraction``).
+        twin_joint: in the spiking phase, every batch first takes one update of the network run as its twin
+            (T = 1, the first input of the batch) on its loss times ``twin_joint``, then the spiking updates:
+            the twin's fast learning keeps shaping the shared weights (docs/learning.md). BN's running
+            statistics stay the SNN's. 0: off.
         twin_scheduler: the learning-rate schedule of the twin epochs. Given, the spiking phase then
             starts like a run of its own initialised from the twin (``init_from``): fresh optimizer
             and FPTT state, the learning rate back at its initial value and ``scheduler`` from its
@@ -126,7 +131,7 @@ class OnlineModule(pl.LightningModule):
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
-                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_fraction: float = 0.0, twin_epochs: int = 0,
+                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_fraction: float = 0.0, twin_epochs: int = 0, twin_joint: float = 0.0,
                  twin_scheduler: LRSchedulerCallable | None = None,
                  compile_step: bool | dict[str, Any] = False, channels_last: bool = False) -> None:
         super().__init__()
@@ -160,6 +165,7 @@ class OnlineModule(pl.LightningModule):
             raise ValueError(f"twin_fraction must be in [0, 1) and not given with twin_epochs; got twin_fraction="
                              f"{twin_fraction}, twin_epochs={twin_epochs}")
         self.twin_fraction, self.twin_epochs, self.twin_active = twin_fraction, twin_epochs, False
+        self.twin_joint = twin_joint
         self.twin_scheduler_factory = twin_scheduler
         self.spiking_phase_started = False  # the spiking phase has begun with its own optimizer state and schedule
         self.compile_step = compile_step
@@ -420,29 +426,19 @@ class OnlineModule(pl.LightningModule):
         optimizer = self.optimizers()
         state, task_total, penalty_total, named = None, 0.0, 0.0, {}
         guard = self._guard(optimizer)
+        if self.twin_joint and not self.twin_active:
+            guard.begin()
+            with twin_pass(self):
+                twin_loss, _, _ = self._span_loss(batch, input_at, range(1), [1.0], None)
+            penalty_total = self._update(optimizer, guard, self.twin_joint * twin_loss)
+            self.log("train/twin_loss", twin_loss.detach(), on_step=True, on_epoch=False)
         for span in split_steps(num_steps, parts):
             state = detach_state(state)
-            guard.begin()
+            guard.begin()  # before the forward: it also undoes BN's running statistics
             loss, state, span_parts = self._span_loss(batch, input_at, span, weights, state)
             task_total = task_total + loss.detach()
             named = {name: named.get(name, 0.0) + value for name, value in span_parts.items()}
-            if self.fptt is not None:
-                penalty = self.fptt.penalty()
-                penalty_total = penalty_total + penalty.detach()
-                loss = loss + penalty
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self.grad_norm = None  # set by clipping (on_before_optimizer_step) where it computes the norm
-            self._update_loss = loss
-            try:
-                optimizer.step()
-            finally:
-                getattr(optimizer, "optimizer", optimizer).__dict__.pop("grad_scale", None)  # set by _clip
-            self._update_loss = None
-            staged = self.fptt.stage() if self.fptt is not None else None
-            ok = guard.commit(loss, staged, self.grad_norm)  # a non-finite update is undone (or was skipped)
-            if self.fptt is not None:
-                self.fptt.accept(ok)
+            penalty_total = penalty_total + self._update(optimizer, guard, loss)
         self.log("train/nonfinite_steps", guard.bad_total.float(), on_step=True, on_epoch=False)
         guard.check()  # one host sync per batch
         if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:
@@ -458,6 +454,26 @@ class OnlineModule(pl.LightningModule):
         for name, value in named.items():
             self.log(f"train/{name}", value / weighted, on_step=True, on_epoch=False, batch_size=batch_size)
         return task_total / parts
+
+    def _update(self, optimizer: Any, guard: NonFiniteGuard, loss: Tensor) -> Tensor:
+        """One optimizer update on ``loss`` plus the FPTT penalty (clipped in :meth:`on_before_optimizer_step`,
+        guarded: ``guard.begin()`` came before the forward; FPTT's trace moved); returns the penalty, detached."""
+        penalty = self.fptt.penalty() if self.fptt is not None else loss.new_zeros(())
+        loss = loss + penalty
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.grad_norm = None  # set by clipping (on_before_optimizer_step) where it computes the norm
+        self._update_loss = loss
+        try:
+            optimizer.step()
+        finally:
+            getattr(optimizer, "optimizer", optimizer).__dict__.pop("grad_scale", None)  # set by _clip
+        self._update_loss = None
+        staged = self.fptt.stage() if self.fptt is not None else None
+        ok = guard.commit(loss, staged, self.grad_norm)  # a non-finite update is undone (or was skipped)
+        if self.fptt is not None:
+            self.fptt.accept(ok)
+        return penalty.detach()
 
     def _guard(self, optimizer: Any) -> NonFiniteGuard:
         """The guard of ``optimizer`` (built on first use, rebuilt if the optimizer changes)."""
@@ -556,6 +572,26 @@ class OnlineModule(pl.LightningModule):
         self._pending_fptt_state = checkpoint.get("fptt")
         # Before configure_optimizers on resume: it picks the schedule the checkpoint's state belongs to.
         self.spiking_phase_started = checkpoint.get("spiking_phase_started", False)
+
+
+@contextlib.contextmanager
+def twin_pass(module: nn.Module) -> Iterator[None]:
+    """Run ``module``'s spiking neurons as their ANN twin inside the block, its batch norms' running
+    statistics (and batch counts) left as they were: those stay the spiking network's."""
+    norms = [m for m in module.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    kept = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+            for m in norms]
+    set_twin(module, True)
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        set_twin(module, False)
+        for norm, (momentum, count) in zip(norms, kept):
+            norm.momentum = momentum
+            if count is not None:
+                norm.num_batches_tracked.copy_(count)
 
 
 def _scales_gradients(optimizer: torch.optim.Optimizer) -> bool:

@@ -201,3 +201,33 @@ def test_phase_cosine_warms_up_over_a_fraction_of_its_phase():
     assert (restored.warmup, restored.T_max, restored.get_lr()) == (0.25, 10, scheduler.get_lr())
     with pytest.raises(ValueError, match="warmup=1.0: expected a fraction"):
         PhaseCosineLR(optimizer, warmup=1.0)
+
+
+def test_twin_joint_adds_one_twin_update_per_spiking_batch(tmp_path):
+    torch.manual_seed(0)
+    module = tiny_detector(num_steps=2, fptt=FPTTConfig(parts=2, consolidate=False), twin_joint=1.0)
+    calls = []
+    forward_step = module.forward_step
+    module.forward_step = lambda x, state: calls.append(module.model.backbone.conv2.neuron.twin) or forward_step(
+        x, state)
+    fit = trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    fit.fit(module, datamodule=shapes())
+    assert calls == [True, False, False] * 2  # a twin pass, then the two spiking steps, per batch
+    assert fit.global_step == 2 * 3  # one update more per batch than K = 2
+    assert not module.model.backbone.conv2.neuron.twin and not module.twin_active
+    assert "train/twin_loss" in fit.callback_metrics
+
+
+def test_a_twin_pass_keeps_the_batch_norm_statistics():
+    from spikeloc.training.loop import twin_pass
+    torch.manual_seed(0)
+    module = tiny_detector(num_steps=2).train()
+    before = {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+    with twin_pass(module):
+        assert module.model.backbone.conv2.neuron.twin
+        module.model(torch.rand(2, 3, 64, 64), None)
+    after = module.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not module.model.backbone.conv2.neuron.twin
+    module.model(torch.rand(2, 3, 64, 64), None)  # outside the pass the statistics move again
+    assert not all(torch.equal(module.state_dict()[k], v) for k, v in before.items())
