@@ -34,6 +34,9 @@ from datamodules.detection import FrameDetectionDataModule
 from datamodules.frames import bin_events
 
 GEN1_CLASSES = ["car", "pedestrian"]
+# ``_bbox.npy`` as published (v1 files; later Prophesee tools name the time field "t")
+BBOX_DTYPE = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "u1"),
+                       ("confidence", "<f4"), ("track_id", "<u4")])
 GEN1_SENSOR = (304, 240, 2)  # (W, H, P)
 LAYOUT = ("  <root>/{train,val,test}/<recording>_td.dat with <recording>_bbox.npy next to each\n"
           "  (the extracted Prophesee GEN1 automotive archives)")
