@@ -17,6 +17,10 @@ sides are >= ``min_box_side`` (10 px); labels in the first ``skip_us`` (0.5 s) o
 skipped (the sensor has not yet seen enough motion). Frames are letterboxed into
 ``image_size`` x ``image_size`` (resized by ``image_size / 304``, padded at the bottom/right), and
 samples follow the batch contract of :mod:`datamodules.detection` with ``images`` ``[B, T, 2, S, S]``.
+
+Training samples can be augmented as event detectors do (all off by default): horizontal flips, zooms and
+shifts of the frames with their boxes (:class:`~datamodules.frames.EventAugment`), and time-window jitter
+(the window ends up to ``time_jitter * window_us`` before the label, whose boxes are kept).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from torch.utils.data import Dataset
 
 from datamodules.dat import open_records, read_events, read_header
 from datamodules.detection import FrameDetectionDataModule
-from datamodules.frames import bin_events
+from datamodules.frames import EventAugment, bin_events
 
 GEN1_CLASSES = ["car", "pedestrian"]
 # ``_bbox.npy`` as published (v1 files; later Prophesee tools name the time field "t")
@@ -119,29 +123,41 @@ def letterbox_frames(frames: torch.Tensor, image_size: int) -> tuple[torch.Tenso
 
 
 class GEN1Dataset(Dataset):
-    """Items ``{"image": [T, 2, S, S] float, "target": dict}`` (batch contract of ``datamodules.detection``)."""
+    """Items ``{"image": [T, 2, S, S] float, "target": dict}`` (batch contract of ``datamodules.detection``);
+    ``augment`` and ``time_jitter`` (training) as in the module docstring."""
 
     def __init__(self, samples: list[Sample], num_steps: int, window_us: int, image_size: int,
-                 clip_count: float | None) -> None:
+                 clip_count: float | None, augment: EventAugment | None = None, time_jitter: float = 0.0) -> None:
         self.samples, self.num_steps, self.window_us = samples, num_steps, window_us
         self.image_size, self.clip_count = image_size, clip_count
+        self.augment, self.time_jitter = augment, time_jitter
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        s = self.samples[index]
-        start = s.t - self.num_steps * self.window_us
-        events = read_events(s.dat, start, s.t)
-        frames = torch.from_numpy(bin_events(events, GEN1_SENSOR, self.num_steps, start, s.t)).float()
+    def frames(self, dat: str, end: int) -> tuple[torch.Tensor, float]:
+        """The letterboxed frames ``[T, 2, S, S]`` of the events of ``[end - T * window_us, end)`` and the scale."""
+        start = end - self.num_steps * self.window_us
+        frames = torch.from_numpy(bin_events(read_events(dat, start, end), GEN1_SENSOR, self.num_steps, start,
+                                             end)).float()
         if self.clip_count is not None:
             frames = frames.clamp_(max=self.clip_count)
-        image, scale = letterbox_frames(frames, self.image_size)
-        boxes = torch.from_numpy(s.boxes)
-        n = len(boxes)
+        return letterbox_frames(frames, self.image_size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        shift = int(torch.rand(()) * self.time_jitter * self.window_us) if self.time_jitter else 0
+        return self.item(s, *self.frames(s.dat, s.t - shift), image_id=index + 1)
+
+    def item(self, s: Sample, image: torch.Tensor, scale: float, image_id: int) -> dict[str, Any]:
+        """The sample's item from its frames (augmented with ``augment``: the boxes that stay, their sources)."""
+        orig = torch.from_numpy(s.boxes)
+        boxes, kept = orig * scale, torch.arange(len(orig))
+        if self.augment is not None and self.augment.active:
+            image, boxes, kept = self.augment(image, boxes)
         return {"image": image, "target": {
-            "boxes": boxes * scale, "labels": torch.from_numpy(s.labels), "difficult": torch.zeros(n, dtype=torch.bool),
-            "image_id": index + 1, "orig_size": (GEN1_SENSOR[1], GEN1_SENSOR[0]), "orig_boxes": boxes.clone(),
+            "boxes": boxes, "labels": torch.from_numpy(s.labels)[kept],
+            "difficult": torch.zeros(len(kept), dtype=torch.bool), "image_id": image_id, "orig_size": (GEN1_SENSOR[1], GEN1_SENSOR[0]), "orig_boxes": orig[kept],
             "scale": float(scale), "pad": (0.0, 0.0), "name": f"{Path(s.dat).stem}@{s.t}"}}
 
 
@@ -153,6 +169,9 @@ class GEN1DataModule(FrameDetectionDataModule):
         num_steps: T frames per sample; window_us: duration of one frame (us).
         image_size: network input side S; clip_count: clip event counts per pixel (None: raw).
         min_box_diag / min_box_side / skip_us: the standard box filter.
+        hflip / zoom / translate: training augmentation, see :class:`~datamodules.frames.EventAugment`
+            (flip probability, zoom factor range, largest shift as a fraction of the side).
+        time_jitter: training windows end up to ``time_jitter * window_us`` before their label (0: off).
         batch_size / num_workers / seed: loaders.
     """
 
@@ -160,7 +179,9 @@ class GEN1DataModule(FrameDetectionDataModule):
 
     def __init__(self, root: str, num_steps: int = 5, window_us: int = 50_000, image_size: int = 320,
                  clip_count: float | None = 4.0, min_box_diag: float = 30.0, min_box_side: float = 10.0,
-                 skip_us: float = 500_000.0, batch_size: int = 8, num_workers: int = 0, seed: int = 0) -> None:
+                 skip_us: float = 500_000.0, hflip: float = 0.0, zoom: tuple[float, float] | None = None,
+                 translate: float = 0.0, time_jitter: float = 0.0, batch_size: int = 8, num_workers: int = 0,
+                 seed: int = 0) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=False)
         self.root = Path(root).expanduser()
@@ -170,6 +191,9 @@ class GEN1DataModule(FrameDetectionDataModule):
                                         "Nothing is downloaded: place the files there or set `data.root`.")
         self.num_steps, self.window_us, self.clip_count = num_steps, window_us, clip_count
         self.filter_kwargs = dict(min_box_diag=min_box_diag, min_box_side=min_box_side, skip_us=skip_us)
+        if not 0 <= time_jitter <= 1:
+            raise ValueError(f"GEN1: time_jitter must be in [0, 1] (a fraction of window_us), got {time_jitter}")
+        self.event_augment, self.time_jitter = EventAugment(hflip, zoom, translate), time_jitter
 
     @property
     def class_names(self) -> list[str]:
@@ -177,7 +201,9 @@ class GEN1DataModule(FrameDetectionDataModule):
 
     def make_dataset(self, split: str, transform: Any) -> GEN1Dataset:
         samples = index_split(self.root / split, **self.filter_kwargs)
-        return GEN1Dataset(samples, self.num_steps, self.window_us, self.image_size, self.clip_count)
+        train = split == "train"
+        return GEN1Dataset(samples, self.num_steps, self.window_us, self.image_size, self.clip_count,
+                           self.event_augment if train else None, self.time_jitter if train else 0.0)
 
 
 def iter_dat_frames(path: str | Path, frame_us: int = 50_000, image_size: int = 320,

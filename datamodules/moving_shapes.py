@@ -12,7 +12,9 @@ coverage (>= 0.5) in image ``t + 1``: where it is at the end of the step.
 
 Samples follow the batch contract of :mod:`datamodules.detection` with ``images``
 ``[B, T, 2, S, S]``; ``boxes`` are those of the last step, and ``track_boxes`` ``[N, T, 4]``
-holds every step's boxes (for streaming and per-step evaluation).
+holds every step's boxes (for streaming and per-step evaluation). Training samples can be flipped,
+zoomed and shifted with their boxes (:class:`~datamodules.frames.EventAugment`, off by default);
+augmented samples carry no ``track_boxes``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from datamodules.detection import FrameDetectionDataModule
+from datamodules.frames import EventAugment
 from datamodules.procedural import SHAPE_NAMES, render_shapes
 
 DEFAULT_CLASSES = ["disc", "square", "triangle", "plus"]
@@ -99,22 +102,27 @@ def generate_moving_detection(n: int, size: int, steps: int, max_objects: int, c
 
 
 class MovingShapesDetectionDataset(Dataset):
-    """Items ``{"image": [T, 2, S, S] float, "target": dict}``; boxes of the last step."""
+    """Items ``{"image": [T, 2, S, S] float, "target": dict}``; boxes of the last step (``augment``: training)."""
 
-    def __init__(self, events: Tensor, targets: list[dict[str, Tensor]]) -> None:
-        self.events, self.targets = events, targets
+    def __init__(self, events: Tensor, targets: list[dict[str, Tensor]], augment: EventAugment | None = None) -> None:
+        self.events, self.targets, self.augment = events, targets, augment
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        target = self.targets[index]
-        boxes = target["track_boxes"][:, -1].clone()
+        target, image = self.targets[index], self.events[index].float()
+        orig = target["track_boxes"][:, -1].clone()
         size = self.events.shape[-1]
-        return {"image": self.events[index].float(), "target": {
-            "boxes": boxes, "labels": target["labels"].clone(), "difficult": torch.zeros(len(boxes), dtype=torch.bool),
-            "image_id": index + 1, "orig_size": (size, size), "orig_boxes": boxes.clone(), "scale": 1.0,
-            "pad": (0.0, 0.0), "track_boxes": target["track_boxes"].clone()}}
+        extra = {"track_boxes": target["track_boxes"].clone()}
+        boxes, kept = orig, torch.arange(len(orig))
+        if self.augment is not None and self.augment.active:
+            image, boxes, kept = self.augment(image, orig)
+            extra = {}
+        return {"image": image, "target": {
+            "boxes": boxes, "labels": target["labels"][kept], "difficult": torch.zeros(len(kept), dtype=torch.bool),
+            "image_id": index + 1, "orig_size": (size, size), "orig_boxes": orig[kept], "scale": 1.0,
+            "pad": (0.0, 0.0), **extra}}
 
 
 class MovingShapesDetectionDataModule(FrameDetectionDataModule):
@@ -125,6 +133,7 @@ class MovingShapesDetectionDataModule(FrameDetectionDataModule):
         image_size: sensor side S; num_steps: T; max_objects: shapes per sequence (1..max).
         class_names: shapes to detect (names from ``SHAPE_NAMES``).
         speed: (min, max) pixels per step; noise: background event probability.
+        hflip / zoom / translate: training augmentation, see :class:`~datamodules.frames.EventAugment`.
     """
 
     in_channels = 2
@@ -132,7 +141,8 @@ class MovingShapesDetectionDataModule(FrameDetectionDataModule):
 
     def __init__(self, num_train: int = 2048, num_val: int = 256, num_test: int = 256, image_size: int = 96,
                  num_steps: int = 4, max_objects: int = 3, class_names: list[str] | None = None,
-                 speed: tuple[float, float] = (0.5, 2.0), noise: float = 0.002, batch_size: int = 16,
+                 speed: tuple[float, float] = (0.5, 2.0), noise: float = 0.002, hflip: float = 0.0,
+                 zoom: tuple[float, float] | None = None, translate: float = 0.0, batch_size: int = 16,
                  num_workers: int = 0, seed: int = 0) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=False)
@@ -147,6 +157,7 @@ class MovingShapesDetectionDataModule(FrameDetectionDataModule):
         self.record_resolved(class_names=names)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.speed, self.noise = tuple(speed), noise
+        self.event_augment = EventAugment(hflip, zoom, translate)
 
     @property
     def class_names(self) -> list[str]:
@@ -156,4 +167,5 @@ class MovingShapesDetectionDataModule(FrameDetectionDataModule):
         rng = np.random.default_rng([self.seed, self._split_ids[split]])
         ids = [SHAPE_NAMES.index(c) for c in self._names]
         return MovingShapesDetectionDataset(*generate_moving_detection(
-            self.sizes[split], self.image_size, self.num_steps, self.max_objects, ids, self.noise, rng, self.speed))
+            self.sizes[split], self.image_size, self.num_steps, self.max_objects, ids, self.noise, rng, self.speed),
+            augment=self.event_augment if split == "train" else None)
