@@ -21,6 +21,13 @@ samples follow the batch contract of :mod:`datamodules.detection` with ``images`
 Training samples can be augmented as event detectors do (all off by default): horizontal flips, zooms and
 shifts of the frames with their boxes (:class:`~datamodules.frames.EventAugment`), and time-window jitter
 (the window ends up to ``time_jitter * window_us`` before the label, whose boxes are kept).
+
+With ``sequential`` the recordings are instead cut into consecutive windows of ``num_steps * window_us``
+(their ends on the phase of the recording's first label) and batch ``b + 1`` continues the recordings of
+batch ``b`` row by row (:mod:`datamodules.streams`; ``reset`` where a recording starts), for a detector
+that carries its state across batches (``spikeloc.training.carry.StreamingDetector``), in training and
+evaluation alike. A label belongs to the window whose last frame holds it; windows without one are
+``labelled: False`` (neither trained on nor scored). Training shuffles the recordings by seed + epoch.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from torch.utils.data import Dataset
 from datamodules.dat import open_records, read_events, read_header
 from datamodules.detection import FrameDetectionDataModule
 from datamodules.frames import EventAugment, bin_events
+from datamodules.streams import stream_loader
 
 GEN1_CLASSES = ["car", "pedestrian"]
 # ``_bbox.npy`` as published (v1 files; later Prophesee tools name the time field "t")
@@ -157,8 +165,74 @@ class GEN1Dataset(Dataset):
             image, boxes, kept = self.augment(image, boxes)
         return {"image": image, "target": {
             "boxes": boxes, "labels": torch.from_numpy(s.labels)[kept],
-            "difficult": torch.zeros(len(kept), dtype=torch.bool), "image_id": image_id, "orig_size": (GEN1_SENSOR[1], GEN1_SENSOR[0]), "orig_boxes": orig[kept],
-            "scale": float(scale), "pad": (0.0, 0.0), "name": f"{Path(s.dat).stem}@{s.t}"}}
+            "difficult": torch.zeros(len(kept), dtype=torch.bool), "image_id": image_id,
+            "orig_size": (GEN1_SENSOR[1], GEN1_SENSOR[0]), "orig_boxes": orig[kept], "scale": float(scale),
+            "pad": (0.0, 0.0), "name": f"{Path(s.dat).stem}@{s.t}"}}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording cut into ``windows`` consecutive windows from ``start`` (us); ``labels``: window -> its label."""
+
+    dat: str
+    start: int
+    windows: int
+    labels: dict[int, Sample]
+
+
+def index_recordings(folder: Path, span_us: int, frame_us: int, **filter_kwargs: Any) -> list[Recording]:
+    """The labelled recordings of ``folder`` as windows of ``span_us`` whose ends fall on the phase of the
+    first label and that cover every event and label; a label goes to the window whose last frame
+    (``frame_us``) holds it, the latest one when several do."""
+    by_dat: dict[str, list[Sample]] = {}
+    for sample in index_split(folder, **filter_kwargs):
+        by_dat.setdefault(sample.dat, []).append(sample)
+    recordings = []
+    for dat, samples in sorted(by_dat.items()):
+        times = open_records(dat)[1]["t"]
+        first = int(times[0]) if len(times) else samples[0].t
+        last = max(int(times[-1]) + 1 if len(times) else 0, samples[-1].t)  # what the windows cover ends here
+        start = samples[0].t - span_us * max(1, (samples[0].t - first) // span_us)
+        windows = -(-(last - start) // span_us)
+        labels = {}
+        for sample in samples:
+            window = -(-(sample.t - start) // span_us) - 1  # the first window ending at or after the label
+            if start + (window + 1) * span_us - sample.t < frame_us:
+                labels[window] = sample
+        recordings.append(Recording(dat, start, windows, labels))
+    return recordings
+
+
+class GEN1StreamDataset(Dataset):
+    """Consecutive windows (``sequential``): item ``offsets[r] + w`` is window ``w`` of recording ``r``, the last
+    item an idle row's (no event, no label). Items are :class:`GEN1Dataset`'s (named ``<recording>@<window end>``,
+    with the boxes of the window's label) plus ``reset`` (window 0, or idle) and ``labelled``; ``lengths`` are
+    the recordings' window counts (for ``datamodules.streams``)."""
+
+    def __init__(self, recordings: list[Recording], num_steps: int, window_us: int, image_size: int,
+                 clip_count: float | None) -> None:
+        self.recordings, self.lengths = recordings, [r.windows for r in recordings]
+        self.offsets = np.cumsum([0] + self.lengths)
+        self.span = num_steps * window_us
+        self.windows = GEN1Dataset([], num_steps, window_us, image_size, clip_count)  # frames and items
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1]) + 1
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+        if index == len(self) - 1:
+            size = self.windows.image_size
+            image = torch.zeros(self.windows.num_steps, 2, size, size)
+            return {**self.windows.item(Sample("idle", 0, *empty), image, 1.0, index + 1), "reset": True,
+                    "labelled": False}
+        r = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        window, rec = index - int(self.offsets[r]), self.recordings[r]
+        end = rec.start + (window + 1) * self.span
+        label = rec.labels.get(window)
+        boxes = (label.boxes, label.labels) if label is not None else empty
+        item = self.windows.item(Sample(rec.dat, end, *boxes), *self.windows.frames(rec.dat, end), index + 1)
+        return {**item, "reset": window == 0, "labelled": window in rec.labels}
 
 
 class GEN1DataModule(FrameDetectionDataModule):
@@ -172,6 +246,8 @@ class GEN1DataModule(FrameDetectionDataModule):
         hflip / zoom / translate: training augmentation, see :class:`~datamodules.frames.EventAugment`
             (flip probability, zoom factor range, largest shift as a fraction of the side).
         time_jitter: training windows end up to ``time_jitter * window_us`` before their label (0: off).
+        sequential: batches of consecutive windows that continue the recordings row by row (see the module
+            docstring; one process: not under DDP; without augmentation).
         batch_size / num_workers / seed: loaders.
     """
 
@@ -180,8 +256,8 @@ class GEN1DataModule(FrameDetectionDataModule):
     def __init__(self, root: str, num_steps: int = 5, window_us: int = 50_000, image_size: int = 320,
                  clip_count: float | None = 4.0, min_box_diag: float = 30.0, min_box_side: float = 10.0,
                  skip_us: float = 500_000.0, hflip: float = 0.0, zoom: tuple[float, float] | None = None,
-                 translate: float = 0.0, time_jitter: float = 0.0, batch_size: int = 8, num_workers: int = 0,
-                 seed: int = 0) -> None:
+                 translate: float = 0.0, time_jitter: float = 0.0, sequential: bool = False, batch_size: int = 8,
+                 num_workers: int = 0, seed: int = 0) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=False)
         self.root = Path(root).expanduser()
@@ -194,16 +270,36 @@ class GEN1DataModule(FrameDetectionDataModule):
         if not 0 <= time_jitter <= 1:
             raise ValueError(f"GEN1: time_jitter must be in [0, 1] (a fraction of window_us), got {time_jitter}")
         self.event_augment, self.time_jitter = EventAugment(hflip, zoom, translate), time_jitter
+        if sequential and (self.event_augment.active or time_jitter):
+            raise ValueError("GEN1: sequential: true trains on consecutive windows of whole recordings; hflip, zoom, "
+                             "translate and time_jitter augment independent windows only: leave them at 0 / null")
+        self.sequential = sequential
 
     @property
     def class_names(self) -> list[str]:
         return list(GEN1_CLASSES)
 
-    def make_dataset(self, split: str, transform: Any) -> GEN1Dataset:
+    def make_dataset(self, split: str, transform: Any) -> GEN1Dataset | GEN1StreamDataset:
+        if self.sequential:
+            recordings = index_recordings(self.root / split, self.num_steps * self.window_us, self.window_us,
+                                          **self.filter_kwargs)
+            return GEN1StreamDataset(recordings, self.num_steps, self.window_us, self.image_size, self.clip_count)
         samples = index_split(self.root / split, **self.filter_kwargs)
         train = split == "train"
         return GEN1Dataset(samples, self.num_steps, self.window_us, self.image_size, self.clip_count,
                            self.event_augment if train else None, self.time_jitter if train else 0.0)
+
+    def split_loader(self, split: str) -> Any:
+        """Independent windows (the shared loaders), or with ``sequential`` batches that continue the
+        recordings row by row (``datamodules.streams.stream_loader``; training shuffles by seed + epoch)."""
+        if not self.sequential:
+            return super().split_loader(split)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise ValueError(f"GEN1: sequential: true runs in one process; this run has {self.trainer.world_size}")
+        dataset = self.split_dataset(split)
+        if dataset is None:
+            raise RuntimeError(f"GEN1DataModule: the {split} split is not set up; call setup() first")
+        return stream_loader(dataset, dataset.lengths, self.batch_size, split == "train", self.seed, self.num_workers)
 
 
 def iter_dat_frames(path: str | Path, frame_us: int = 50_000, image_size: int = 320,
