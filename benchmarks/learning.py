@@ -11,6 +11,10 @@ default. The variants:
 - ``snn``: the SNN from scratch for the whole budget;
 - ``recipe``: the config as it is (twin phase, then the SNN from the twin's weights).
 
+With ``--carried`` an event set is trained and validated as consecutive windows with the state carried
+from batch to batch (``StreamingDetector`` on GEN1's sequential batches; one label in four is a
+window's at 50 ms labels), at the same number of batches.
+
 Each run is ``tools/train.py`` in a subprocess, validated every epoch; the table gives mAP@0.5 and
 @0.75 at the end, for ``recipe`` also the twin's mAP@0.5 at the switch and the SNN's after its first
 spiking epoch, the ratio to the twin, and the wall time. ``--set key=value`` adds command-line
@@ -39,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import event_sets  # noqa: E402
 import learning_sets  # noqa: E402
-from datamodules.gen1 import index_split  # noqa: E402
+from datamodules.gen1 import index_recordings, index_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SETS, EVENT_SETS = sorted(learning_sets.SETS), sorted(event_sets.SETS)
@@ -52,6 +56,8 @@ VARIANTS = {
     "snn": ["--model.init_args.twin_fraction", "0"],
     "recipe": [],
 }
+# --carried: an event set's recordings as consecutive windows, the state carried from batch to batch
+CARRIED = ["--model.class_path", "spikeloc.training.carry.StreamingDetector", "--data.init_args.sequential", "true"]
 
 
 def kind(name: str) -> str:
@@ -85,19 +91,24 @@ def run(name: str, variant: str, args: argparse.Namespace) -> dict:
     """Train one (set, variant) and summarise its validation curve."""
     if kind(name) == "events":
         folder = event_sets.write_set(name, args.data)
-        num_train = len(index_split(folder / "train"))  # labelled samples left by GEN1's box filter
+        if args.carried:  # batches of consecutive windows of T = 4 frames of 50 ms
+            num_train = sum(r.windows for r in index_recordings(folder / "train", 4 * 50_000, 50_000))
+        else:
+            num_train = len(index_split(folder / "train"))  # labelled samples left by GEN1's box filter
     else:
         folder, num_train = learning_sets.write_set(name, args.data), learning_sets.SETS[name].num_train
     default_config, default_batches = DEFAULTS[kind(name)]
     config, batches = args.config or default_config, args.batches or default_batches
     per_epoch = math.ceil(num_train / args.batch_size)
     epochs = max(1, round(batches / per_epoch))
+    variant_args = [*VARIANTS[variant], *(CARRIED if args.carried else [])]
+    variant = f"{variant}+carried" if args.carried else variant
     tag = f"{name}-{variant}{args.tag}"
     command = [sys.executable, str(ROOT / "tools/train.py"), "--config", str(config),
                "--data", data_config(name, folder, args.batch_size), "--trainer.max_epochs", str(epochs),
                "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
                "--trainer.logger.init_args.save_dir", str(args.out), "--trainer.logger.init_args.name", tag,
-               "--seed_everything", str(args.seed), *VARIANTS[variant]]
+               "--seed_everything", str(args.seed), *variant_args]
     for item in args.set:
         key, _, value = item.partition("=")
         command += [f"--{key}", value]
@@ -164,7 +175,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "runs/learning_sets", help="where the sets are written")
     parser.add_argument("--out", type=Path, default=ROOT / "runs/learning")
     parser.add_argument("--json", action="store_true", help="also print one JSON line per run")
+    parser.add_argument("--carried", action="store_true",
+                        help="event sets: train and validate on consecutive windows with the state carried "
+                             "(StreamingDetector, GEN1 sequential batches) at the same number of batches")
     args = parser.parse_args()
+    if args.carried and any(kind(name) != "events" for name in args.sets):
+        parser.error(f"--carried applies to the event sets ({', '.join(EVENT_SETS)}) only")
     results = []
     for name in args.sets:
         for variant in args.variants:
