@@ -7,12 +7,15 @@ drawn into ``DIR/<name>.png`` and written to ``DIR/detections.json`` (COCO resul
 ``--stream REC.dat`` instead runs an event recording window by window with the state carried across
 windows (constant memory): ``DIR/detections.jsonl`` and one annotated ``window_<i>.png`` per window
 (a detector trained on events; a file without the ``%`` header only with ``--headerless``). The recording
-and the checkpoint are all it needs: the detector is rebuilt from the checkpoint alone (the training data
-need not exist), and the frames are made as in training (frame length, T per window, input size and
-count clipping from the checkpoint's datamodule settings; ``--frame_us`` / ``--window`` override them).
+and the checkpoint are all it needs: the detector is rebuilt from the checkpoint without its datamodule
+(the training data need not exist), and the frames are made as in training (frame length, T per window,
+input size and count clipping from the checkpoint's datamodule settings); ``--config`` and
+``--model.init_args.*`` / ``--data.init_args.*`` override those settings, ``--frame_us`` / ``--window`` the
+frame length and T.
 """
 import argparse
 import importlib
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -22,33 +25,48 @@ from spikeloc.evaluate import build_run, image_loader
 from spikeloc.streaming import save_stream, stream_detect
 from spikeloc.training.writers import DetectionWriter
 
-MODEL_KEY = "--model.init_args."
+SECTIONS = ("model", "data")  # what --stream takes from --config and --<section>.init_args.<key> <value>
 
 
-def detector_from_checkpoint(ckpt: str, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
-    """The detector of ``ckpt`` built from its own hyperparameters with ``--model.init_args.<key> <value>``
-    ``overrides`` on top (no datamodule, no data read), its weights loaded; and the checkpoint's datamodule
-    hyperparameters."""
-    settings = _model_overrides(overrides)
+def stream_settings(config: str | None, overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """``{"model": {...}, "data": {...}}``: the ``init_args`` (and a model ``class_path``) of ``config``, then
+    ``--model.init_args.<key> <value>`` / ``--data.init_args.<key> <value>`` overrides (``=<value>`` too; YAML
+    values); ``--trainer.*`` is accepted and unused (no trainer streams)."""
+    settings: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    if config:
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+        for section in SECTIONS:
+            part = loaded.get(section) or {}
+            settings[section].update(part.get("init_args") or {})
+            if section == "model" and part.get("class_path"):
+                settings[section]["_class_path"] = part["class_path"]
+    words = [part for word in overrides for part in word.split("=", 1)]
+    keys = [key.removeprefix("--").split(".", 2) for key in words[::2]]
+    if len(words) % 2 or any(key[0] != "trainer" and (len(key) < 3 or key[0] not in SECTIONS or key[1] != "init_args")
+                             for key in keys):
+        raise ValueError("--stream takes --model.init_args.<key> <value> and --data.init_args.<key> <value> "
+                         f"overrides, got {' '.join(overrides)}")
+    for key, value in zip(keys, words[1::2]):
+        if key[0] != "trainer":
+            settings[key[0]][key[2]] = yaml.safe_load(value)
+    return settings
+
+
+def detector_from_checkpoint(ckpt: str, settings: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    """The detector of ``ckpt`` built from its own hyperparameters with ``settings["model"]`` on top (no datamodule,
+    no data read), its weights loaded; and the checkpoint's datamodule hyperparameters with ``settings["data"]``."""
     checkpoint = load_checkpoint(ckpt)
-    class_path = (checkpoint.get("class_paths") or {}).get("model")
+    model_settings = dict(settings["model"])
+    class_path = model_settings.pop("_class_path", None) or (checkpoint.get("class_paths") or {}).get("model")
     hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     if not class_path or not hparams:
         raise CheckpointError(f"{ckpt}: no model class or hyperparameters in the checkpoint (not written by "
                               "tools/train.py?): --stream rebuilds the detector from them")
     module, _, name = class_path.rpartition(".")
-    model = getattr(importlib.import_module(module), name)(**{**hparams, "compile_step": False, **settings})
+    model = getattr(importlib.import_module(module), name)(**{**hparams, "compile_step": False, **model_settings})
     check_architecture(checkpoint, model, ckpt)
     model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), dict(checkpoint.get("datamodule_hyper_parameters") or {})
-
-
-def _model_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``--model.init_args.<key> <value>`` (or ``=<value>``) pairs as ``{key: YAML value}``."""
-    words = [part for word in overrides for part in word.split("=", 1)]
-    if len(words) % 2 or any(not key.startswith(MODEL_KEY) for key in words[::2]):
-        raise ValueError(f"--stream takes {MODEL_KEY}<key> <value> overrides only, got {' '.join(overrides)}")
-    return {key[len(MODEL_KEY):]: yaml.safe_load(value) for key, value in zip(words[::2], words[1::2])}
+    return model.eval(), {**(checkpoint.get("datamodule_hyper_parameters") or {}), **settings["data"]}
 
 
 def stream(model: Any, data: dict[str, Any], args, parser: argparse.ArgumentParser) -> None:
@@ -91,12 +109,9 @@ def main() -> None:
                         help="--stream: a legacy .dat without '%%' header lines (CD events from byte 0)")
     args, overrides = parser.parse_known_args()
     if args.stream:
-        if args.config:
-            parser.error("--stream rebuilds the detector from the checkpoint alone: give model settings as "
-                         f"{MODEL_KEY}<key> <value>, not --config")
         try:
-            model, data = detector_from_checkpoint(args.ckpt, overrides)
-        except (CheckpointError, ValueError, TypeError) as err:
+            model, data = detector_from_checkpoint(args.ckpt, stream_settings(args.config, overrides))
+        except (CheckpointError, OSError, ValueError, TypeError) as err:
             parser.error(f"--stream: {err}")
         return stream(model, data, args, parser)
     cli = build_run(args.ckpt, args.config, overrides)

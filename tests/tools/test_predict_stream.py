@@ -94,13 +94,19 @@ def test_a_recording_and_a_checkpoint_are_enough_frames_as_trained(tmp_path, mon
     assert "frames of 20000 us, 3 per window, 64 px, counts clipped at 2.0" in capsys.readouterr().out
 
 
-def test_stream_takes_model_overrides_only(tmp_path, monkeypatch, capsys):
+def test_stream_settings_from_a_config_and_overrides(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  class_path: spikeloc.training.carry.StreamingDetector\n"
+                      "  init_args: {conf_threshold: 0.2}\n"
+                      "data:\n  init_args: {num_steps: 6, clip_count: 3}\ntrainer: {max_epochs: 2}\n")
+    overrides = ["--model.init_args.conf_threshold", "0.1", "--data.init_args.window_us=30000",
+                 "--trainer.accelerator", "cpu"]
+    settings = predict.stream_settings(str(config), overrides)
+    assert settings == {"model": {"_class_path": "spikeloc.training.carry.StreamingDetector", "conf_threshold": 0.1},
+                        "data": {"num_steps": 6, "clip_count": 3, "window_us": 30000}}
     monkeypatch.setattr(sys, "argv", ["predict.py", "--ckpt", str(tmp_path / "none.ckpt"), "--stream", "x.dat",
-                                      "--out", str(tmp_path / "out"), "--data.init_args.root", "/data"])
+                                      "--out", str(tmp_path / "out"), "--checkpoint.every_n_epochs", "1"])
     with pytest.raises(SystemExit):
         predict.main()
-    assert "--stream takes --model.init_args.<key> <value> overrides only" in capsys.readouterr().err
-    assert predict._model_overrides(["--model.init_args.conf_threshold", "0.1", "--model.init_args.eval_seed=3"]) \
-        == {"conf_threshold": 0.1, "eval_seed": 3}
-    with pytest.raises(ValueError, match="--stream takes --model.init_args.<key> <value> overrides only"):
-        predict._model_overrides(["--data.init_args.root", "/data"])
+    assert "--stream takes --model.init_args.<key> <value> and --data.init_args.<key> <value> overrides" in \
+        capsys.readouterr().err
