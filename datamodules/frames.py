@@ -8,13 +8,19 @@ keeps the first ``num_steps`` frames of long ones.
 
 ``bin_events`` counts the events of ``[t_start, t_end)`` into T equal time bins with one
 ``np.bincount`` (used for GEN1 windows and moving shapes, where windows are often empty).
+
+``EventAugment`` flips, zooms and shifts event frames ``[T, P, S, S]`` with their boxes, every frame
+the same way (the augmentation of event detectors, e.g. RVT's flips and zooms).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tonic.transforms import ToFrame
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 Sensor = tuple[int, int, int]  # tonic's (W, H, P)
 
@@ -87,3 +93,56 @@ def bin_events(events: np.ndarray, sensor_size: Sensor, num_steps: int, t_start:
     index = ((step * polarities + p[keep]) * height + y[keep]) * width + x[keep]
     counts = np.bincount(index, minlength=num_steps * polarities * height * width)
     return np.minimum(counts, np.iinfo(np.int16).max).reshape(num_steps, polarities, height, width).astype(np.int16)
+
+
+@dataclass
+class EventAugment:
+    """Random geometric augmentation of event frames ``[T, P, S, S]`` and their boxes, every frame alike.
+
+    A zoom by a factor drawn uniformly from ``zoom`` (``> 1`` zooms in, ``< 1`` out, about the frame's
+    centre) and a shift by up to ``translate`` of the side in x and y (one ``v2.RandomAffine``), then a
+    horizontal flip with probability ``hflip`` (``v2.RandomHorizontalFlip``); frames are resampled by the
+    nearest neighbour, so counts stay counts (a zoom-out leaves some pixels' events out) and empty space
+    holds no event. Boxes move exactly with the pixels, are clamped to the frame, and those left under
+    ``min_size`` pixels wide or high are dropped (``v2.SanitizeBoundingBoxes``). Draws come from torch's
+    generator (a loader worker's is seeded from the loader's seed and epoch).
+    """
+
+    hflip: float = 0.0
+    zoom: tuple[float, float] | None = None
+    translate: float = 0.0
+    min_size: float = 2.0
+    _pipeline: v2.Compose = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.hflip <= 1 or not 0 <= self.translate < 1 or (
+                self.zoom is not None and not 0 < self.zoom[0] <= self.zoom[1]):
+            raise ValueError(f"event augmentation: need 0 <= hflip <= 1, 0 <= translate < 1 and 0 < zoom[0] <= "
+                             f"zoom[1]; got hflip={self.hflip}, translate={self.translate}, zoom={self.zoom}")
+        steps: list[v2.Transform] = []
+        if self.zoom is not None or self.translate:
+            shift = (self.translate, self.translate) if self.translate else None
+            steps.append(v2.RandomAffine(degrees=0, translate=shift, scale=self.zoom))  # nearest by default
+        if self.hflip:
+            steps.append(v2.RandomHorizontalFlip(self.hflip))
+        steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=self.min_size, labels_getter=_kept)]
+        self._pipeline = v2.Compose(steps)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.hflip or self.zoom is not None or self.translate)
+
+    def __call__(self, frames: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``frames [T, P, S, S]``, ``boxes [N, 4]`` xyxy frame pixels -> frames, boxes ``[M, 4]`` and the index
+        ``[M]`` of each kept box among the N."""
+        size = tuple(frames.shape[-2:])
+        video = tv_tensors.Video(frames)
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size),
+                  "index": torch.arange(len(boxes))}
+        video, target = self._pipeline(video, target)
+        return video.as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor), target["index"]
+
+
+def _kept(inputs: tuple) -> torch.Tensor:
+    """``labels_getter`` of :class:`EventAugment`'s sanitiser: the index of each box."""
+    return inputs[1]["index"]

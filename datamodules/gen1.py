@@ -17,6 +17,17 @@ sides are >= ``min_box_side`` (10 px); labels in the first ``skip_us`` (0.5 s) o
 skipped (the sensor has not yet seen enough motion). Frames are letterboxed into
 ``image_size`` x ``image_size`` (resized by ``image_size / 304``, padded at the bottom/right), and
 samples follow the batch contract of :mod:`datamodules.detection` with ``images`` ``[B, T, 2, S, S]``.
+
+Training samples can be augmented as event detectors do (all off by default): horizontal flips, zooms and
+shifts of the frames with their boxes (:class:`~datamodules.frames.EventAugment`), and time-window jitter
+(the window ends up to ``time_jitter * window_us`` before the label, whose boxes are kept).
+
+With ``sequential`` the recordings are instead cut into consecutive windows of ``num_steps * window_us``
+(their ends on the phase of the recording's first label) and batch ``b + 1`` continues the recordings of
+batch ``b`` row by row (:mod:`datamodules.streams`; ``reset`` where a recording starts), for a detector
+that carries its state across batches (``spikeloc.training.carry.StreamingDetector``), in training and
+evaluation alike. A label belongs to the window whose last frame holds it; windows without one are
+``labelled: False`` (neither trained on nor scored). Training shuffles the recordings by seed + epoch.
 """
 from __future__ import annotations
 
@@ -31,9 +42,13 @@ from torch.utils.data import Dataset
 
 from datamodules.dat import open_records, read_events, read_header
 from datamodules.detection import FrameDetectionDataModule
-from datamodules.frames import bin_events
+from datamodules.frames import EventAugment, bin_events
+from datamodules.streams import stream_loader
 
 GEN1_CLASSES = ["car", "pedestrian"]
+# ``_bbox.npy`` as published (v1 files; later Prophesee tools name the time field "t")
+BBOX_DTYPE = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "u1"),
+                       ("confidence", "<f4"), ("track_id", "<u4")])
 GEN1_SENSOR = (304, 240, 2)  # (W, H, P)
 LAYOUT = ("  <root>/{train,val,test}/<recording>_td.dat with <recording>_bbox.npy next to each\n"
           "  (the extracted Prophesee GEN1 automotive archives)")
@@ -116,30 +131,108 @@ def letterbox_frames(frames: torch.Tensor, image_size: int) -> tuple[torch.Tenso
 
 
 class GEN1Dataset(Dataset):
-    """Items ``{"image": [T, 2, S, S] float, "target": dict}`` (batch contract of ``datamodules.detection``)."""
+    """Items ``{"image": [T, 2, S, S] float, "target": dict}`` (batch contract of ``datamodules.detection``);
+    ``augment`` and ``time_jitter`` (training) as in the module docstring."""
 
     def __init__(self, samples: list[Sample], num_steps: int, window_us: int, image_size: int,
-                 clip_count: float | None) -> None:
+                 clip_count: float | None, augment: EventAugment | None = None, time_jitter: float = 0.0) -> None:
         self.samples, self.num_steps, self.window_us = samples, num_steps, window_us
         self.image_size, self.clip_count = image_size, clip_count
+        self.augment, self.time_jitter = augment, time_jitter
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        s = self.samples[index]
-        start = s.t - self.num_steps * self.window_us
-        events = read_events(s.dat, start, s.t)
-        frames = torch.from_numpy(bin_events(events, GEN1_SENSOR, self.num_steps, start, s.t)).float()
+    def frames(self, dat: str, end: int) -> tuple[torch.Tensor, float]:
+        """The letterboxed frames ``[T, 2, S, S]`` of the events of ``[end - T * window_us, end)`` and the scale."""
+        start = end - self.num_steps * self.window_us
+        frames = torch.from_numpy(bin_events(read_events(dat, start, end), GEN1_SENSOR, self.num_steps, start,
+                                             end)).float()
         if self.clip_count is not None:
             frames = frames.clamp_(max=self.clip_count)
-        image, scale = letterbox_frames(frames, self.image_size)
-        boxes = torch.from_numpy(s.boxes)
-        n = len(boxes)
+        return letterbox_frames(frames, self.image_size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        shift = int(torch.rand(()) * self.time_jitter * self.window_us) if self.time_jitter else 0
+        return self.item(s, *self.frames(s.dat, s.t - shift), image_id=index + 1)
+
+    def item(self, s: Sample, image: torch.Tensor, scale: float, image_id: int) -> dict[str, Any]:
+        """The sample's item from its frames (augmented with ``augment``: the boxes that stay, their sources)."""
+        orig = torch.from_numpy(s.boxes)
+        boxes, kept = orig * scale, torch.arange(len(orig))
+        if self.augment is not None and self.augment.active:
+            image, boxes, kept = self.augment(image, boxes)
         return {"image": image, "target": {
-            "boxes": boxes * scale, "labels": torch.from_numpy(s.labels), "difficult": torch.zeros(n, dtype=torch.bool),
-            "image_id": index + 1, "orig_size": (GEN1_SENSOR[1], GEN1_SENSOR[0]), "orig_boxes": boxes.clone(),
-            "scale": float(scale), "pad": (0.0, 0.0), "name": f"{Path(s.dat).stem}@{s.t}"}}
+            "boxes": boxes, "labels": torch.from_numpy(s.labels)[kept],
+            "difficult": torch.zeros(len(kept), dtype=torch.bool), "image_id": image_id,
+            "orig_size": (GEN1_SENSOR[1], GEN1_SENSOR[0]), "orig_boxes": orig[kept], "scale": float(scale),
+            "pad": (0.0, 0.0), "name": f"{Path(s.dat).stem}@{s.t}"}}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording cut into ``windows`` consecutive windows from ``start`` (us); ``labels``: window -> its label."""
+
+    dat: str
+    start: int
+    windows: int
+    labels: dict[int, Sample]
+
+
+def index_recordings(folder: Path, span_us: int, frame_us: int, **filter_kwargs: Any) -> list[Recording]:
+    """The labelled recordings of ``folder`` as windows of ``span_us`` whose ends fall on the phase of the
+    first label and that cover every event and label; a label goes to the window whose last frame
+    (``frame_us``) holds it, the latest one when several do."""
+    by_dat: dict[str, list[Sample]] = {}
+    for sample in index_split(folder, **filter_kwargs):
+        by_dat.setdefault(sample.dat, []).append(sample)
+    recordings = []
+    for dat, samples in sorted(by_dat.items()):
+        times = open_records(dat)[1]["t"]
+        first = int(times[0]) if len(times) else samples[0].t
+        last = max(int(times[-1]) + 1 if len(times) else 0, samples[-1].t)  # what the windows cover ends here
+        start = samples[0].t - span_us * max(1, (samples[0].t - first) // span_us)
+        windows = -(-(last - start) // span_us)
+        labels = {}
+        for sample in samples:
+            window = -(-(sample.t - start) // span_us) - 1  # the first window ending at or after the label
+            if start + (window + 1) * span_us - sample.t < frame_us:
+                labels[window] = sample
+        recordings.append(Recording(dat, start, windows, labels))
+    return recordings
+
+
+class GEN1StreamDataset(Dataset):
+    """Consecutive windows (``sequential``): item ``offsets[r] + w`` is window ``w`` of recording ``r``, the last
+    item an idle row's (no event, no label). Items are :class:`GEN1Dataset`'s (named ``<recording>@<window end>``,
+    with the boxes of the window's label) plus ``reset`` (window 0, or idle) and ``labelled``; ``lengths`` are
+    the recordings' window counts (for ``datamodules.streams``)."""
+
+    def __init__(self, recordings: list[Recording], num_steps: int, window_us: int, image_size: int,
+                 clip_count: float | None) -> None:
+        self.recordings, self.lengths = recordings, [r.windows for r in recordings]
+        self.offsets = np.cumsum([0] + self.lengths)
+        self.span = num_steps * window_us
+        self.windows = GEN1Dataset([], num_steps, window_us, image_size, clip_count)  # frames and items
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1]) + 1
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+        if index == len(self) - 1:
+            size = self.windows.image_size
+            image = torch.zeros(self.windows.num_steps, 2, size, size)
+            return {**self.windows.item(Sample("idle", 0, *empty), image, 1.0, index + 1), "reset": True,
+                    "labelled": False}
+        r = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        window, rec = index - int(self.offsets[r]), self.recordings[r]
+        end = rec.start + (window + 1) * self.span
+        label = rec.labels.get(window)
+        boxes = (label.boxes, label.labels) if label is not None else empty
+        item = self.windows.item(Sample(rec.dat, end, *boxes), *self.windows.frames(rec.dat, end), index + 1)
+        return {**item, "reset": window == 0, "labelled": window in rec.labels}
 
 
 class GEN1DataModule(FrameDetectionDataModule):
@@ -150,6 +243,11 @@ class GEN1DataModule(FrameDetectionDataModule):
         num_steps: T frames per sample; window_us: duration of one frame (us).
         image_size: network input side S; clip_count: clip event counts per pixel (None: raw).
         min_box_diag / min_box_side / skip_us: the standard box filter.
+        hflip / zoom / translate: training augmentation, see :class:`~datamodules.frames.EventAugment`
+            (flip probability, zoom factor range, largest shift as a fraction of the side).
+        time_jitter: training windows end up to ``time_jitter * window_us`` before their label (0: off).
+        sequential: batches of consecutive windows that continue the recordings row by row (see the module
+            docstring; one process: not under DDP; without augmentation).
         batch_size / num_workers / seed: loaders.
     """
 
@@ -157,7 +255,9 @@ class GEN1DataModule(FrameDetectionDataModule):
 
     def __init__(self, root: str, num_steps: int = 5, window_us: int = 50_000, image_size: int = 320,
                  clip_count: float | None = 4.0, min_box_diag: float = 30.0, min_box_side: float = 10.0,
-                 skip_us: float = 500_000.0, batch_size: int = 8, num_workers: int = 0, seed: int = 0) -> None:
+                 skip_us: float = 500_000.0, hflip: float = 0.0, zoom: tuple[float, float] | None = None,
+                 translate: float = 0.0, time_jitter: float = 0.0, sequential: bool = False, batch_size: int = 8,
+                 num_workers: int = 0, seed: int = 0) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          augment=False)
         self.root = Path(root).expanduser()
@@ -167,14 +267,39 @@ class GEN1DataModule(FrameDetectionDataModule):
                                         "Nothing is downloaded: place the files there or set `data.root`.")
         self.num_steps, self.window_us, self.clip_count = num_steps, window_us, clip_count
         self.filter_kwargs = dict(min_box_diag=min_box_diag, min_box_side=min_box_side, skip_us=skip_us)
+        if not 0 <= time_jitter <= 1:
+            raise ValueError(f"GEN1: time_jitter must be in [0, 1] (a fraction of window_us), got {time_jitter}")
+        self.event_augment, self.time_jitter = EventAugment(hflip, zoom, translate), time_jitter
+        if sequential and (self.event_augment.active or time_jitter):
+            raise ValueError("GEN1: sequential: true trains on consecutive windows of whole recordings; hflip, zoom, "
+                             "translate and time_jitter augment independent windows only: leave them at 0 / null")
+        self.sequential = sequential
 
     @property
     def class_names(self) -> list[str]:
         return list(GEN1_CLASSES)
 
-    def make_dataset(self, split: str, transform: Any) -> GEN1Dataset:
+    def make_dataset(self, split: str, transform: Any) -> GEN1Dataset | GEN1StreamDataset:
+        if self.sequential:
+            recordings = index_recordings(self.root / split, self.num_steps * self.window_us, self.window_us,
+                                          **self.filter_kwargs)
+            return GEN1StreamDataset(recordings, self.num_steps, self.window_us, self.image_size, self.clip_count)
         samples = index_split(self.root / split, **self.filter_kwargs)
-        return GEN1Dataset(samples, self.num_steps, self.window_us, self.image_size, self.clip_count)
+        train = split == "train"
+        return GEN1Dataset(samples, self.num_steps, self.window_us, self.image_size, self.clip_count,
+                           self.event_augment if train else None, self.time_jitter if train else 0.0)
+
+    def split_loader(self, split: str) -> Any:
+        """Independent windows (the shared loaders), or with ``sequential`` batches that continue the
+        recordings row by row (``datamodules.streams.stream_loader``; training shuffles by seed + epoch)."""
+        if not self.sequential:
+            return super().split_loader(split)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise ValueError(f"GEN1: sequential: true runs in one process; this run has {self.trainer.world_size}")
+        dataset = self.split_dataset(split)
+        if dataset is None:
+            raise RuntimeError(f"GEN1DataModule: the {split} split is not set up; call setup() first")
+        return stream_loader(dataset, dataset.lengths, self.batch_size, split == "train", self.seed, self.num_workers)
 
 
 def iter_dat_frames(path: str | Path, frame_us: int = 50_000, image_size: int = 320,

@@ -17,6 +17,7 @@ that row's state is reset with :func:`spikeloc.neurons.reset_state` (the other r
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -95,33 +96,25 @@ def interleave(recordings: Sequence[Tensor], window: int, slots: int) -> Iterato
     """Schedule recordings ``[T_i, ...]`` (any lengths) over ``slots`` batch rows, window by window.
 
     A recording occupies one row from its first window to its last (state carried), then the
-    next waiting recording takes the row with ``reset`` set. A short last window is zero-padded;
-    ``valid`` says how many of its frames are real.
+    next waiting recording takes the row with ``reset`` set (the rule of
+    :func:`datamodules.streams.slot_schedule`, which training batches follow too). A short last
+    window is zero-padded; ``valid`` says how many of its frames are real.
     """
+    from datamodules.streams import slot_schedule  # here: scripts run from tests/ see tests/datamodules first
+
     if not recordings:
         return
-    pending = iter(range(len(recordings)))
-    current: list[int] = [next(pending, -1) for _ in range(slots)]
-    position = [0] * slots
-    fresh = [r >= 0 for r in current]
     shape = recordings[0].shape[1:]
-    while any(r >= 0 for r in current):
+    for batch in slot_schedule([math.ceil(len(r) / window) for r in recordings], slots):
         frames = torch.zeros(slots, window, *shape, dtype=recordings[0].dtype)
         valid = [0] * slots
-        for row, rec in enumerate(current):
-            if rec >= 0:
-                chunk = recordings[rec][position[row]:position[row] + window]
+        for row, slot in enumerate(batch):
+            if slot is not None:
+                chunk = recordings[slot[0]][slot[1] * window:(slot[1] + 1) * window]
                 frames[row, :len(chunk)] = chunk
                 valid[row] = len(chunk)
-        yield Slots(frames, torch.tensor(fresh), list(current), valid)
-        fresh = [False] * slots
-        for row, rec in enumerate(current):
-            if rec < 0:
-                continue
-            position[row] += window
-            if position[row] >= len(recordings[rec]):
-                current[row], position[row] = next(pending, -1), 0
-                fresh[row] = current[row] >= 0
+        yield Slots(frames, torch.tensor([s is not None and s[1] == 0 for s in batch]),
+                    [-1 if s is None else s[0] for s in batch], valid)
 
 
 @dataclass

@@ -18,7 +18,8 @@ from lightning.pytorch.core.saving import load_hparams_from_yaml
 
 from spikeloc.cli import SpikelocCLI, train
 from tests.datamodules.test_vision import write_mnist
-from tests.event_formats import random_events, write_aedat4, write_dat, write_gen1_boxes, write_gesture_npy
+from tests.event_formats import (random_events, write_aedat4, write_atis_bin, write_dat, write_gen1_boxes,
+                                 write_gesture_npy, write_ncaltech_annotation)
 from tests.formats import write_coco_fixture, write_voc_fixture
 from tests.models.test_yolov4_tiny_weights import YoloBody
 
@@ -75,6 +76,18 @@ def write_datasets(data: Path) -> None:
     for split in ("train", "val", "test"):
         write_dat(data / "gen1" / split / "r_td.dat", random_events(rng, 200, 304, 240, 2_000_000))
         write_gen1_boxes(data / "gen1" / split / "r_bbox.npy", [(1_000_000, 20, 30, 40, 30, 0, 1.0, 1)])
+    for split in ("Train", "Test"):
+        for digit in range(2):
+            for k in range(2):
+                path = data / "NMNIST" / split / str(digit) / f"{k:05d}.bin"
+                write_atis_bin(path, random_events(rng, 60, 34, 34, 300_000))
+    ncaltech = data / "NCALTECH101"  # recordings with their boxes (classification and detection)
+    for name in ("airplanes", "watch"):
+        for k in range(1, 6):
+            write_atis_bin(ncaltech / "Caltech101" / name / f"image_{k:04d}.bin",
+                           random_events(rng, 200, 230, 170, 300_000))
+            write_ncaltech_annotation(ncaltech / "Caltech101_annotations" / name / f"annotation_{k:04d}.bin",
+                                      20 + k, 15, 180, 150 - k)
     write_mnist(data)
     weights = data.parent / "weights" / "yolov4_tiny_weights_voc.pth"  # spyv4_voc.yaml's init_from, random values
     weights.parent.mkdir()

@@ -234,18 +234,26 @@ class SpikingDetector(OnlineModule):
         for metric in self.maps:
             metric.reset()
 
-    def _eval_step(self, batch: Batch, stage: str) -> dict[str, Any]:
-        """Updates the metric of every step; returns the last step's ``detections`` (input pixels)."""
+    def _eval_step(self, batch: Batch, stage: str, rows: list[int] | None = None) -> dict[str, Any]:
+        """Updates the metric of every step with the batch's rows ``rows`` (None: all; windows without a label
+        are not scored, see ``StreamingDetector``); returns the last step's ``detections`` of every row (input
+        pixels)."""
         outputs = self.run_sequence(batch)  # T lists of raw outputs
         targets = batch["targets"]
         while len(self.maps) < len(outputs):  # sequences longer than num_steps
             self.maps.append(self._new_map().to(self.device))
         detections = [self.postprocess(raw) for raw in outputs]
-        for metric, found in zip(self.maps, detections):
-            metric.update(detections_to_original(found, targets, self.clip_boxes), targets)
-        loss, _ = self.loss(outputs[-1], targets)
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(targets))
-        return {"detections": detections[-1]}
+        last = detections[-1]
+        if rows is not None:
+            index = torch.tensor(rows, dtype=torch.long, device=self.device)
+            targets, detections = [targets[i] for i in rows], [[found[i] for i in rows] for found in detections]
+            outputs = [[raw.index_select(0, index) for raw in out] for out in outputs]
+        if targets:
+            for metric, found in zip(self.maps, detections):
+                metric.update(detections_to_original(found, targets, self.clip_boxes), targets)
+            loss, _ = self.loss(outputs[-1], targets)
+            self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(targets))
+        return {"detections": last}
 
     def end_evaluation(self, stage: str) -> None:
         """Logs the last step's ``map``, ``map_50``, ``map_75``, ``voc07``, ``voc_ap`` and ``ap_50/<class>``, and
