@@ -2,7 +2,8 @@
 from .classification import SpikingClassifier
 from .detection import SpikingDetector
 from .fptt import FPTT
-from .loop import FPTTConfig, OnlineModule, present, split_steps, step_weights
+from .loop import FPTTConfig, OnlineModule
+from .time_loop import present, split_steps, step_weights
 from .writers import DetectionWriter, EvaluationWriter
 
 __all__ = ["DetectionWriter", "EvaluationWriter", "FPTT", "FPTTConfig", "OnlineModule", "SpikingClassifier",

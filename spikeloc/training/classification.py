@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from spikeloc.models.backbones.pretrained import load_pretrained
-from .loop import OnlineModule, present
+from .loop import OnlineModule
+from .time_loop import present
 
 
 class SpikingClassifier(OnlineModule):

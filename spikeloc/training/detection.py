@@ -24,7 +24,8 @@ from spikeloc.models.detection import (SpikingYOLO, YOLOLoss, YOLOPostprocess, d
                                        distill_loss, scaled_anchors)
 from spikeloc.neurons import set_twin
 from .anchor_check import datamodule_advice
-from .loop import OnlineModule, present
+from .loop import OnlineModule
+from .time_loop import present
 
 Batch = dict[str, Any]  # {"images": [B, 3, S, S] or [B, T, 3, S, S], "targets": [B dicts]}
 __all__ = ["SpikingDetector", "scaled_anchors"]

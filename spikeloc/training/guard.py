@@ -57,8 +57,9 @@ def _finite(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
 class NonFiniteGuard:
     """Makes one optimizer update transactional: kept when finite, undone otherwise.
 
-    Call :meth:`begin` before the forward pass of an update and :meth:`commit` after
-    ``optimizer.step()`` (and :meth:`FPTT.stage`); the gradients must still be in place.
+    One update is one transaction: :meth:`begin` before its forward pass, :meth:`expect` with its loss before
+    ``optimizer.step()``, :meth:`precheck` inside the step (after clipping, with the norm it took) and
+    :meth:`commit` after it (and after :meth:`FPTT.stage`); the gradients must still be in place.
 
     Args:
         params: the trainable parameters.
@@ -84,6 +85,8 @@ class NonFiniteGuard:
         self._skipping = False  # skip_bad_updates applies to the coming update (decided by begin)
         self._checked: Tensor | None = None  # precheck's flag for the coming update
         self._skipped = False  # precheck found it bad (and dropped the gradients)
+        self._loss: Tensor | None = None  # the coming update's loss (expect)
+        self._grad_norm: Tensor | None = None  # the gradients' total norm clipping took (precheck)
         covered = {id(p) for p in staged_covers}
         self._not_staged = [p for p in self.params if id(p) not in covered]  # weights to read with ``staged``
         self._watched: list[Tensor] = []
@@ -122,11 +125,19 @@ class NonFiniteGuard:
             torch._foreach_copy_(self._buffers, watched)
         self._stateful = {id(p) for p in self.params if p in self.optimizer.state}
 
-    def precheck(self, loss: Tensor, grad_norm: Tensor | None = None) -> None:
-        """Where a bad update is skipped (``skip_bad_updates``): right before ``optimizer.step()``, drop
-        every gradient when the loss, a gradient or an extra tensor is not finite, so that the step
-        changes nothing (``grad_norm`` as for :meth:`commit`). Elsewhere nothing is done."""
-        if not self._skipping:
+    def expect(self, loss: Tensor) -> None:
+        """The loss of the coming update, before ``optimizer.step()``."""
+        self._loss, self._grad_norm = loss, None
+
+    def precheck(self, grad_norm: Tensor | None = None) -> None:
+        """Right before the optimizer changes anything (inside its step, after clipping): keep ``grad_norm``,
+        the gradients' total norm where clipping took it (finite exactly when every gradient is, short of
+        overflow, so the gradients are not read again). Where a bad update is skipped (``skip_bad_updates``),
+        drop every gradient when the loss, a gradient or an extra tensor is not finite, so that the step
+        changes nothing."""
+        self._grad_norm = grad_norm
+        loss = self._loss
+        if not self._skipping or loss is None:
             return
         # the extra tensors too: the forward pass moved the batch-norm statistics, the step will not
         ok = self._loss_and_gradients_finite(loss, grad_norm) & _finite(self.extra, loss.device)
@@ -140,13 +151,14 @@ class NonFiniteGuard:
         ok = torch.isfinite(loss.detach()).all() & _finite(grads, loss.device)
         return ok if grad_norm is None else ok & torch.isfinite(grad_norm).all().to(ok.device)
 
-    def commit(self, loss: Tensor, staged: Tensor | None = None, grad_norm: Tensor | None = None) -> Tensor:
-        """Keep the update if loss, gradients, weights and extra tensors are finite (and ``staged``, a
+    def commit(self, staged: Tensor | None = None) -> Tensor:
+        """Keep the update if its loss, gradients, weights and extra tensors are finite (and ``staged``, a
         value computed from a staged state, such as :meth:`FPTT.stage`'s); else restore them. Returns
-        the flag (a bool scalar tensor). ``grad_norm``: the gradients' total norm where clipping computed
-        it (finite exactly when every gradient is, short of overflow, as the guard's own norms), so the
-        gradients are not read again."""
+        the flag (a bool scalar tensor)."""
         checked, self._checked = self._checked, None
+        loss, grad_norm, self._loss, self._grad_norm = self._loss, self._grad_norm, None, None
+        if loss is None:
+            raise RuntimeError("NonFiniteGuard.commit without expect(loss): the update's loss is unknown")
         if checked is not None and self._skipped:  # skipped by precheck: only the buffers moved
             self._restore()
             self._count(checked)

@@ -1,37 +1,34 @@
-"""The shared online training loop: the LightningModule owns time (README "Training: FPTT and BPTT").
+"""The task modules' base: the LightningModule owns time (docs/training.md).
 
-``OnlineModule`` runs a batch as T model steps. With ``algorithm="fptt"`` the T steps are
-cut into K parts; each part is forwarded with the state detached from the past, its loss
-plus the FPTT penalty is back-propagated, gradients are clipped, the optimizer steps and
-the FPTT trace moves — K optimizer steps per batch (so ``trainer.global_step`` grows by K
-per batch). With ``algorithm="bptt"`` one backward runs through all T steps.
-Subclasses say what a step is (``forward_step``), what its loss is (``step_loss``) and
-how a batch presents its input over time (``inputs``).
+``OnlineModule`` trains with manual optimization: ``training_step`` runs one batch through
+:func:`~spikeloc.training.time_loop.train_batch` (the FPTT / BPTT time loop, K updates per batch under
+FPTT) and logs what it returns. Subclasses say what a step is (``forward_step``), what its loss is
+(``step_loss``) and how a batch presents its input over time (``inputs``). The twin phase is a callback
+(:class:`~spikeloc.training.twin.TwinPhase`) the module adds for itself.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from spikeloc.metrics.firing import FiringStats
-from spikeloc.neurons import detach_state, set_twin
+from spikeloc.neurons import set_twin
 from spikeloc.neurons.backend import BackendError, backends, resolve
 from .fptt import FPTT
 from .guard import NonFiniteGuard
-from .schedules import PhaseCosineLR
+from .schedules import fit_schedule
+from .time_loop import InputAt, Weighting, train_batch
+from .twin import TwinPhase
 
-Weighting = Literal["uniform", "linear", "last"]
 FIRING_KEYS = ("mean_firing_rate", "synops", "macs", "ann_macs", "energy_snn_mj", "energy_ann_mj")
 
 
@@ -45,43 +42,6 @@ class FPTTConfig:
     consolidate: bool = True  # copy the running average into the weights after each epoch's last batch
     update_alpha: float | None = None  # alpha of the trace / running-average update (None: alpha)
     backend: Literal["auto", "eager", "cpu_kernels"] = "auto"  # auto: the CPU operator where the neurons use theirs
-
-
-def step_weights(num_steps: int, weighting: Weighting = "uniform", start: int = 0) -> list[float]:
-    """Loss weight of every time step: ``uniform`` 1, ``linear`` (t+1)/T, ``last`` only t = T-1.
-
-    Steps before ``start`` get weight 0 (read the loss from the last steps only).
-    """
-    if weighting == "uniform":
-        weights = [1.0] * num_steps
-    elif weighting == "linear":
-        weights = [(t + 1) / num_steps for t in range(num_steps)]
-    elif weighting == "last":
-        weights = [0.0] * (num_steps - 1) + [1.0]
-    else:
-        raise ValueError(f"loss_weighting must be uniform, linear or last, got {weighting!r}")
-    weights = [w if t >= start else 0.0 for t, w in enumerate(weights)]
-    if not any(weights):
-        raise ValueError(f"loss_start_step={start} leaves no step with a loss out of {num_steps}")
-    return weights
-
-
-def split_steps(num_steps: int, parts: int) -> list[range]:
-    """Cut ``range(num_steps)`` into ``parts`` equal consecutive spans."""
-    if parts < 1 or num_steps % parts:
-        raise ValueError(f"fptt.parts={parts} must divide the number of time steps T={num_steps}")
-    size = num_steps // parts
-    return [range(start, start + size) for start in range(0, num_steps, size)]
-
-
-def present(x: Tensor, num_steps: int) -> tuple[Callable[[int], Tensor], int]:
-    """How a batch is shown over time: ``[B, C, H, W]`` the same frame for ``num_steps``;
-    ``[B, T, ...]`` (frames or vectors) one slice per step. Returns ``(input_at, T)``."""
-    if x.dim() == 4:
-        return (lambda t: x), num_steps
-    if x.dim() in (3, 5):
-        return (lambda t: x[:, t]), x.shape[1]
-    raise ValueError(f"input of shape {tuple(x.shape)}: expected [B,C,H,W], [B,T,C,H,W] or [B,T,D]")
 
 
 def _channels_last(x: Tensor) -> Tensor:
@@ -131,7 +91,8 @@ class OnlineModule(pl.LightningModule):
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
-                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_fraction: float = 0.0, twin_epochs: int = 0, twin_joint: float = 0.0,
+                 backbone_lr: float | None = None, max_nonfinite_steps: int = 10, twin_fraction: float = 0.0,
+                 twin_epochs: int = 0, twin_joint: float = 0.0,
                  twin_scheduler: LRSchedulerCallable | None = None,
                  compile_step: bool | dict[str, Any] = False, channels_last: bool = False) -> None:
         super().__init__()
@@ -170,17 +131,13 @@ class OnlineModule(pl.LightningModule):
         self.spiking_phase_started = False  # the spiking phase has begun with its own optimizer state and schedule
         self.compile_step = compile_step
         self._compiled_call: Callable[..., Any] | None = None  # built at the first call (not a submodule)
-        self.state_grad = True  # whether the state a step returns is differentiated later (see call_step)
-        self.grad_norm: Tensor | None = None  # the gradients' total norm, where clipping computed it
-        self._update_loss: Tensor | None = None  # the loss of the update under way (for the guard's precheck)
         self.channels_last = channels_last
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The twin phase, where ``twin_fraction`` or ``twin_epochs`` asks for one."""
+        return [TwinPhase(self.twin_fraction, self.twin_epochs)] if self.twin_fraction or self.twin_epochs else []
+
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.twin_fraction:
-            self.twin_epochs = round(self.twin_fraction * self.trainer.max_epochs)
-        if stage == "fit" and self.twin_epochs:
-            rank_zero_info(f"twin phase: {self.twin_epochs} epochs of {self.trainer.max_epochs}, then "
-                           f"{max(self.trainer.max_epochs - self.twin_epochs, 0)} spiking epochs")
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -193,7 +150,7 @@ class OnlineModule(pl.LightningModule):
                     if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
                         state[key] = torch.empty_like(param).copy_(value)
 
-    def _laid_out_inputs(self, batch: Any) -> tuple[Callable[[int], Tensor], int]:
+    def laid_out_inputs(self, batch: Any) -> tuple[InputAt, int]:
         """:meth:`inputs`, each 4-D step input channels-last when ``channels_last``."""
         input_at, num_steps = self.inputs(batch)
         if not self.channels_last:
@@ -233,9 +190,6 @@ class OnlineModule(pl.LightningModule):
         The compiled function calls the module itself, so nothing is re-registered and the state dict
         keeps its keys. Graphs: one per kind of state (None at the first step, then the nested
         state) and grad mode; a batch of a new size compiles them once more with a dynamic batch.
-        At the last step of a span (``state_grad`` False; every step under FPTT with K = T) the
-        compiled step returns its state detached, as the loop would cut it next: no zero gradients
-        are materialised for it and added in backward (one more graph where spans are longer).
         If compiling fails, one warning names the error and every later call runs eager.
         """
         output = self._run_step(module, *args)
@@ -250,7 +204,7 @@ class OnlineModule(pl.LightningModule):
         try:
             if self._compiled_call is None:
                 self._compiled_call = torch.compile(_call_module, **compile_options(self.compile_step))
-            return self._compiled_call(module, *args, cut_state=not self.state_grad)
+            return self._compiled_call(module, *args)
         except BackendError:  # a neuron backend that cannot run here: not a compiler failure
             raise
         except Exception as error:  # compiler or backend failure: eager from now on
@@ -268,17 +222,16 @@ class OnlineModule(pl.LightningModule):
             groups = [{"params": backbone, "lr": self.backbone_lr},
                       {"params": [p for p in self.parameters() if id(p) not in inner]}]
         optimizer = self.optimizer_factory(groups)
-        scheduler = self.twin_scheduler_factory if self._separate_twin_schedule() else self.scheduler_factory
+        twin_own = self.twin_scheduler_factory is not None and bool(self.twin_fraction or self.twin_epochs) and \
+            not self.spiking_phase_started  # the twin phase's own schedule (twin_scheduler)
+        scheduler = self.twin_scheduler_factory if twin_own else self.scheduler_factory
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler(optimizer)}
 
-    def _separate_twin_schedule(self) -> bool:
-        """Whether the optimizer and schedule now are the twin phase's own (``twin_scheduler``)."""
-        return self.twin_scheduler_factory is not None and self.twin_epochs > 0 and not self.spiking_phase_started
-
-    def _start_spiking_phase(self) -> None:
-        """Begin the spiking phase as a run of its own from the twin's weights (``twin_scheduler``)."""
+    def start_spiking_phase(self) -> None:
+        """Begin the spiking phase as a run of its own from the twin's weights (``twin_scheduler``; called
+        by :class:`~spikeloc.training.twin.TwinPhase`)."""
         optimizer = self.trainer.optimizers[0]
         optimizer.state.clear()
         for group in optimizer.param_groups:
@@ -340,7 +293,7 @@ class OnlineModule(pl.LightningModule):
         return 1 if self.twin_active else self.num_steps
 
     def set_twin_phase(self, on: bool) -> None:
-        """Run every spiking neuron as its ANN twin (``on``) or spiking (see ``twin_epochs``)."""
+        """Run every spiking neuron as its ANN twin (``on``) or spiking (:class:`~spikeloc.training.twin.TwinPhase`)."""
         if on != self.twin_active:
             count = set_twin(self, on)
             self.twin_active = on
@@ -348,135 +301,46 @@ class OnlineModule(pl.LightningModule):
                            f"{'as their ANN twin (T = 1)' if on else 'spiking'}")
 
     def on_train_epoch_start(self) -> None:
-        self.set_twin_phase(self.current_epoch < self.twin_epochs)
-        if not self.twin_active and self._separate_twin_schedule():
-            self._start_spiking_phase()
-            self._fit_schedule("scheduler", self.trainer.max_epochs - self.twin_epochs)
-        elif self.current_epoch == 0:
-            twin = self._separate_twin_schedule()
-            self._fit_schedule("twin_scheduler" if twin else "scheduler",
-                               self.twin_epochs if twin else self.trainer.max_epochs)
+        if self.current_epoch == 0 and not (self.twin_fraction or self.twin_epochs):  # else TwinPhase sizes it
+            fit_schedule(self.trainer, self, "scheduler", self.trainer.max_epochs)
         if self.freeze_backbone_epochs > 0:
             trainable = self.current_epoch >= self.freeze_backbone_epochs
             for parameter in self.backbone_parameters():
                 parameter.requires_grad_(trainable)
 
-    def _fit_schedule(self, key: str, epochs: int) -> None:
-        """Size a :class:`PhaseCosineLR` to the ``epochs`` of its phase; warn when a plain cosine does not
-        span them (it would stop short of its end, or rise again past ``T_max``)."""
-        scheduler = self.lr_schedulers()
-        if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            return
-        batches = self.trainer.num_training_batches
-        steps = epochs * batches if self.scheduler_interval == "step" else epochs
-        span = f"{epochs} epoch{'s' * (epochs != 1)}" + (f" x {batches} batches" if self.scheduler_interval == "step"
-                                                        else "")
-        if isinstance(scheduler, PhaseCosineLR):
-            if scheduler.sized:  # restored from a checkpoint of this phase
-                return
-            if self.trainer.max_steps != -1 or not (0 < steps < math.inf):
-                raise ValueError(f"model.init_args.{key}: PhaseCosineLR decays over its phase's epochs, but "
-                                 f"the phase has {span} (trainer.max_steps={self.trainer.max_steps}); set "
-                                 "trainer.max_epochs and give the training data a length, or use CosineAnnealingLR")
-            scheduler.fit_to(int(steps))
-            rank_zero_info(f"model.init_args.{key}: cosine decay over {int(steps)} scheduler steps ({span})")
-        elif self.trainer.max_steps == -1 and 0 < steps < math.inf and scheduler.T_max != steps:
-            rank_zero_warn(f"model.init_args.{key}: CosineAnnealingLR T_max={scheduler.T_max}, but its phase has "
-                           f"{steps} scheduler steps ({span}); set T_max: {steps} so the learning rate decays "
-                           "over the phase (past T_max a cosine rises again), or use "
-                           "spikeloc.training.schedules.PhaseCosineLR, which sizes itself")
-
-    def on_fit_end(self) -> None:
-        if self.twin_active:
-            warnings.warn(f"training ended in the ANN twin phase (max_epochs <= twin_epochs={self.twin_epochs}): "
-                          "the checkpoints hold the twin's weights and fresh tau-convs", stacklevel=2)
-            self.set_twin_phase(False)
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs after AMP unscaling, so clipping sees true gradients under 16-mixed too.
-        if self.gradient_clip_val:
-            self._clip(optimizer)
-        if self.guard is not None and self._update_loss is not None:
-            self.guard.precheck(self._update_loss, self.grad_norm)  # on the CPU: a bad update is skipped
-
-    def _clip(self, optimizer: torch.optim.Optimizer) -> None:
-        precision = self.trainer.precision_plugin
-        if not _unscaled(precision):  # 16-mixed, FSDP ...: Lightning's own
-            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
-        elif self.gradient_clip_algorithm == "norm":  # what the plugin does, keeping the norm for the guard
-            params = list(precision.main_params(optimizer))
-            inner = getattr(optimizer, "optimizer", optimizer)
-            if not _scales_gradients(inner):
-                self.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
-                return
-            # A fused torch optimizer divides each gradient by its ``grad_scale`` on the way (and stores the
-            # result): clipping's multiplication, one pass over the gradients, is folded into the step.
-            self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            inner.grad_scale = ((self.grad_norm + 1e-6) / self.gradient_clip_val).clamp_(min=1.0)
-        else:
-            Precision.clip_gradients(precision, optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
-        # Both also clip a fused optimizer under bf16-mixed, which scales nothing: Lightning refuses it under
-        # any mixed precision, as its step would unscale 16-mixed gradients.
+        # Inside the step, after AMP unscaled the gradients: clipping sees true gradients under 16-mixed too.
+        norm = clip_gradients(self, optimizer) if self.gradient_clip_val else None
+        if self.guard is not None:
+            self.guard.precheck(norm)  # on the CPU: a bad update is skipped
 
     # ---- the time loop -----------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        input_at, num_steps = self._laid_out_inputs(batch)
-        weights = step_weights(num_steps, self.loss_weighting, self.loss_start_step)
-        parts = self.fptt_config.parts or num_steps if self.algorithm == "fptt" and not self.twin_active else 1
         optimizer = self.optimizers()
-        state, task_total, penalty_total, named = None, 0.0, 0.0, {}
-        guard = self._guard(optimizer)
-        if self.twin_joint and not self.twin_active:
-            guard.begin()
-            with twin_pass(self):
-                twin_loss, _, _ = self._span_loss(batch, input_at, range(1), [1.0], None)
-            penalty_total = self._update(optimizer, guard, self.twin_joint * twin_loss)
-            self.log("train/twin_loss", twin_loss.detach(), on_step=True, on_epoch=False)
-        for span in split_steps(num_steps, parts):
-            state = detach_state(state)
-            guard.begin()  # before the forward: it also undoes BN's running statistics
-            loss, state, span_parts = self._span_loss(batch, input_at, span, weights, state)
-            task_total = task_total + loss.detach()
-            named = {name: named.get(name, 0.0) + value for name, value in span_parts.items()}
-            penalty_total = penalty_total + self._update(optimizer, guard, loss)
-        self.log("train/nonfinite_steps", guard.bad_total.float(), on_step=True, on_epoch=False)
-        guard.check()  # one host sync per batch
+        result = train_batch(self, batch, optimizer)
+        self.guard.check()  # one host sync per batch
         if self.fptt is not None and self.fptt_config.consolidate and self.trainer.is_last_batch:
             self.fptt.consolidate()  # here, so every checkpoint and validation sees the running average
         if self.scheduler_interval == "step":
             self._step_scheduler()
-        batch_size = input_at(0).shape[0]
-        self.log("train/loss", task_total / parts, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        size, loss = result.batch_size, result.loss / result.spans
+        self.log("train/nonfinite_steps", self.guard.bad_total.float(), on_step=True, on_epoch=False)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
         if self.fptt is not None:
-            self.log("train/fptt_penalty", penalty_total / parts, on_step=True, on_epoch=False)
-        weighted = sum(w > 0 for w in weights)
-        for name, value in named.items():
-            self.log(f"train/{name}", value / weighted, on_step=True, on_epoch=False, batch_size=batch_size)
-        return task_total / parts
+            self.log("train/fptt_penalty", result.penalty / result.spans, on_step=True, on_epoch=False)
+        if result.twin_loss is not None:
+            self.log("train/twin_loss", result.twin_loss, on_step=True, on_epoch=False)
+        for name, value in result.parts.items():
+            self.log(f"train/{name}", value / result.weighted_steps, on_step=True, on_epoch=False, batch_size=size)
+        return loss
 
-    def _update(self, optimizer: Any, guard: NonFiniteGuard, loss: Tensor) -> Tensor:
-        """One optimizer update on ``loss`` plus the FPTT penalty (clipped in :meth:`on_before_optimizer_step`,
-        guarded: ``guard.begin()`` came before the forward; FPTT's trace moved); returns the penalty, detached."""
-        penalty = self.fptt.penalty() if self.fptt is not None else loss.new_zeros(())
-        loss = loss + penalty
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        self.grad_norm = None  # set by clipping (on_before_optimizer_step) where it computes the norm
-        self._update_loss = loss
-        try:
-            optimizer.step()
-        finally:
-            getattr(optimizer, "optimizer", optimizer).__dict__.pop("grad_scale", None)  # set by _clip
-        self._update_loss = None
-        staged = self.fptt.stage() if self.fptt is not None else None
-        ok = guard.commit(loss, staged, self.grad_norm)  # a non-finite update is undone (or was skipped)
-        if self.fptt is not None:
-            self.fptt.accept(ok)
-        return penalty.detach()
+    def updates_per_batch(self, num_steps: int) -> int:
+        """K: ``fptt.parts`` (default T) under FPTT, 1 under BPTT and in the twin phase."""
+        return self.fptt_config.parts or num_steps if self.algorithm == "fptt" and not self.twin_active else 1
 
-    def _guard(self, optimizer: Any) -> NonFiniteGuard:
-        """The guard of ``optimizer`` (built on first use, rebuilt if the optimizer changes)."""
+    def guard_for(self, optimizer: Any) -> NonFiniteGuard:
+        """The non-finite guard of ``optimizer`` (built on first use, rebuilt if the optimizer changes)."""
         inner = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
         if self.guard is None or self.guard.optimizer is not inner:
             in_place = self.fptt.in_place_state() if self.fptt is not None else []
@@ -488,27 +352,9 @@ class OnlineModule(pl.LightningModule):
                                         self.max_nonfinite_steps, staged_covers=covers, skip_bad_updates=skip)
         return self.guard
 
-    def _span_loss(self, batch: Any, input_at: Callable[[int], Tensor], span: range, weights: list[float],
-                   state: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
-        """Forward the steps of ``span``: mean of the weighted losses of its weighted steps, the state,
-        and the sums of the (detached) named loss parts over those steps."""
-        weighted = [t for t in span if weights[t] > 0]
-        loss, parts = torch.zeros((), device=self.device), {}
-        with torch.set_grad_enabled(bool(weighted)):  # no loss in this span: no graph needed
-            for t in span:
-                self.state_grad = t != span[-1]  # the loop cuts the state after a span's last step
-                output, state = self.forward_step(input_at(t), state)
-                if weights[t] > 0:
-                    step = self.step_loss(output, batch)
-                    loss = loss + weights[t] * step["loss"]
-                    parts = {name: parts.get(name, 0.0) + value.detach() for name, value in step.items()
-                             if name != "loss"}
-        self.state_grad = True
-        return loss / max(len(weighted), 1), state, parts
-
     def run_sequence(self, batch: Any) -> list[Any]:
         """Outputs of every time step, without gradients (evaluation)."""
-        input_at, num_steps = self._laid_out_inputs(batch)
+        input_at, num_steps = self.laid_out_inputs(batch)
         outputs, state = [], None
         with torch.no_grad():
             for t in range(num_steps):
@@ -574,31 +420,30 @@ class OnlineModule(pl.LightningModule):
         self.spiking_phase_started = checkpoint.get("spiking_phase_started", False)
 
 
-@contextlib.contextmanager
-def twin_pass(module: nn.Module) -> Iterator[None]:
-    """Run ``module``'s spiking neurons as their ANN twin inside the block, its batch norms' running
-    statistics (and batch counts) left as they were: those stay the spiking network's."""
-    norms = [m for m in module.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    kept = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-            for m in norms]
-    set_twin(module, True)
-    for norm in norms:
-        norm.momentum = 0.0
-    try:
-        yield
-    finally:
-        set_twin(module, False)
-        for norm, (momentum, count) in zip(norms, kept):
-            norm.momentum = momentum
-            if count is not None:
-                norm.num_batches_tracked.copy_(count)
-
-
-def _scales_gradients(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer`` is a fused ``torch.optim`` one (every group ``fused``), which divides the
-    gradients by its ``grad_scale`` attribute, and nothing else (a gradient scaler) set that attribute."""
-    return (f"{type(optimizer).__module__}.".startswith("torch.optim.") and "grad_scale" not in optimizer.__dict__
-            and all(group.get("fused") for group in optimizer.param_groups))
+def clip_gradients(module: pl.LightningModule, optimizer: Any) -> Tensor | None:
+    """Clip by ``module.gradient_clip_val`` (norm or value); returns the gradients' total norm where it
+    takes one (clipping by norm without a gradient scaler), else None. Under a scaler (16-mixed) this is
+    Lightning's ``clip_gradients``; without one its precision plugin's, which also clips a fused optimizer
+    under bf16-mixed (nothing is scaled there: Lightning refuses it only as a precaution). By norm, the
+    factor ``min(1, max_norm / (norm + 1e-6))`` is applied as ``torch.nn.utils.clip_grad_norm_`` applies it,
+    except that a fused ``torch.optim`` optimizer's gradients are divided by its inverse, as its fused step
+    divides by a scale (the numbers of handing that step the factor)."""
+    precision, value, algorithm = module.trainer.precision_plugin, module.gradient_clip_val, \
+        module.gradient_clip_algorithm
+    if not _unscaled(precision):
+        module.clip_gradients(optimizer, value, algorithm)
+        return None
+    if algorithm != "norm":
+        Precision.clip_gradients(precision, optimizer, value, algorithm)
+        return None
+    params = list(precision.main_params(optimizer))
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if not all(group.get("fused") for group in inner.param_groups):
+        return torch.nn.utils.clip_grad_norm_(params, value)
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    torch._foreach_div_(grads, ((norm + 1e-6) / value).clamp_(min=1.0))
+    return norm
 
 
 def _unscaled(precision: Any) -> bool:
@@ -627,11 +472,9 @@ def compile_options(compile_step: bool | dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _call_module(module: nn.Module, *args: Any, cut_state: bool = False) -> Any:
-    """What :meth:`OnlineModule.call_step` compiles: the module's own ``__call__`` -> ``(output, state)``,
-    the state detached when ``cut_state``."""
-    output, state = module(*args)
-    return output, detach_state(state) if cut_state else state
+def _call_module(module: nn.Module, *args: Any) -> Any:
+    """What :meth:`OnlineModule.call_step` compiles: the module's own ``__call__`` -> ``(output, state)``."""
+    return module(*args)
 
 
 def _class_path(obj: Any) -> str:

@@ -15,7 +15,8 @@ from torchmetrics import MeanSquaredError
 
 import spikeloc.models  # noqa: F401  (registers the spiking models with timm)
 from spikeloc.neurons import LeakyReadout
-from .loop import OnlineModule, present
+from .loop import OnlineModule
+from .time_loop import present
 
 
 class SpikingRegressor(OnlineModule):

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 
@@ -51,3 +53,34 @@ class PhaseCosineLR(CosineAnnealingLR):
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def fit_schedule(trainer: Any, module: Any, key: str, epochs: int) -> None:
+    """Size ``module``'s :class:`PhaseCosineLR` (the one of config key ``key``) to the ``epochs`` of its phase:
+    their share of ``trainer.estimated_stepping_batches`` with ``scheduler_interval: step``, else ``epochs``.
+    A plain ``CosineAnnealingLR`` whose ``T_max`` does not span the phase is named in a warning (it would stop
+    short of its end, or rise again past ``T_max``)."""
+    scheduler = module.lr_schedulers()
+    if not isinstance(scheduler, CosineAnnealingLR):
+        return
+    span = f"{epochs} epoch{'s' * (epochs != 1)}"
+    steps: float = epochs
+    if module.scheduler_interval == "step":  # one scheduler step per batch
+        steps = trainer.estimated_stepping_batches if trainer.max_steps == -1 else math.inf
+        if 0 < steps < math.inf:
+            batches = int(steps) // trainer.max_epochs
+            steps, span = batches * epochs, f"{span} x {batches} batches"
+    if isinstance(scheduler, PhaseCosineLR):
+        if scheduler.sized:  # restored from a checkpoint of this phase
+            return
+        if trainer.max_steps != -1 or not (0 < steps < math.inf):
+            raise ValueError(f"model.init_args.{key}: PhaseCosineLR decays over its phase's epochs, but the phase "
+                             f"has {span} (trainer.max_steps={trainer.max_steps}); set trainer.max_epochs and give "
+                             "the training data a length, or use CosineAnnealingLR")
+        scheduler.fit_to(int(steps))
+        rank_zero_info(f"model.init_args.{key}: cosine decay over {int(steps)} scheduler steps ({span})")
+    elif trainer.max_steps == -1 and 0 < steps < math.inf and scheduler.T_max != steps:
+        rank_zero_warn(f"model.init_args.{key}: CosineAnnealingLR T_max={scheduler.T_max}, but its phase has "
+                       f"{steps} scheduler steps ({span}); set T_max: {steps} so the learning rate decays "
+                       "over the phase (past T_max a cosine rises again), or use "
+                       "spikeloc.training.schedules.PhaseCosineLR, which sizes itself")

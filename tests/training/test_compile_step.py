@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 from spikeloc import kernels
 from spikeloc.neurons import detach_state
 from spikeloc.training import FPTTConfig, SpikingDetector
-from spikeloc.training.loop import step_weights
+from spikeloc.training.time_loop import span_loss, step_weights
 
 
 def _detector(compile_step, backend="eager"):
@@ -38,9 +38,8 @@ def _fptt_batch(module, batch):
     state, results = None, []
     for t in range(num_steps):
         state = detach_state(state)
-        module.state_grad = False  # as in the span below: its state is cut after the step
         output, _ = module.forward_step(input_at(t), detach_state(state))  # the step's outputs
-        loss, state, _ = module._span_loss(batch, input_at, range(t, t + 1), weights, state)
+        loss, state, _ = span_loss(module, batch, input_at, range(t, t + 1), weights, state)
         module.zero_grad(set_to_none=True)
         loss.backward()
         grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
@@ -98,21 +97,6 @@ def test_compile_step_calls_the_cpu_kernels_as_they_are(fresh_dynamo):
     batch = _batch()
     _assert_close(_fptt_batch(eager, batch), _fptt_batch(compiled, batch), 1e-6)
     assert compiled._compiled_call is not None and counters["stats"]["unique_graphs"] == 2
-
-
-def test_the_compiled_step_returns_the_state_the_loop_cuts_detached(fresh_dynamo):
-    """Under FPTT with K = T the state is cut after every step: the compiled step returns it detached
-    (no zero gradients for it in backward); inside a longer span it keeps its graph."""
-    from spikeloc.neurons.state import map_state
-    module = _detector({"backend": "aot_eager"})
-    module.train()
-    images = _batch()["images"]
-    for state_grad in (False, True):
-        module.state_grad = state_grad
-        _, state = module.forward_step(images, None)
-        leaves = []
-        map_state(leaves.append, state)
-        assert leaves and all(leaf.requires_grad == state_grad for leaf in leaves)
 
 
 @pytest.mark.slow

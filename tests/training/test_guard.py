@@ -30,11 +30,12 @@ def step(guard, params, optimizer, scale, extra=()):
     loss = (scale * sum((p ** 2).sum() for p in params))
     optimizer.zero_grad()
     loss.backward()
-    guard.precheck(loss)  # where bad updates are skipped: drops the gradients of a bad one
+    guard.expect(loss)
+    guard.precheck()  # where bad updates are skipped: drops the gradients of a bad one
     optimizer.step()
     for t in extra:
         t.add_(1.0)
-    guard.commit(loss)
+    guard.commit()
 
 
 @pytest.mark.parametrize("skip", [False, True], ids=["undo", "skip"])
@@ -78,8 +79,9 @@ def test_nonfinite_weights_after_step_are_undone():
     guard.begin()
     loss = -(params[0] - 3e38).sum()
     loss.backward()
+    guard.expect(loss)
     optimizer.step()
-    guard.commit(loss)
+    guard.commit()
     assert torch.isfinite(loss) and torch.equal(params[0], torch.full((3,), 3e38)) and int(guard.bad_total) == 1
 
 
@@ -93,14 +95,15 @@ def test_nonfinite_weights_after_a_step_that_cannot_be_undone_stop_at_once():
     guard.begin()
     loss = -(params[0] - 3e38).sum()
     loss.backward()
-    guard.precheck(loss)
+    guard.expect(loss)
+    guard.precheck()
     optimizer.step()
     extra[0].add_(1.0)
     if not NonFiniteGuard.read_cpu_flag:  # the device path undoes it, as without skip_bad_updates
-        assert not bool(guard.commit(loss)) and torch.equal(params[0], torch.full((3,), 3e38))
+        assert not bool(guard.commit()) and torch.equal(params[0], torch.full((3,), 3e38))
         return
     with pytest.raises(NonFiniteError, match="cannot be undone here.*Lower the learning rate"):
-        guard.commit(loss)
+        guard.commit()
     assert torch.equal(extra[0], torch.zeros(2)) and not torch.isfinite(params[0]).all()
 
 
@@ -117,9 +120,10 @@ def test_a_non_finite_extra_tensor_drops_the_update(skip):
     extra[0][0] = float("nan")  # as the forward pass moving a running statistic
     loss = (params[0] ** 2).sum()
     loss.backward()
-    guard.precheck(loss)
+    guard.expect(loss)
+    guard.precheck()
     optimizer.step()
-    assert not bool(guard.commit(loss))
+    assert not bool(guard.commit())
     assert torch.equal(params[0], before) and torch.equal(extra[0], torch.zeros(2)) and int(guard.bad_total) == 1
 
 
@@ -141,10 +145,11 @@ def test_weights_covered_by_the_staged_value_are_not_read_again():
         loss = sum(p.sum() for p in params)
         optimizer.zero_grad()
         loss.backward()
+        guard.expect(loss)
         optimizer.step()
         with torch.no_grad():
             params[poisoned][0] = float("inf")  # as if the step had made it so
-        assert bool(guard.commit(loss, staged)) == kept
+        assert bool(guard.commit(staged)) == kept
         assert torch.isfinite(params[poisoned]).all() != kept
         with torch.no_grad():
             params[poisoned].fill_(1.0)
@@ -221,5 +226,7 @@ def test_the_clipping_norm_stands_for_the_gradients():
         params[0].grad = torch.tensor([1.0, 1.0, float("nan")])  # stepped as NaN, the weights kept finite below
         with torch.no_grad():
             params[0].sub_(0.1)
-        assert bool(guard.commit(torch.tensor(1.0), grad_norm=grad_norm)) == kept
+        guard.expect(torch.tensor(1.0))
+        guard.precheck(grad_norm)
+        assert bool(guard.commit()) == kept
         assert torch.equal(params[0], before - 0.1 if kept else before)

@@ -5,6 +5,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from spikeloc import kernels
 from spikeloc.training import FPTTConfig, loop, split_steps, step_weights
+from spikeloc.training.loop import clip_gradients
 from .tiny import QuadrantData, tiny_classifier, trainer
 
 KERNELS = pytest.mark.skipif(not kernels.available(), reason="the CPU kernels cannot be built here")
@@ -49,9 +50,11 @@ def test_fptt_takes_k_steps_per_batch_and_consolidates(tmp_path):
 
 
 @pytest.mark.parametrize("precision, fused", [("32-true", False), ("32-true", True), ("bf16-mixed", True)])
-def test_gradients_are_clipped(tmp_path, precision, fused):
+def test_gradients_are_clipped(tmp_path, monkeypatch, precision, fused):
     """Also for a fused optimizer under bf16-mixed, which Lightning refuses to clip under any mixed
     precision (its step would unscale 16-mixed gradients; bf16-mixed scales nothing)."""
+    norms = []
+    monkeypatch.setattr(loop, "clip_gradients", lambda *args: norms.append(clip_gradients(*args)) or norms[-1])
     torch.manual_seed(0)
     clip, lr = 1e-3, 1.0
     module = tiny_classifier(algorithm="bptt", gradient_clip_val=clip,
@@ -61,25 +64,27 @@ def test_gradients_are_clipped(tmp_path, precision, fused):
         module, datamodule=QuadrantData())
     moved = torch.stack([(p.detach() - b).norm() for p, b in zip(module.parameters(), before)]).norm()
     assert 0 < moved <= clip * lr * 1.0001
-    assert module.grad_norm > clip  # the total norm clipping computed, which the non-finite guard reuses
+    assert norms and all(norm > clip for norm in norms)  # the total norm, which the non-finite guard reuses
 
 
 @pytest.mark.parametrize("make", [lambda ps: torch.optim.Adam(ps, lr=0.01, fused=True),
                                   lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, fused=True)])
-def test_fused_optimizer_clips_in_its_step(tmp_path, monkeypatch, make):
-    """A fused optimizer's ``grad_scale`` does the clipping's multiplication: the same training as clipping
-    the gradients first (to float rounding), with the norm kept for the guard and nothing left behind."""
+def test_a_fused_optimizer_is_clipped_by_division(tmp_path, monkeypatch, make):
+    """A fused optimizer's gradients are divided by ``(norm + 1e-6) / max_norm`` (as its fused step divides by a
+    scale): the same training as ``clip_grad_norm_``'s multiplication to float rounding, not bitwise."""
+    def multiply(module, optimizer):
+        return torch.nn.utils.clip_grad_norm_(list(module.parameters()), module.gradient_clip_val)
+
     results = []
-    for fold in (True, False):
-        monkeypatch.setattr(loop, "_scales_gradients", loop._scales_gradients if fold else lambda optimizer: False)
+    for clip in (clip_gradients, multiply):
+        monkeypatch.setattr(loop, "clip_gradients", clip)
         torch.manual_seed(0)
         module = tiny_classifier(fptt=FPTTConfig(parts=2), gradient_clip_val=1e-2, optimizer=make)
         trainer(tmp_path, limit_train_batches=3, limit_val_batches=0).fit(module, datamodule=QuadrantData())
-        assert "grad_scale" not in module.optimizers().optimizer.__dict__ and module.grad_norm > 1e-2
         results.append([p.detach().clone() for p in module.parameters()])
-    assert not all(torch.equal(a, b) for a, b in zip(*results))  # the two paths round differently ...
-    for folded, plain in zip(*results):  # ... and agree
-        torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(a, b) for a, b in zip(*results))  # the two round differently ...
+    for divided, multiplied in zip(*results):  # ... and agree
+        torch.testing.assert_close(divided, multiplied, rtol=1e-5, atol=1e-6)
 
 
 def test_step_scheduler_advances_once_per_batch(tmp_path):

@@ -219,7 +219,7 @@ def test_twin_joint_adds_one_twin_update_per_spiking_batch(tmp_path):
 
 
 def test_a_twin_pass_keeps_the_batch_norm_statistics():
-    from spikeloc.training.loop import twin_pass
+    from spikeloc.training.time_loop import twin_pass
     torch.manual_seed(0)
     module = tiny_detector(num_steps=2).train()
     before = {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
