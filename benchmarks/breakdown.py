@@ -81,7 +81,7 @@ def install_scopes(module: Any, trainer: Any) -> None:
         for name in ("penalty", "stage", "accept"):
             setattr(module.fptt, name, scoped("spikeloc::fptt", getattr(module.fptt, name)))
     trainer.strategy.optimizer_step = scoped("spikeloc::optimizer", trainer.strategy.optimizer_step)
-    make_guard = module._guard
+    make_guard = module.guard_for
 
     def scoped_guard(optimizer: Any) -> Any:
         guard = make_guard(optimizer)
@@ -89,7 +89,7 @@ def install_scopes(module: Any, trainer: Any) -> None:
             guard.begin, guard.commit = (scoped("spikeloc::guard", f) for f in (guard.begin, guard.commit))
         return guard
 
-    module._guard = scoped_guard
+    module.guard_for = scoped_guard
 
 
 def _category(event: Any, backward_scope: dict[int, str | None], names: bool = True) -> str:
