@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 @pytest.fixture
 def fresh_dynamo():
     """Dynamo's caches and counters empty before and after the test (graph counts start at 0)."""
-    torch._dynamo.reset()
+    torch.compiler.reset()
     counters.clear()
     yield
-    torch._dynamo.reset()
+    torch.compiler.reset()

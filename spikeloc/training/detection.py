@@ -118,7 +118,7 @@ class SpikingDetector(OnlineModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(self.trainer, "datamodule", None)  # a hook: called by the trainer, which is attached
         if self.class_names is None:
             names = getattr(data, "class_names", None)
             self.class_names = list(names) if names else [f"class_{k}" for k in range(self.num_classes)]

@@ -564,7 +564,7 @@ class OnlineModule(pl.LightningModule):
             checkpoint["fptt"] = self.fptt.state_dict()
         checkpoint["fptt_config"] = asdict(self.fptt_config)
         checkpoint["spiking_phase_started"] = self.spiking_phase_started
-        data = self.trainer.datamodule if self._trainer is not None else None
+        data = getattr(self.trainer, "datamodule", None)  # called by trainer.save_checkpoint
         checkpoint["class_paths"] = {"model": _class_path(self), "data": _class_path(data) if data else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
