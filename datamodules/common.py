@@ -48,7 +48,7 @@ class ResumableLoader(DataLoader):
     sampler (:class:`EpochSeededSampler`, or Lightning's ``DistributedSampler``), so the remaining batches
     are those an uninterrupted run would see. The inner iterator is created at the first ``next()``, after
     Lightning's ``set_epoch``, with worker seeds drawn from ``(seed, epoch)`` instead of the global RNG. A
-    dataset's ``skips`` (:class:`~datamodules.validation.DecodeSkips`) counts the samples skipped at decode
+    dataset's ``skips`` (:class:`~datamodules.detection.validation.DecodeSkips`) counts the samples skipped at decode
     time, here in the main process, and reports them when a pass ends.
     """
 

@@ -107,7 +107,7 @@ def test_missing_yaml_names_its_file(tmp_path, capsys):
 
 
 def test_a_run_that_never_started_leaves_no_folder(tmp_path):
-    args = ["--config", DETECT, "--data", "datamodules.voc.VOCDetectionDataModule", "--data.root", str(tmp_path / "no"),
+    args = ["--config", DETECT, "--data", "datamodules.detection.voc.VOCDetectionDataModule", "--data.root", str(tmp_path / "no"),
             "--data.image_size", "128", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     with pytest.raises(FileNotFoundError, match="dataset root incomplete"):
         train(args)

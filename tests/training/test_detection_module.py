@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.shapes import ShapesDetectionDataModule
-from datamodules.voc import VOCDetectionDataModule
+from datamodules.detection.shapes import ShapesDetectionDataModule
+from datamodules.detection.voc import VOCDetectionDataModule
 from spikeloc.models.detection import encode_boxes
 from spikeloc.training import FPTTConfig
 from spikeloc.training.detection import SpikingDetector, scaled_anchors
@@ -150,7 +150,7 @@ def test_checkpoint_rebuilds_the_module_with_no_config(tmp_path):
     assert loaded.class_names == data.class_names and loaded.fptt_config == module.fptt_config
     checkpoint = torch.load(tmp_path / "plain.ckpt", weights_only=True)
     assert checkpoint["class_paths"] == {"model": "spikeloc.training.detection.SpikingDetector",
-                                         "data": "datamodules.shapes.ShapesDetectionDataModule"}
+                                         "data": "datamodules.detection.shapes.ShapesDetectionDataModule"}
     assert checkpoint["datamodule_hyper_parameters"]["num_val"] == 4
     images = torch.rand(2, 3, 64, 64)
     module.eval()
