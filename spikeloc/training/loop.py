@@ -127,7 +127,7 @@ class OnlineModule(pl.LightningModule):
     """
 
     def __init__(self, num_steps: int = 8, algorithm: Literal["fptt", "bptt"] = "fptt",
-                 fptt: FPTTConfig | dict | None = None, loss_weighting: Weighting = "uniform", loss_start_step: int = 0,
+                 fptt: FPTTConfig | None = None, loss_weighting: Weighting = "uniform", loss_start_step: int = 0,
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
