@@ -63,6 +63,7 @@ class SafeCheckpoint(ModelCheckpoint):
         if every_n_train_steps and not self.save_last:
             raise ValueError("checkpoint.every_n_train_steps writes last.ckpt: it needs checkpoint.save_last: true")
         self.every_n_train_steps = every_n_train_steps or 0
+        self.versioned = kwargs.get("enable_version_counter", True)  # another run's `last` is not overwritten
         self._finite_at: tuple[int, bool] | None = None
         self._steps_seen = 0
         self._written_at = -1  # global step of the newest checkpoint written (or resumed from) by this trainer
@@ -83,8 +84,11 @@ class SafeCheckpoint(ModelCheckpoint):
         if not self.save_last or off or self._written_at == trainer.global_step or not self._finite(trainer):
             return
         metrics = {"epoch": torch.tensor(trainer.current_epoch), "step": torch.tensor(trainer.global_step)}
-        self.last_model_path = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)  # part of the state
-        trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+        path, version = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST), self.STARTING_VERSION
+        while self.versioned and path != self.last_model_path and self.file_exists(path, trainer):
+            path, version = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST, ver=version), version + 1
+        self.last_model_path = path  # before saving: it is part of the saved state
+        trainer.save_checkpoint(path, self.save_weights_only)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._written_at = trainer.global_step  # any checkpoint of this trainer, whoever asked for it

@@ -173,3 +173,14 @@ def test_step_checkpoints_count_optimizer_steps_k_per_batch(tmp_path):
 def test_step_checkpoints_need_last():
     with pytest.raises(ValueError, match="every_n_train_steps writes last.ckpt: it needs checkpoint.save_last"):
         SafeCheckpoint(every_n_train_steps=4)
+
+
+def test_another_runs_last_checkpoint_in_the_folder_is_not_overwritten(tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save({"other": torch.zeros(1)}, folder / "last.ckpt")
+    before = (folder / "last.ckpt").read_bytes()
+    ckpt = fit(tmp_path, tiny_classifier(), [], epochs=1)
+    assert (folder / "last.ckpt").read_bytes() == before
+    assert ckpt.last_model_path == str(folder / "last-v1.ckpt") and load(folder / "last-v1.ckpt")["global_step"] > 0
