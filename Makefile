@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train train-detect train-events test bench bench-events
+.PHONY: install train train-detect train-events test bench bench-events gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,8 @@ bench: $(STAMP)
 
 bench-events: $(STAMP)
 	$(PY) benchmarks/events.py --add-task-memory
+
+# On a machine with a CUDA GPU: the CUDA tests, the detection quick start and the speed benchmark on cuda,
+# each neuron backend; results in runs/gpu_check/results.json (docs/speed.md). Not part of `make test`.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py

@@ -135,7 +135,7 @@ def detection_loader(batches: int, batch_size: int, size: int, boxes: int = 3) -
     """Random images ``[B, 3, size, size]``, each with ``boxes`` random boxes (the detection batch contract)."""
     import torch
     from datamodules.common import make_loader
-    from datamodules.detection import collate_detection
+    from datamodules.detection.base import collate_detection
     generator = torch.Generator().manual_seed(0)
     samples = []
     for index in range(batch_size * batches):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.dat import EVENT_DTYPE
+from datamodules.events.dat import EVENT_DTYPE
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The learning suite's event sets: textured objects moving over a textured static scene, seen by a
 simulated 304x240 event camera (:mod:`event_camera`: contrast thresholds with per-pixel noise, event
 times inside the frame interval, background noise, hot pixels), written in the Prophesee GEN1 layout
-and read back through ``datamodules.gen1.GEN1DataModule``, the path a user takes with GEN1-like data
+and read back through ``datamodules.events.gen1.GEN1DataModule``, the path a user takes with GEN1-like data
 (``benchmarks/learning.py``, docs/learning.md).
 
 Objects enter the sensor from outside, cross it on a straight path, change speed 1-3 times (0.3x to 2x
@@ -35,8 +35,8 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datamodules.dat import open_records, write_dat  # noqa: E402
-from datamodules.gen1 import BBOX_DTYPE, filter_boxes, load_boxes  # noqa: E402
+from datamodules.events.dat import open_records, write_dat  # noqa: E402
+from datamodules.events.gen1 import BBOX_DTYPE, filter_boxes, load_boxes  # noqa: E402
 from event_camera import EventSensor, SensorNoise, noise_events  # noqa: E402
 
 WIDTH, HEIGHT = 304, 240
@@ -251,7 +251,7 @@ def summary(folder: Path) -> dict[str, dict[str, float]]:
 def preview(folder: Path, out: Path, count: int = 6) -> None:
     """PNGs of ``count`` validation samples as ``GEN1DataModule`` serves them (at sensor size): the last
     50 ms frame of each, its boxes drawn."""
-    from datamodules.gen1 import GEN1DataModule
+    from datamodules.events.gen1 import GEN1DataModule
     from spikeloc.visualize import draw_detections, save_png
 
     data = GEN1DataModule(str(folder), num_steps=4, window_us=50_000, image_size=WIDTH, clip_count=None)

@@ -4,12 +4,12 @@ Writes a synthetic GEN1 recording (304x240, sorted timestamps over 60 s, uniform
 a temporary ``.dat`` file (kept in the page cache: this measures decoding, not the disk), then
 times, as the median of ``--repeats`` runs each:
 
-- ``gen1_decode_events_per_s``: the whole file through :func:`datamodules.dat.read_events`
+- ``gen1_decode_events_per_s``: the whole file through :func:`datamodules.events.dat.read_events`
   (numpy memory map, vectorised unpacking; the reader GEN1 uses);
 - ``expelliarmus_decode_events_per_s``: the same file through ``expelliarmus.Wizard(encoding="dat")``;
 - ``gen1_window_samples_per_s``: GEN1 samples (250 ms window before a label: binary search,
   decode, bin into 5 frames) per second;
-- ``bin_events_per_s``: :func:`datamodules.frames.bin_events` (one ``np.bincount``) on 1 M events;
+- ``bin_events_per_s``: :func:`datamodules.events.frames.bin_events` (one ``np.bincount``) on 1 M events;
 - ``tonic_to_frame_events_per_s``: tonic ``ToFrame`` (through :class:`FixedFrames`) on the same events.
 
 With ``--add-task-memory`` it also trains the Add task (one recurrent LTC-SN layer of 128, batch
@@ -35,9 +35,9 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datamodules.dat import EVENT_DTYPE, read_events, write_dat  # noqa: E402
-from datamodules.frames import FixedFrames, bin_events  # noqa: E402
-from datamodules.gen1 import GEN1_SENSOR  # noqa: E402
+from datamodules.events.dat import EVENT_DTYPE, read_events, write_dat  # noqa: E402
+from datamodules.events.frames import FixedFrames, bin_events  # noqa: E402
+from datamodules.events.gen1 import GEN1_SENSOR  # noqa: E402
 
 DURATION_US = 60_000_000
 
@@ -95,7 +95,7 @@ def add_task_worker(seq_len: int, algorithm: str, parts: int | None, batches: in
     import lightning.pytorch as pl
     import torch
 
-    from datamodules.add_task import AddTaskDataModule
+    from datamodules.sequences.add_task import AddTaskDataModule
     from spikeloc.training.loop import FPTTConfig
     from spikeloc.training.regression import SpikingRegressor
 

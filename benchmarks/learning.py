@@ -3,7 +3,7 @@
 Trains a config (default ``configs/quickstart_detect.yaml``: its model, optimizer and phase split) on
 each set of :mod:`learning_sets` through the COCO datamodule, the way a user trains their own data,
 at the same number of optimizer batches for every variant (1520 by default). The event sets of
-:mod:`event_sets` (``--sets silhouettes street``) are read through ``datamodules.gen1.GEN1DataModule``
+:mod:`event_sets` (``--sets silhouettes street``) are read through ``datamodules.events.gen1.GEN1DataModule``
 (128 px, T = 4 frames of 50 ms) and trained with ``configs/quickstart_events.yaml`` for 300 batches by
 default. The variants:
 
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import event_sets  # noqa: E402
 import learning_sets  # noqa: E402
-from datamodules.gen1 import index_recordings, index_split  # noqa: E402
+from datamodules.events.gen1 import index_recordings, index_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SETS, EVENT_SETS = sorted(learning_sets.SETS), sorted(event_sets.SETS)
@@ -68,10 +68,10 @@ def data_config(name: str, folder: Path, batch_size: int) -> str:
     """The datamodule of a suite set: the COCO reader with its defaults, as a user would point it, or for an
     event set the GEN1 reader at 128 px with T = 4 frames of 50 ms."""
     if kind(name) == "events":
-        return json.dumps({"class_path": "datamodules.gen1.GEN1DataModule", "init_args": {
+        return json.dumps({"class_path": "datamodules.events.gen1.GEN1DataModule", "init_args": {
             "root": str(folder), "image_size": 128, "num_steps": 4, "window_us": 50_000, "batch_size": batch_size,
             "num_workers": 1}})
-    return json.dumps({"class_path": "datamodules.coco.COCODetectionDataModule", "init_args": {
+    return json.dumps({"class_path": "datamodules.detection.coco.COCODetectionDataModule", "init_args": {
         "root": str(folder), "train_ann": "annotations/instances_train.json", "train_images": "train",
         "val_ann": "annotations/instances_val.json", "val_images": "val", "image_size": learning_sets.SIZE,
         "batch_size": batch_size, "num_workers": 1}})

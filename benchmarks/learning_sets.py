@@ -1,5 +1,5 @@
 """The learning suite's data: small procedural detection sets unlike the quick starts, written in
-the COCO layout and read back through ``datamodules.coco.COCODetectionDataModule``, the path a user
+the COCO layout and read back through ``datamodules.detection.coco.COCODetectionDataModule``, the path a user
 takes with their own data (``benchmarks/learning.py``, docs/learning.md).
 
 Every set is a few hundred 128x128 training images of objects drawn at a LOW resolution and then

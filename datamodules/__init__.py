@@ -1,0 +1,2 @@
+"""Datamodules by kind: :mod:`.detection`, :mod:`.events`, :mod:`.classification` and :mod:`.sequences`; the
+loaders they share in :mod:`.common`."""

@@ -1,13 +1,12 @@
 """Pieces every datamodule shares: reproducible loaders and clear errors for missing data."""
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sized
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_map
+from lightning_utilities import apply_to_collection
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 BY_VALUE_BYTES = 65536  # tensors up to this size leave a loader worker inside the pickle, not via shared memory
@@ -38,31 +37,19 @@ class EpochSeededSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
-class _Skipping:
-    """The batch sampler of a loader, with its first ``skip`` batches of indices left out."""
-
-    def __init__(self, batches: Iterable, skip: int) -> None:
-        self.batches, self.skip = batches, skip
-
-    def __iter__(self) -> Iterator:
-        return itertools.islice(iter(self.batches), self.skip, None)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 class ResumableLoader(DataLoader):
-    """A DataLoader that can resume in the middle of an epoch (Lightning's ``_Stateful`` protocol).
+    """A DataLoader that can resume in the middle of an epoch (Lightning's stateful-loader protocol:
+    ``state_dict`` / ``load_state_dict``).
 
-    ``state_dict()`` holds how many batches of the current epoch were handed out; Lightning
-    stores it in every checkpoint and, on resume, calls ``load_state_dict`` before the first
-    ``iter()``, which then skips those batches at the index level (nothing is loaded for them).
-    The order of an epoch comes from the sampler (:class:`EpochSeededSampler`, or Lightning's
-    ``DistributedSampler``), so the remaining batches are those an uninterrupted run would see.
-    The inner iterator is created at the first ``next()``, after Lightning's ``set_epoch``, with
-    worker seeds drawn from ``(seed, epoch)`` instead of the global RNG. A dataset's ``skips``
-    (:class:`~datamodules.validation.DecodeSkips`) counts the samples skipped at decode time, here in
-    the main process, and reports them when a pass ends.
+    ``state_dict()`` holds how many batches of the current epoch were handed out; Lightning stores it in
+    every checkpoint and, on resume, calls ``load_state_dict`` before the first ``iter()``. That pass then
+    runs a one-off loader (same dataset, workers and collate) over the epoch's remaining batches of
+    indices, so nothing is loaded for the batches already served. The order of an epoch comes from the
+    sampler (:class:`EpochSeededSampler`, or Lightning's ``DistributedSampler``), so the remaining batches
+    are those an uninterrupted run would see. The inner iterator is created at the first ``next()``, after
+    Lightning's ``set_epoch``, with worker seeds drawn from ``(seed, epoch)`` instead of the global RNG. A
+    dataset's ``skips`` (:class:`~datamodules.detection.validation.DecodeSkips`) counts the samples skipped at decode
+    time, here in the main process, and reports them when a pass ends.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -70,28 +57,32 @@ class ResumableLoader(DataLoader):
         self._served = 0
         self._skip = 0
 
-    @property
-    def _index_sampler(self) -> Any:  # what torch's iterators draw their indices from
-        batches = super()._index_sampler
-        return _Skipping(batches, self._skip) if self._skip else batches
-
     def __iter__(self) -> Iterator:
         return self._batches()
 
+    def _rest(self, skip: int) -> DataLoader:
+        """A loader like this one over the current epoch's batches of indices after the first ``skip``."""
+        workers = {"prefetch_factor": self.prefetch_factor, "timeout": self.timeout,
+                   "multiprocessing_context": self.multiprocessing_context} if self.num_workers else {}
+        return DataLoader(self.dataset, batch_sampler=list(self.batch_sampler)[skip:], num_workers=self.num_workers,
+                          collate_fn=self.collate_fn, pin_memory=self.pin_memory, worker_init_fn=self.worker_init_fn,
+                          generator=self.generator, **workers)
+
     def _batches(self) -> Iterator:
         skip = self._skip if self._skip < len(self) else 0  # a finished epoch resumes at the next one
-        self._skip, self._served = skip, skip
+        self._skip, self._served = 0, skip
         # the iterator draws its workers' base seed from this generator, not from the global RNG, and
         # from (seed, epoch) only; it is not kept (a torch.Generator attribute breaks ddp_spawn's pickling)
         seed = getattr(self.sampler, "seed", 0) + getattr(self.sampler, "epoch", 0)
         self.generator = torch.Generator().manual_seed(seed)
-        inner = super().__iter__()  # built now, with the skip in place
-        self._skip, self.generator = 0, None
+        inner = iter(self._rest(skip)) if skip else super().__iter__()  # built now, its base seed drawn
+        self.generator = None
         skips = getattr(self.dataset, "skips", None)  # samples skipped at decode time, counted here
         try:
             for batch in inner:
                 self._served += 1
-                batch = tree_map(_PickledTensor.restore, batch) if self.num_workers else batch
+                batch = apply_to_collection(batch, _PickledTensor, _PickledTensor.restore) if self.num_workers \
+                    else batch
                 if skips is not None:
                     skips.take(batch)
                 yield batch
@@ -145,7 +136,7 @@ class _CollateByValue:
 
     def __call__(self, samples: list) -> Any:
         batch = self.collate(samples)
-        return batch if get_worker_info() is None else tree_map(_PickledTensor.wrap, batch)
+        return batch if get_worker_info() is None else apply_to_collection(batch, torch.Tensor, _PickledTensor.wrap)
 
 
 def make_loader(

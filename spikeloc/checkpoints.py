@@ -1,7 +1,8 @@
 """Checkpoint files: read them with clear errors, compare them with a model, find a run's newest.
 
 - :func:`load_checkpoint` / :func:`read_checkpoint`: ``torch.load(weights_only=True)`` that names
-  the file and what is wrong (missing, a folder, empty, truncated, not a checkpoint, no weights).
+  the file and what is wrong (missing, a folder, empty, truncated, not a checkpoint, no weights); an
+  older checkpoint's class paths and options come back in today's names (:func:`upgrade`).
 - :func:`check_architecture`: a checkpoint's weights against a model, summarised (how many keys
   missing / unexpected / of another shape, the first few) with the saved config that would fit.
 - :func:`resolve_last`: ``--ckpt_path last`` -> the newest readable checkpoint of the run, and the
@@ -22,6 +23,17 @@ import yaml
 from jsonargparse import Namespace
 
 FIRST_FEW = 5  # keys named in a summary
+MOVED = {  # datamodules/ by kind: an older checkpoint's module -> where it lives now
+    "datamodules.detection": "datamodules.detection.base", "datamodules.voc": "datamodules.detection.voc",
+    "datamodules.coco": "datamodules.detection.coco", "datamodules.shapes": "datamodules.detection.shapes",
+    "datamodules.glyphs": "datamodules.detection.glyphs", "datamodules.transforms": "datamodules.detection.transforms",
+    "datamodules.mosaic": "datamodules.detection.mosaic", "datamodules.validation": "datamodules.detection.validation",
+    "datamodules.events": "datamodules.events.classification", "datamodules.dat": "datamodules.events.dat",
+    "datamodules.frames": "datamodules.events.frames", "datamodules.gen1": "datamodules.events.gen1",
+    "datamodules.moving_shapes": "datamodules.events.moving_shapes", "datamodules.ncaltech": "datamodules.events.ncaltech",
+    "datamodules.streams": "datamodules.events.streams", "datamodules.procedural": "datamodules.classification.procedural",
+    "datamodules.vision": "datamodules.classification.vision", "datamodules.add_task": "datamodules.sequences.add_task",
+}
 
 
 class CheckpointError(ValueError):
@@ -71,7 +83,56 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"{str(err).splitlines()[0] if str(err) else 'damaged file'}") from err
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict of weights")
-    return dict(checkpoint)
+    return upgrade(dict(checkpoint))
+
+
+def _moved(class_path: Any) -> Any:
+    """``class_path`` with its module as :data:`MOVED` says (anything else as it is)."""
+    if not isinstance(class_path, str):
+        return class_path
+    module, _, name = class_path.rpartition(".")
+    return f"{MOVED[module]}.{name}" if module in MOVED else class_path
+
+
+def _neuron_backend(kwargs: Any) -> None:
+    """The neuron flags before ``backend`` (``native``, ``compile``, ``fused``) in ``kwargs`` as the ``backend``
+    that runs the same maths: ``native`` -> ``auto`` (the CPU kernels where they run, as ``native`` did, fused
+    elsewhere), ``compile`` -> ``compiled``, ``fused`` -> ``fused``, all false -> ``eager``."""
+    if not isinstance(kwargs, dict) or not {"native", "compile", "fused"} & set(kwargs):
+        return
+    native, compile, fused = (bool(kwargs.pop(key, False)) for key in ("native", "compile", "fused"))
+    kwargs.setdefault("backend", "auto" if native else "compiled" if compile else "fused" if fused else "eager")
+
+
+def _fptt_backend(fptt: Any) -> None:
+    """``fptt.native`` / ``fptt.compile`` as ``fptt.backend``: native true -> ``cpu_kernels``, unset -> ``auto``
+    (it followed the cells), false -> ``eager``; the compiled update is gone (the one update runs the same maths)."""
+    if not isinstance(fptt, dict) or not {"native", "compile"} & set(fptt):
+        return
+    native = fptt.pop("native", None)
+    fptt.pop("compile", None)
+    fptt.setdefault("backend", "cpu_kernels" if native else "auto" if native is None else "eager")
+
+
+def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` (in place) with today's names for what older versions wrote: the class paths of
+    datamodules that moved (:data:`MOVED`), and the neuron and FPTT flags that ``backend`` replaced in the model's
+    hyperparameters (``backbone_kwargs`` / ``model_kwargs``, ``neck_kwargs.neuron_kwargs``, ``fptt``)."""
+    paths = checkpoint.get("class_paths")
+    if isinstance(paths, dict):
+        checkpoint["class_paths"] = {key: _moved(value) for key, value in paths.items()}
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        if isinstance(checkpoint.get(key), Mapping) and "_class_path" in checkpoint[key]:
+            checkpoint[key]["_class_path"] = _moved(checkpoint[key]["_class_path"])
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, Mapping):
+        _neuron_backend(hparams.get("backbone_kwargs"))
+        _neuron_backend(hparams.get("model_kwargs"))
+        neck = hparams.get("neck_kwargs")
+        _neuron_backend(neck.get("neuron_kwargs") if isinstance(neck, dict) else None)
+        _fptt_backend(hparams.get("fptt"))
+    _fptt_backend(checkpoint.get("fptt_config"))
+    return checkpoint
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,27 +1,41 @@
 """Value checks of a whole run's config, made before anything is built (README "Troubleshooting").
 
-jsonargparse already rejects unknown keys and wrong types; these functions add the constraints
-types cannot say (T >= 1, K divides T, alpha > 0, 0 < beta <= 1, lr > 0, batch size >= 1,
-anchors shaped per scale, image size a multiple of the largest stride, class names matching the
-datamodule) and check the YAML files named by ``--config``. Every failure is one
-:class:`ConfigError` whose message names the key, the value and what is allowed.
+jsonargparse already rejects unknown keys and wrong types, also inside the typed option dicts
+(``fptt``: :class:`~spikeloc.training.FPTTConfig`; ``loss_kwargs`` / ``neck_kwargs``: :func:`options_type` of the
+constructors they go to); these functions add the constraints types cannot say (T >= 1, K divides T, alpha > 0,
+0 < beta <= 1, lr > 0, batch size >= 1, anchors shaped per scale, image size a multiple of the largest stride,
+class names matching the datamodule, the arguments of the backbone and neurons chosen by name) and check the
+YAML files named by ``--config``. Every failure is one :class:`ConfigError` whose message names the key, the
+value and what is allowed.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypedDict
 
 import yaml
 
 DEFAULT_OUT_STRIDES = (16, 32)  # the SPYv4 detector's feature strides
-FPTT_KEYS = ("alpha", "beta", "parts", "consolidate", "update_alpha", "backend")  # training.FPTTConfig
-FPTT_BACKENDS = ("auto", "eager", "cpu_kernels")
 
 
 class ConfigError(ValueError):
     """A config value outside what is allowed."""
+
+
+def options_type(function: Callable, name: str, module: str, skip: Sequence[str] = ()) -> type:
+    """A ``TypedDict`` named ``module.name`` (every key optional) of ``function``'s keyword parameters but ``skip``,
+    with their type hints: the type of a ``*_kwargs`` argument passed on to ``function``, so jsonargparse checks
+    each key and value against the one signature that declares them, and a typo is named with its config key."""
+    hints = typing.get_type_hints(function)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in inspect.signature(function).parameters.values()
+             if p.kind in kinds and p.name not in {"self", *skip}]
+    options = TypedDict(name, {key: hints.get(key, Any) for key in names}, total=False)  # type: ignore[operator]
+    options.__module__ = module
+    return options
 
 
 def _get(config: Any, dotted: str) -> Any:
@@ -81,17 +95,8 @@ def check_loop(model: Any, data: Any = None) -> None:
     """The online loop's values: T, K, FPTT alpha/beta, learning rates, non-finite limit."""
     steps = model.get("num_steps")
     _require(isinstance(steps, int) and steps >= 1, "model.init_args.num_steps", steps, "an integer >= 1")
-    fptt = model.get("fptt")
+    fptt = model.get("fptt")  # keys and types checked by jsonargparse (FPTTConfig)
     if model.get("algorithm", "fptt") == "fptt" and fptt is not None:
-        # a key or value that FPTTConfig does not take makes jsonargparse fall back to a plain dict of it
-        for key in fptt.keys():
-            _require(key in FPTT_KEYS, f"model.init_args.fptt.{key}", fptt[key], f"FPTT has {', '.join(FPTT_KEYS)}")
-        if "consolidate" in fptt.keys():
-            _require(isinstance(fptt["consolidate"], bool), "model.init_args.fptt.consolidate", fptt["consolidate"],
-                     "true or false")
-        if "backend" in fptt.keys():
-            _require(fptt["backend"] in FPTT_BACKENDS, "model.init_args.fptt.backend", fptt["backend"],
-                     ", ".join(FPTT_BACKENDS))
         parts, length = fptt.get("parts"), _sequence_length(model, data)
         allowed = f"null or a divisor of {length[0]}={length[1]}" if length else "null or an integer >= 1"
         ok = parts is None or isinstance(parts, int) and parts >= 1 and (
@@ -205,6 +210,27 @@ def check_model_kwargs(model: Any) -> None:
             neurons = f" with {kwargs['neuron']} neurons" if "neuron" in kwargs else ""
             _require(False, f"model.init_args.{key}.{unknown[0]}", kwargs[unknown[0]],
                      f"not an argument of {name}{neurons}; it takes {', '.join(sorted(accepted))}")
+    check_neck_neuron_kwargs(model)
+
+
+def check_neck_neuron_kwargs(model: Any) -> None:
+    """Every key of a detector's ``neck_kwargs.neuron_kwargs`` must be an argument of the neck's neurons (its
+    ``neuron`` and ``output_neuron`` kinds): a typo fails naming the key and the accepted names."""
+    from spikeloc.neurons.modules import NEURONS
+
+    neck = model.get("neck_kwargs")
+    kwargs = neck.get("neuron_kwargs") if hasattr(neck, "get") else None
+    if not kwargs or not hasattr(kwargs, "items"):
+        return
+    kinds = {neck.get("neuron") or model.get("neuron") or "ltc", neck.get("output_neuron")} - {None}
+    if not kinds <= set(NEURONS):
+        return  # an unknown neuron: jsonargparse names it (NeuronKind)
+    accepted = set.intersection(*map(_neuron_arguments, kinds))
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        _require(False, f"model.init_args.neck_kwargs.neuron_kwargs.{unknown[0]}", kwargs[unknown[0]],
+                 f"not an argument of the neck's {' and '.join(sorted(kinds))} neurons; they take "
+                 f"{', '.join(sorted(accepted))}")
 
 
 def check_data(data: Any) -> None:

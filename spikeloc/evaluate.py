@@ -169,7 +169,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         import numpy as np
-        from datamodules.detection import make_record, make_sample, read_rgb
+        from datamodules.detection.base import make_record, make_sample, read_rgb
 
         path = str(self.paths[index])
         sample = make_sample(read_rgb(path), make_record(index + 1, np.zeros((0, 4)), [], [], path), self.transform)
@@ -180,9 +180,9 @@ class ImageFiles(Dataset):
 def image_loader(path: str | Path, size: int, datamodule: Any = None, batch_size: int = 8) -> DataLoader:
     """Batches ``{"images": [B, 3, S, S], "targets": [...]}`` of the images at ``path`` (a file or folder),
     prepared as the datamodule's evaluation split is (letterbox or plain resize), else letterboxed to ``size``."""
-    from datamodules.detection import collate_detection
-    from datamodules.transforms import eval_transform
-    from datamodules.validation import readable_images
+    from datamodules.detection.base import collate_detection
+    from datamodules.detection.transforms import eval_transform
+    from datamodules.detection.validation import readable_images
 
     transform = datamodule.eval_transform() if hasattr(datamodule, "eval_transform") else eval_transform(size)
     files = readable_images(image_files(path))  # an unreadable image is skipped with a warning

@@ -97,10 +97,10 @@ def interleave(recordings: Sequence[Tensor], window: int, slots: int) -> Iterato
 
     A recording occupies one row from its first window to its last (state carried), then the
     next waiting recording takes the row with ``reset`` set (the rule of
-    :func:`datamodules.streams.slot_schedule`, which training batches follow too). A short last
+    :func:`datamodules.events.streams.slot_schedule`, which training batches follow too). A short last
     window is zero-padded; ``valid`` says how many of its frames are real.
     """
-    from datamodules.streams import slot_schedule  # here: scripts run from tests/ see tests/datamodules first
+    from datamodules.events.streams import slot_schedule  # here: scripts run from tests/ see tests/datamodules first
 
     if not recordings:
         return

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from datamodules.voc import VOC_CLASSES
+from datamodules.detection.voc import VOC_CLASSES
 
 SIZES = ((96, 128), (128, 96), (112, 112))  # (height, width) cycled over images
 

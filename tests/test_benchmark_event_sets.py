@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import event_camera  # noqa: E402
 import event_sets  # noqa: E402
-from datamodules.gen1 import GEN1DataModule  # noqa: E402
+from datamodules.events.gen1 import GEN1DataModule  # noqa: E402
 
 EXACT = event_camera.SensorNoise(threshold_std=0.0, reference_jitter=0.0)
 

@@ -1,8 +1,10 @@
 """Checkpoint files: every unreadable one is named with what is wrong; a mismatch is summarised."""
+import importlib
+
 import pytest
 import torch
 
-from spikeloc.checkpoints import CheckpointError, check_architecture, read_checkpoint
+from spikeloc.checkpoints import MOVED, CheckpointError, check_architecture, read_checkpoint, upgrade
 from tests.training.tiny import QuadrantData, tiny_classifier, trainer
 
 
@@ -74,3 +76,51 @@ def test_train_checks_an_explicit_checkpoint_before_building(tmp_path, capsys):
     with pytest.raises(SystemExit):
         SpikelocCLI(args=["--config", QUICKSTART, "--ckpt_path", str(tmp_path / "cut.ckpt")])
     assert f"checkpoint '{tmp_path / 'cut.ckpt'}' is truncated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old, backend", [({"native": True, "fused": True}, "auto"), ({"native": True}, "auto"),
+                                          ({"compile": True, "fused": True}, "compiled"), ({"fused": True}, "fused"),
+                                          ({"fused": False, "compile": False, "native": False}, "eager")])
+def test_the_neuron_flags_before_backend_become_the_backend(old, backend):
+    checkpoint = upgrade({"hyper_parameters": {"backbone_kwargs": {"width": 0.5, **old},
+                                               "neck_kwargs": {"neuron_kwargs": dict(old)}, "model_kwargs": dict(old)}})
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["backbone_kwargs"] == {"width": 0.5, "backend": backend}
+    assert hparams["neck_kwargs"]["neuron_kwargs"] == hparams["model_kwargs"] == {"backend": backend}
+
+
+@pytest.mark.parametrize("native, backend", [(True, "cpu_kernels"), (None, "auto"), (False, "eager")])
+def test_the_fptt_flags_before_backend_become_the_backend(native, backend):
+    checkpoint = upgrade({"hyper_parameters": {"fptt": {"alpha": 0.1, "compile": True, "native": native}}})
+    assert checkpoint["hyper_parameters"]["fptt"] == {"alpha": 0.1, "backend": backend}
+
+
+def test_every_moved_module_is_where_the_table_says():
+    for old, new in MOVED.items():
+        assert new.startswith(old.rsplit(".", 1)[0] + ".") and importlib.import_module(new)
+    assert len(set(MOVED.values())) == len(MOVED)
+
+
+def test_an_older_checkpoint_rebuilds_under_todays_names(tmp_path):
+    """A detector checkpoint as written before datamodules/ was split by kind and before the neuron backend: its
+    class paths and flags are read in today's names, and the run it describes is rebuilt with its weights."""
+    from datamodules.detection.shapes import ShapesDetectionDataModule
+    from spikeloc.evaluate import build_run
+    from spikeloc.neurons.backend import backends
+    from tests.training.test_detection_module import shapes, tiny_detector
+
+    module, data = tiny_detector(), shapes()
+    hparams = {k: v for k, v in module.hparams.items() if not callable(v)}
+    hparams["backbone_kwargs"] = {"width": 0.125, "fused": True, "native": True}
+    hparams["neck_kwargs"] = {"neuron_kwargs": {"fused": True, "compile": True}}
+    hparams["fptt"] = {k: v for k, v in hparams["fptt"].items() if k != "backend"} | {"compile": None, "native": True}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams,
+                "datamodule_hyper_parameters": {**data.hparams, "_class_path": "datamodules.shapes.ShapesDetection"
+                                                                              "DataModule"},
+                "class_paths": {"model": "spikeloc.training.detection.SpikingDetector",
+                                "data": "datamodules.shapes.ShapesDetectionDataModule"}}, tmp_path / "old.ckpt")
+    run = build_run(tmp_path / "old.ckpt")
+    assert type(run.datamodule) is ShapesDetectionDataModule and run.datamodule.image_size == 64
+    assert set(backends(run.model.model.backbone)) == {"auto"} and set(backends(run.model.model.neck)) == {"compiled"}
+    assert run.model.fptt_config.backend == "cpu_kernels"
+    run.model.load_state_dict(module.state_dict())  # the weights fit the rebuilt model exactly

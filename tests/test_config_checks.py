@@ -25,14 +25,6 @@ def start(config, *overrides):
     (["--model.init_args.fptt.alpha", "0"], "model.init_args.fptt.alpha=0.0 is not allowed: a number > 0"),
     (["--model.init_args.fptt.beta", "1.5"], "model.init_args.fptt.beta=1.5 is not allowed: a number in (0, 1]"),
     (["--model.init_args.fptt.beta", "0"], "model.init_args.fptt.beta=0.0 is not allowed"),
-    (["--model.init_args.fptt.alpah", "0.3"], "model.init_args.fptt.alpah='0.3' is not allowed: FPTT has alpha, beta, "
-                                              "parts, consolidate, update_alpha, backend"),
-    (["--model.init_args.fptt.native", "true"],
-     "model.init_args.fptt.native='true' is not allowed: FPTT has alpha, beta, parts, consolidate, update_alpha, "
-     "backend"),
-    (["--model.init_args.fptt.backend", "native"],
-     "model.init_args.fptt.backend='native' is not allowed: auto, eager, cpu_kernels"),
-    (["--model.init_args.fptt.consolidate", "2"], "model.init_args.fptt.consolidate='2' is not allowed: true or false"),
     (["--model.init_args.optimizer.init_args.lr", "-0.1"], "optimizer.init_args.lr=-0.1 is not allowed: a number > 0"),
     (["--data.init_args.batch_size", "0"], "data.init_args.batch_size=0 is not allowed: an integer >= 1"),
     (["--trainer.precision", "16-mixed", "--model.init_args.optimizer.init_args.fused", "true"],
@@ -43,6 +35,25 @@ def test_value_errors_name_key_value_and_what_is_allowed(override, message, caps
     with pytest.raises(SystemExit):
         start(QUICKSTART, *override)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config, key, value, message", [
+    (QUICKSTART, "fptt", "{alpah: 0.3}", "Option 'alpah' is not accepted"),
+    (QUICKSTART, "fptt", "{native: true}", "Option 'native' is not accepted"),
+    (QUICKSTART, "fptt", "{backend: native}", "Expected a typing.Literal['auto', 'eager', 'cpu_kernels']. Got value: "
+                                              "native"),
+    (QUICKSTART, "fptt", "{consolidate: 2}", "Parser key \"consolidate\":\n"),
+    (DETECT, "loss_kwargs", "{box_wieght: 2}", "Unexpected keys: {'box_wieght'}"),
+    (DETECT, "loss_kwargs", "{assign: worst}", "Expected a typing.Literal['threshold', 'best']. Got value: worst"),
+    (DETECT, "neck_kwargs", "{nueron: lif}", "Unexpected keys: {'nueron'}"),
+])
+def test_typed_options_are_checked_by_their_type_naming_the_key(config, key, value, message, capsys):
+    """``fptt`` (FPTTConfig), ``loss_kwargs`` (YOLOLoss's arguments) and ``neck_kwargs`` (the neck's): a wrong key or
+    value is refused by jsonargparse before anything is built, the message naming the key and what is wrong."""
+    with pytest.raises(SystemExit):
+        start(config, f"--model.init_args.{key}", value)
+    err = capsys.readouterr().err
+    assert f'Parser key "{key}"' in err and message in err and "Traceback" not in err and len(err.splitlines()) < 80
 
 
 @pytest.mark.parametrize("override, message", [
@@ -75,6 +86,11 @@ def test_detector_shapes_and_class_counts(override, message, capsys):
     (DETECT, ["--model.init_args.backbone_kwargs", "{width: 0.25, tau_kernal: 5}"], "backbone_kwargs.tau_kernal=5"),
     (DETECT, ["--model.init_args.backbone_kwargs", "{width: 0.25, stem_neuron: ann, decay: 0.5}"],
      "backbone_kwargs.decay=0.5 is not allowed: not an argument of spyv4_tiny"),  # LIF's: not the LTC cells'
+    (DETECT, ["--model.init_args.neck_kwargs", "{neuron_kwargs: {threshhold: 0.5}, output_neuron: ltc_readout}"],
+     "model.init_args.neck_kwargs.neuron_kwargs.threshhold=0.5 is not allowed: not an argument of the neck's ltc and "
+     "ltc_readout neurons; they take backend, init_state, reset, surrogate, tau_bias, tau_kernel, threshold"),
+    (DETECT, ["--model.init_args.neck_kwargs", "{neuron: lif, neuron_kwargs: {tau_kernel: 5}}"],
+     "neck_kwargs.neuron_kwargs.tau_kernel=5 is not allowed: not an argument of the neck's lif neurons"),
 ])
 def test_a_typo_in_the_backbone_arguments_is_named_with_what_is_taken(config, override, message, capsys):
     with pytest.raises(SystemExit):
@@ -107,7 +123,7 @@ def test_missing_yaml_names_its_file(tmp_path, capsys):
 
 
 def test_a_run_that_never_started_leaves_no_folder(tmp_path):
-    args = ["--config", DETECT, "--data", "datamodules.voc.VOCDetectionDataModule", "--data.root", str(tmp_path / "no"),
+    args = ["--config", DETECT, "--data", "datamodules.detection.voc.VOCDetectionDataModule", "--data.root", str(tmp_path / "no"),
             "--data.image_size", "128", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     with pytest.raises(FileNotFoundError, match="dataset root incomplete"):
         train(args)
@@ -173,11 +189,3 @@ def test_a_fused_optimizer_is_refused_only_where_its_gradients_cannot_be_clipped
     else:
         with pytest.raises(ConfigError, match="fused=True is not allowed with trainer.precision=16-mixed"):
             check_run_config(config)
-
-
-def test_the_fptt_keys_checked_are_the_config_fields():
-    import dataclasses
-
-    from spikeloc.config_checks import FPTT_KEYS
-    from spikeloc.training import FPTTConfig
-    assert FPTT_KEYS == tuple(field.name for field in dataclasses.fields(FPTTConfig))

@@ -17,7 +17,7 @@ import yaml
 from lightning.pytorch.core.saving import load_hparams_from_yaml
 
 from spikeloc.cli import SpikelocCLI, train
-from tests.datamodules.test_vision import write_mnist
+from tests.datamodules.classification.test_vision import write_mnist
 from tests.event_formats import (random_events, write_aedat4, write_atis_bin, write_dat, write_gen1_boxes,
                                  write_gesture_npy, write_ncaltech_annotation)
 from tests.formats import write_coco_fixture, write_voc_fixture

@@ -5,9 +5,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from datamodules.detection import collate_detection, make_record, make_sample
-from datamodules.transforms import eval_transform, letterbox_params, train_transform
-from datamodules.validation import clean_box_array
+from datamodules.detection.base import collate_detection, make_record, make_sample
+from datamodules.detection.transforms import eval_transform, letterbox_params, train_transform
+from datamodules.detection.validation import clean_box_array
 from spikeloc.models.detection.anchors import decode_boxes, encode_boxes
 from spikeloc.models.detection.postprocess import to_original_boxes
 

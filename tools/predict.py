@@ -72,7 +72,7 @@ def detector_from_checkpoint(ckpt: str, settings: dict[str, dict[str, Any]]) -> 
 def stream(model: Any, data: dict[str, Any], args, parser: argparse.ArgumentParser) -> None:
     """``--stream``: a Prophesee ``.dat`` recording in windows of T frames, each frame as the detector was trained
     (``data``: its datamodule's hyperparameters); the detector and the file are checked before anything is written."""
-    from datamodules.gen1 import iter_dat_frames
+    from datamodules.events.gen1 import iter_dat_frames
 
     channels = model.hparams.get("in_channels")
     if channels != 2:

@@ -2,8 +2,8 @@
 
 - :class:`SafeCheckpoint`: Lightning's ``ModelCheckpoint`` that never writes non-finite weights
   (and so never replaces or deletes a good checkpoint for one), writes ``last`` before each
-  validation (an error there keeps the training epoch) and saves every N optimizer steps under
-  manual optimization.
+  validation (an error there keeps the training epoch) and every N optimizer steps (K per batch under
+  FPTT).
 - :class:`ConfiguredOptimization`: a resumed run takes the optimizer and schedule settings of its config.
 - :class:`SignalCheckpoint`: SIGTERM (what clusters send before pre-emption) and SIGINT (Ctrl-C)
   finish the current batch, save a resumable ``last`` checkpoint and exit non-zero (143 / 130),
@@ -26,6 +26,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -43,20 +44,29 @@ def weights_finite(module: pl.LightningModule) -> bool:
 
 
 class SafeCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that never trades a good checkpoint for a worse one.
+    """``ModelCheckpoint`` that never trades a good checkpoint for a worse one; only its public hooks are used.
 
-    Same arguments as Lightning's. Differences: nothing is written while any weight is
-    non-finite (a warning names the checkpoint kept instead); with ``save_last`` the ``last``
-    checkpoint is also written when the training batches of an epoch are done, before validation
-    runs, and when training ends; nothing is written for a state already saved (a resumed run that
-    has nothing left to train leaves its files alone); ``every_n_train_steps`` counts optimizer
-    steps (K per batch under FPTT) and saves at the end of the batch in which a multiple of it is reached.
+    Same arguments as Lightning's. Differences: nothing is written while any weight is non-finite (a
+    warning names the checkpoint kept instead); with ``save_last`` the ``last`` checkpoint is also written
+    when the training batches of an epoch are done, before validation runs, and when training ends;
+    nothing is written for a state already saved (a resumed run that has nothing left to train leaves its
+    files alone). ``every_n_train_steps`` writes ``last`` (the resumable state; it needs ``save_last``) at
+    the end of each batch in which the optimizer step count reaches a multiple of it (K steps per batch
+    under FPTT, in manual and automatic optimization alike); the top-k files keep their epoch / validation
+    schedule (``every_n_epochs``).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        if kwargs.get("train_time_interval") is not None:
+            raise ValueError("checkpoint.train_time_interval is not supported: use checkpoint.every_n_train_steps")
         super().__init__(*args, **kwargs)
+        if every_n_train_steps and not self.save_last:
+            raise ValueError("checkpoint.every_n_train_steps writes last.ckpt: it needs checkpoint.save_last: true")
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.versioned = kwargs.get("enable_version_counter", True)  # another run's `last` is not overwritten
         self._finite_at: tuple[int, bool] | None = None
         self._steps_seen = 0
+        self._written_at = -1  # global step of the newest checkpoint written (or resumed from) by this trainer
 
     def _finite(self, trainer: pl.Trainer) -> bool:
         if self._finite_at is None or self._finite_at[0] != trainer.global_step:
@@ -67,47 +77,55 @@ class SafeCheckpoint(ModelCheckpoint):
                                f"the last good one is kept ({kept}).")
         return self._finite_at[1]
 
-    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
-        if self._finite(trainer):
-            super()._save_topk_checkpoint(trainer, monitor_candidates)
-
-    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
-        if self._finite(trainer):
-            super()._save_last_checkpoint(trainer, monitor_candidates)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if pl_module.automatic_optimization:
-            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        previous, self._steps_seen = self._steps_seen, trainer.global_step
-        every = self._every_n_train_steps
-        if every < 1 or trainer.global_step // every == previous // every or self._should_skip_saving_checkpoint(
-                trainer):
+    def _write_last(self, trainer: pl.Trainer) -> None:
+        """Write ``last`` now, unless saving is off (sanity check, fast_dev_run, not fitting), this step is
+        written already or a weight is not finite."""
+        off = trainer.sanity_checking or bool(trainer.fast_dev_run) or trainer.state.fn != TrainerFn.FITTING
+        if not self.save_last or off or self._written_at == trainer.global_step or not self._finite(trainer):
             return
-        candidates = self._monitor_candidates(trainer)
-        if self.monitor is not None and self.monitor not in candidates:
-            self._defer_save_until_validation = True
-            return
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
+        metrics = {"epoch": torch.tensor(trainer.current_epoch), "step": torch.tensor(trainer.global_step)}
+        path, version = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST), self.STARTING_VERSION
+        while self.versioned and path != self.last_model_path and self.file_exists(path, trainer):
+            path, version = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST, ver=version), version + 1
+        self.last_model_path = path  # before saving: it is part of the saved state
+        trainer.save_checkpoint(path, self.save_weights_only)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._written_at = trainer.global_step  # any checkpoint of this trainer, whoever asked for it
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._steps_seen = trainer.global_step
         if trainer.ckpt_path:  # the restored state is saved already: resuming a finished run writes nothing
-            self._last_global_step_saved = trainer.global_step
+            self._written_at = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        previous, self._steps_seen = self._steps_seen, trainer.global_step
+        every = self.every_n_train_steps
+        if every and trainer.global_step // every != previous // every:
+            self._write_last(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_last(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``last`` holds the end of training, also when the last epochs ran no validation (where
         ``check_val_every_n_epoch`` > 1 Lightning saves only after a validation)."""
-        super().on_train_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._write_last(trainer)
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            self._last_global_step_saved = -1  # validation's own save still runs after it
+    # Lightning's own saves (top-k, and ``last`` after them), each only while the weights are finite
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._finite(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self._finite(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if getattr(self, "save_on_exception", False) and self._finite(trainer):  # Lightning >= 2.6
+            super().on_exception(trainer, pl_module, exception)
 
 
 PROGRESS_KEYS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step", "_last_lr",
@@ -211,6 +229,9 @@ class SignalCheckpoint(pl.Callback):
     Lightning turns SIGTERM into ``SIGTERMException`` at the end of the current batch (all DDP
     ranks together); SIGINT is routed the same way (a second Ctrl-C stops at once). The checkpoint
     goes where the run's :class:`SafeCheckpoint` keeps ``last``; the exit status is 128 + signal.
+    (Lightning's ``OnExceptionCheckpoint`` does not serve here: it takes its folder when built, before the
+    run's ``version_N`` is known, writes for any exception, non-finite weights included, and deletes its
+    file when a run ends normally.)
 
     Args:
         resume_hint: the command line that resumes the run, printed in the message.

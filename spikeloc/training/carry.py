@@ -2,7 +2,7 @@
 
 When a long recording is cut into consecutive windows and batch ``b + 1`` holds the windows that
 follow those of batch ``b`` row by row (``spikeloc.streaming.interleave`` and
-``datamodules.streams`` build such batches), the network should continue where it stopped instead
+``datamodules.events.streams`` build such batches), the network should continue where it stopped instead
 of starting fresh. FPTT fits this naturally: the carried state is detached, the past is never
 unrolled, memory stays that of one window. Mix :class:`CarryStateMixin` in front of any
 ``OnlineModule``::

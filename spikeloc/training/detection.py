@@ -18,16 +18,20 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from spikeloc.config_checks import options_type
 from spikeloc.metrics import DetectionMAP
 from spikeloc.models.backbones.pretrained import load_pretrained
-from spikeloc.models.detection import (SpikingYOLO, YOLOLoss, YOLOPostprocess, detections_to_original,
-                                       distill_loss, scaled_anchors)
+from spikeloc.models.detection import (SpikingYOLO, SpikingYOLONeck, YOLOLoss, YOLOPostprocess,
+                                       detections_to_original, distill_loss, scaled_anchors)
 from spikeloc.neurons import set_twin
 from .anchor_check import datamodule_advice
 from .loop import OnlineModule
 from .time_loop import present
 
 Batch = dict[str, Any]  # {"images": [B, 3, S, S] or [B, T, 3, S, S], "targets": [B dicts]}
+# the types of ``loss_kwargs`` / ``neck_kwargs``: the keyword arguments of the constructors they go to
+LossOptions = options_type(YOLOLoss.__init__, "LossOptions", __name__, skip=("geometry", "num_classes"))
+NeckOptions = options_type(SpikingYOLONeck.__init__, "NeckOptions", __name__, skip=("in_channels", "upsample"))
 __all__ = ["SpikingDetector", "scaled_anchors"]
 
 
@@ -48,14 +52,16 @@ class SpikingDetector(OnlineModule):
         readout: ``last`` (the head's output of each step), ``leaky`` (integrated over steps) or ``mean``
             (their running mean: with spiking neck outputs, the head of the spike counts).
         image_size: network input side (anchor scaling, head bias priors).
-        neck_kwargs: ``neuron`` / ``neuron_kwargs`` / ``output_neuron`` of the neck cells.
+        neck_kwargs: ``neuron`` / ``neuron_kwargs`` / ``output_neuron`` of the neck cells (the keyword arguments
+            of :class:`SpikingYOLONeck`, checked against its signature; ``neuron_kwargs`` against its neurons').
         neuron: when given, the neuron of every cell of backbone and neck (``ann``: the non-spiking
             twin), unless ``backbone_kwargs`` / ``neck_kwargs`` name their own.
         init_from: a checkpoint of a whole detector (e.g. the trained ANN twin) loaded into backbone,
             neck and head before training; what it lacks (the tau-convs) stays fresh and is reported.
         check_anchors: when training starts, measure how well the anchors fit the boxes of 256 training
             samples and warn, with k-means anchors to use instead, when they fit poorly.
-        loss_kwargs: extra :class:`YOLOLoss` arguments (``box_weight``, ``ignore_iou``, ``assign`` ...).
+        loss_kwargs: extra :class:`YOLOLoss` arguments (``box_weight``, ``ignore_iou``, ``assign`` ...), checked
+            against its signature.
         conf_threshold / iou_threshold / max_detections / pre_nms_top_k / multi_label: post-processing
             for evaluation, see :class:`YOLOPostprocess`.
         clip_boxes: clip detections to the original image (``False``: as the paper's code).
@@ -70,7 +76,7 @@ class SpikingDetector(OnlineModule):
                  pretrained: str | None = None, num_classes: int = 20, in_channels: int = 3,
                  class_names: list[str] | None = None, anchors: list[list[tuple[float, float]]] | None = None,
                  readout: Literal["last", "leaky", "mean"] = "last", image_size: int = 416,
-                 neck_kwargs: dict[str, Any] | None = None, loss_kwargs: dict[str, Any] | None = None,
+                 neck_kwargs: NeckOptions | None = None, loss_kwargs: LossOptions | None = None,
                  conf_threshold: float = 0.005, iou_threshold: float = 0.45, max_detections: int | None = 100,
                  pre_nms_top_k: int | None = 1000, multi_label: bool = True,
                  anchor_masks: list[list[int]] | None = None, scale_xy: float = 1.05,
@@ -119,7 +125,7 @@ class SpikingDetector(OnlineModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(self.trainer, "datamodule", None)  # a hook: called by the trainer, which is attached
         if self.class_names is None:
             names = getattr(data, "class_names", None)
             self.class_names = list(names) if names else [f"class_{k}" for k in range(self.num_classes)]

@@ -87,7 +87,7 @@ class OnlineModule(pl.LightningModule):
     """
 
     def __init__(self, num_steps: int = 8, algorithm: Literal["fptt", "bptt"] = "fptt",
-                 fptt: FPTTConfig | dict | None = None, loss_weighting: Weighting = "uniform", loss_start_step: int = 0,
+                 fptt: FPTTConfig | None = None, loss_weighting: Weighting = "uniform", loss_start_step: int = 0,
                  optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None,
                  scheduler_interval: Literal["step", "epoch"] = "epoch", gradient_clip_val: float | None = 1.0,
                  gradient_clip_algorithm: Literal["norm", "value"] = "norm", freeze_backbone_epochs: int = 0,
@@ -410,7 +410,7 @@ class OnlineModule(pl.LightningModule):
             checkpoint["fptt"] = self.fptt.state_dict()
         checkpoint["fptt_config"] = asdict(self.fptt_config)
         checkpoint["spiking_phase_started"] = self.spiking_phase_started
-        data = self.trainer.datamodule if self._trainer is not None else None
+        data = getattr(self.trainer, "datamodule", None)  # called by trainer.save_checkpoint
         checkpoint["class_paths"] = {"model": _class_path(self), "data": _class_path(data) if data else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -52,7 +52,10 @@ class PhaseCosineLR(CosineAnnealingLR):
         self.T_max, self.sized = steps, True
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rates in effect: those of the last step, or those :meth:`fit_to` set before the first."""
+        return [group["lr"] for group in self.optimizer.param_groups]
 
 
 def fit_schedule(trainer: Any, module: Any, key: str, epochs: int) -> None:

@@ -7,7 +7,7 @@ from torch.utils.data import default_collate
 
 import datamodules.common as common
 from datamodules.common import make_loader
-from datamodules.glyphs import GlyphsDetectionDataModule
+from datamodules.detection.glyphs import GlyphsDetectionDataModule
 
 CASES = [torch.tensor(3.5), torch.zeros(0, 4), torch.arange(6).reshape(2, 3), torch.tensor([True, False]),
          torch.randn(3, 2).to(torch.bfloat16), torch.randn(4, 5)[:, ::2],  # 0-dim, empty, long, bool, bf16, strided

@@ -44,7 +44,7 @@ def leaves(state) -> list[Tensor]:
 def calibrated(model: nn.Module) -> nn.Module:
     """Eval-mode model whose BN running stats match the data, so every layer fires."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             module.momentum = None  # cumulative average
             module.reset_running_stats()
     model.train()

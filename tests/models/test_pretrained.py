@@ -23,7 +23,7 @@ def build(name: str, seed: int, num_classes: int = CLASSES, **kwargs) -> nn.Modu
 def scramble_buffers(model: nn.Module) -> nn.Module:
     """Give BN running stats non-default values so a round trip that skips buffers fails."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             module.running_mean.normal_()
             module.running_var.uniform_(0.5, 2.0)
             module.num_batches_tracked.fill_(7)

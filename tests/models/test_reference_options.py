@@ -83,7 +83,8 @@ def test_default_head_init_keeps_pytorchs_init_while_the_cells_are_xavier():
             assert float(conv.bias.std()) == pytest.approx(bound / math.sqrt(3), rel=0.35)
         cells = [m for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and not name.startswith("head")]
         for conv in cells:  # the cells stay Xavier-normal (std sqrt(2 / (fan_in + fan_out)))
-            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(conv.weight)
+            receptive = conv.weight[0, 0].numel()
+            fan_in, fan_out = conv.in_channels * receptive, conv.out_channels * receptive
             assert float(conv.weight.std()) == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.2)
     xavier = _model(weight_init="xavier_normal")
     assert all((conv.bias == 0).all() for conv in xavier.head.convs)

@@ -21,14 +21,16 @@ def unroll(neuron: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
         spike, state = neuron(x[t], state)
         spikes.append(spike)
         assert torch.equal(state["s"], spike)  # the last spikes are kept in the state
-    weights = torch.arange(1.0, STEPS + 1).view(STEPS, *[1] * (x.dim() - 1))
+    weights = torch.arange(1.0, STEPS + 1, device=x.device).view(STEPS, *[1] * (x.dim() - 1))
     (grad,) = torch.autograd.grad((torch.stack(spikes) * weights).sum() + state["u"].sum(), x)
     return torch.stack(spikes), state["u"], grad
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("kind", ["ltc", "lif", "alif", "dense"])
 @pytest.mark.parametrize("backend", ["fused", pytest.param("compiled", marks=pytest.mark.slow)])
-def test_backend_equals_eager(kind, backend):
+def test_backend_equals_eager(kind, backend, device):
+    """Each backend's spikes, last membrane and input gradient against the eager reference on the same device."""
     torch.manual_seed(0)
     if kind == "dense":
         make = lambda name: LTCDense(6, 5, recurrent=True, adaptive=True, backend=name)  # noqa: E731
@@ -36,7 +38,7 @@ def test_backend_equals_eager(kind, backend):
     else:
         make = lambda name: make_neuron(kind, 4, threshold=0.5, backend=name)  # noqa: E731
         x = torch.randn(STEPS, 2, 4, 5, 5)
-    reference, other = make("eager"), make(backend)
+    reference, other, x = make("eager").to(device), make(backend).to(device), x.to(device)
     other.load_state_dict(reference.state_dict())
     want, got = unroll(reference, x), unroll(other, x)
     assert want[0].sum() > 0
@@ -59,6 +61,14 @@ def test_auto_picks_by_device_dtype_and_layout():
         assert resolve("auto", x, True) == "fused"
     for name in ("eager", "fused", "compiled"):
         assert resolve(name, torch.zeros(2, 3, device="meta"), True) == name
+
+
+@pytest.mark.cuda
+def test_auto_runs_fused_on_cuda_and_the_cpu_kernels_refuse_it():
+    x = torch.zeros(2, 3, 4, 4, device="cuda")
+    assert resolve("auto", x, True) == "fused"
+    with pytest.raises(BackendError, match="the kernels are CPU only, the tensors are on cuda"):
+        resolve("cpu_kernels", x, True)
 
 
 def test_a_backend_that_cannot_run_names_itself_and_why():

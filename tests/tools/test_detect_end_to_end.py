@@ -24,7 +24,7 @@ def test_train_eval_predict_on_a_voc_folder(tmp_path):
     root = tmp_path / "VOCdevkit"
     fix = write_voc_fixture(root, sets={"trainval": 8, "test": 4})
     run = ["--config", "configs/quickstart_detect.yaml",
-           "--data", "datamodules.voc.VOCDetectionDataModule", "--data.root", str(root),
+           "--data", "datamodules.detection.voc.VOCDetectionDataModule", "--data.root", str(root),
            "--data.train_sets", '[["2007", "trainval"]]', "--data.val_sets", '[["2007", "test"]]',
            "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
            "--model.init_args.anchors", "null",

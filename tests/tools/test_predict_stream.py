@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.gen1 import iter_dat_frames
+from datamodules.events.gen1 import iter_dat_frames
 from spikeloc.cli import train
 from tests.event_formats import random_events, write_dat, write_gen1_boxes
 from tests.training.test_detection_module import tiny_detector
@@ -58,7 +58,7 @@ def test_a_recording_and_a_checkpoint_are_enough_frames_as_trained(tmp_path, mon
         "anchors": [[(8, 8), (12, 12), (16, 16)], [(20, 20), (28, 28), (40, 40)]]}}
     settings = {"root": str(data), "num_steps": 3, "window_us": 20_000, "image_size": 64, "clip_count": 2.0,
                 "batch_size": 1}
-    cli = train(["--model", json.dumps(model), "--data", json.dumps({"class_path": "datamodules.gen1.GEN1DataModule",
+    cli = train(["--model", json.dumps(model), "--data", json.dumps({"class_path": "datamodules.events.gen1.GEN1DataModule",
                                                                      "init_args": settings}),
                  "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                  "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu"])
@@ -79,7 +79,7 @@ def test_a_recording_and_a_checkpoint_are_enough_frames_as_trained(tmp_path, mon
         return real_stream(module, iter(frames), window)
 
     real_stream = predict.stream_detect
-    monkeypatch.setattr("datamodules.gen1.iter_dat_frames", frames_spy)
+    monkeypatch.setattr("datamodules.events.gen1.iter_dat_frames", frames_spy)
     monkeypatch.setattr(predict, "stream_detect", stream_spy)
     monkeypatch.setattr(sys, "argv", ["predict.py", "--ckpt", ckpt, "--stream", str(tmp_path / "rec_td.dat"),
                                       "--out", str(tmp_path / "out"), "--score", "0"])

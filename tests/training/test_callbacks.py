@@ -146,3 +146,41 @@ def test_the_end_of_training_is_saved_and_resuming_a_finished_run_writes_nothing
     resumed.fit(tiny_classifier(fptt=FPTTConfig(parts=2)), datamodule=QuadrantData(num_train=64), ckpt_path=str(last),
                 weights_only=True)
     assert resumed.global_step == 3 * 2 * BATCHES and (last.stat().st_mtime_ns, last.read_bytes()) == before
+
+
+class LastStep(pl.Callback):
+    """Records, at the start of every training batch, the global step held by ``last.ckpt`` (None: none yet)."""
+
+    def __init__(self, path):
+        self.path, self.seen = path, []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seen.append(load(self.path)["global_step"] if self.path.exists() else None)
+
+
+def test_step_checkpoints_count_optimizer_steps_k_per_batch(tmp_path):
+    torch.manual_seed(0)
+    seen = LastStep(tmp_path / "ckpt" / "last.ckpt")
+    ckpt = SafeCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=3)
+    run = trainer(tmp_path, max_epochs=2, limit_val_batches=1, enable_checkpointing=True, callbacks=[seen, ckpt])
+    run.fit(tiny_classifier(fptt=FPTTConfig(parts=2)), datamodule=QuadrantData(num_train=64))
+    # steps after each batch: 2, 4, 6, 8 | 10, 12, 14, 16; a multiple of 3 is reached at 4, 6, 10, 12 and 16
+    # (``last`` is also written before each validation: 8)
+    assert seen.seen == [None, None, 4, 6, 8, 10, 12, 12]
+    assert load(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 16
+
+
+def test_step_checkpoints_need_last():
+    with pytest.raises(ValueError, match="every_n_train_steps writes last.ckpt: it needs checkpoint.save_last"):
+        SafeCheckpoint(every_n_train_steps=4)
+
+
+def test_another_runs_last_checkpoint_in_the_folder_is_not_overwritten(tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save({"other": torch.zeros(1)}, folder / "last.ckpt")
+    before = (folder / "last.ckpt").read_bytes()
+    ckpt = fit(tmp_path, tiny_classifier(), [], epochs=1)
+    assert (folder / "last.ckpt").read_bytes() == before
+    assert ckpt.last_model_path == str(folder / "last-v1.ckpt") and load(folder / "last-v1.ckpt")["global_step"] > 0

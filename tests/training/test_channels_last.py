@@ -3,8 +3,8 @@
 import lightning.pytorch as pl
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from lightning_utilities import apply_to_collection
+from torch.utils._python_dispatch import TorchDispatchMode  # the documented extension point; no public path
 
 from .test_detection_module import shapes, tiny_detector
 from .tiny import QuadrantData, tiny_classifier, trainer
@@ -52,6 +52,13 @@ def test_resuming_a_default_layout_checkpoint_with_channels_last(tmp_path):
     _assert_same_weights(default, module)
 
 
+def _tensors(value) -> list:
+    """The tensors inside ``value`` (nested tuples, lists and dicts)."""
+    found = []
+    apply_to_collection(value, torch.Tensor, found.append)
+    return found
+
+
 def _spatial(t) -> bool:
     """A 4-D tensor whose NCHW and NHWC layouts differ (more than one channel and one pixel)."""
     return isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1
@@ -67,9 +74,9 @@ class LayoutBreaks(TorchDispatchMode, pl.Callback):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         channels_last = [t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-                         for t in tree_leaves((args, kwargs)) if _spatial(t)]
+                         for t in _tensors((args, kwargs)) if _spatial(t)]
         if any(channels_last) and any(not t.is_contiguous(memory_format=torch.channels_last)
-                                      for t in tree_leaves(out) if _spatial(t)):
+                                      for t in _tensors(out) if _spatial(t)):
             self.ops.add(str(func))
         return out
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.shapes import ShapesDetectionDataModule
-from datamodules.voc import VOCDetectionDataModule
+from datamodules.detection.shapes import ShapesDetectionDataModule
+from datamodules.detection.voc import VOCDetectionDataModule
 from spikeloc.models.detection import encode_boxes
 from spikeloc.training import FPTTConfig
 from spikeloc.training.detection import SpikingDetector, scaled_anchors
@@ -35,6 +35,26 @@ class Losses(pl.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.values.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["fused", "compiled"])
+def test_the_detector_trains_on_cuda_as_with_the_eager_backend(tmp_path, backend):
+    """FPTT on CUDA (K = T = 2 updates per batch), three batches with every neuron on ``backend``: the first
+    batch's loss is the eager reference's to float rounding, every loss finite, the model on the GPU."""
+    losses = {}
+    for name in ("eager", backend):
+        torch.manual_seed(0)
+        module = tiny_detector(backbone_kwargs={"width": 0.125, "backend": name},
+                               neck_kwargs={"neuron_kwargs": {"backend": name}})
+        record = Losses()
+        fit = trainer(tmp_path / name, accelerator="gpu", limit_train_batches=3, limit_val_batches=0,
+                      callbacks=[record])
+        fit.fit(module, datamodule=shapes(num_train=12))
+        assert fit.global_step == 6 and next(module.parameters()).device.type == "cuda"
+        losses[name] = torch.tensor(record.values)
+    assert torch.isfinite(losses[backend]).all() and len(losses[backend]) == 3
+    torch.testing.assert_close(losses[backend][0], losses["eager"][0], rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("algorithm", ["fptt", "bptt"])
@@ -150,7 +170,7 @@ def test_checkpoint_rebuilds_the_module_with_no_config(tmp_path):
     assert loaded.class_names == data.class_names and loaded.fptt_config == module.fptt_config
     checkpoint = torch.load(tmp_path / "plain.ckpt", weights_only=True)
     assert checkpoint["class_paths"] == {"model": "spikeloc.training.detection.SpikingDetector",
-                                         "data": "datamodules.shapes.ShapesDetectionDataModule"}
+                                         "data": "datamodules.detection.shapes.ShapesDetectionDataModule"}
     assert checkpoint["datamodule_hyper_parameters"]["num_val"] == 4
     images = torch.rand(2, 3, 64, 64)
     module.eval()

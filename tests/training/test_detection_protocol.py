@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.shapes import ShapesDetectionDataModule
+from datamodules.detection.shapes import ShapesDetectionDataModule
 from spikeloc.cli import SpikelocCLI
 from spikeloc.models.detection import SPYV4_ALL_ANCHORS, SPYV4_MASKS, count_parameters
 from spikeloc.training import FPTTConfig

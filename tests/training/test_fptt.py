@@ -12,9 +12,9 @@ from spikeloc.training.fptt import FPTT
 ALPHA, BETA = 0.3, 0.4
 
 
-def _model():
+def _model(device="cpu"):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double().to(device)
 
 
 class LoopReference:
@@ -41,6 +41,7 @@ def _train(model, regulariser, steps=6):
     penalties = []
     for step in range(steps):
         x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+        x = x.to(next(model.parameters()).device)
         penalty = regulariser.penalty()
         penalties.append(penalty.detach())
         loss = model(x).pow(2).mean() + penalty
@@ -51,10 +52,11 @@ def _train(model, regulariser, steps=6):
     return torch.stack(penalties)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("update_alpha", [None, 0.5])
-def test_penalty_and_update_match_loop_reference(update_alpha):
+def test_penalty_and_update_match_loop_reference(update_alpha, device):
     """``update_alpha`` (the reference detection run: 0.1 in the penalty, 0.5 in the updates)."""
-    model, ref_model = _model(), _model()
+    model, ref_model = _model(device), _model(device)
     fptt = FPTT(model.parameters(), ALPHA, BETA, update_alpha)
     reference = LoopReference(ref_model.parameters(), ALPHA if update_alpha is None else update_alpha)
     penalties, ref_penalties = _train(model, fptt), _train(ref_model, reference)

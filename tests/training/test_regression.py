@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from datamodules.add_task import AddTaskDataModule, generate_add_task
+from datamodules.sequences.add_task import AddTaskDataModule, generate_add_task
 from spikeloc.training.loop import FPTTConfig
 from spikeloc.training.regression import SpikingRegressor
 from tests.training.tiny import trainer

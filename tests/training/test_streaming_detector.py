@@ -5,11 +5,11 @@ import json
 
 import torch
 
-from datamodules.gen1 import GEN1DataModule
+from datamodules.events.gen1 import GEN1DataModule
 from spikeloc.cli import train
 from spikeloc.training.carry import StreamingDetector
 from spikeloc.training.detection import SpikingDetector
-from tests.datamodules.test_gen1_sequential import write_root
+from tests.datamodules.events.test_gen1_sequential import write_root
 
 ANCHORS = [[(8, 8), (12, 12), (16, 16)], [(20, 20), (28, 28), (40, 40)]]
 KWARGS = dict(backbone="spyv4_tiny", backbone_kwargs={"width": 0.125}, num_classes=2, in_channels=2, image_size=64,
@@ -83,7 +83,7 @@ def test_a_streaming_detector_trains_on_sequential_gen1_batches_end_to_end(tmp_p
     model = {"class_path": "spikeloc.training.carry.StreamingDetector", "init_args": {
         "backbone": "spyv4_tiny", "backbone_kwargs": {"width": 0.125}, "anchors": ANCHORS, "check_anchors": False,
         "fptt": {"parts": 2}}}
-    data = {"class_path": "datamodules.gen1.GEN1DataModule", "init_args": {
+    data = {"class_path": "datamodules.events.gen1.GEN1DataModule", "init_args": {
         "root": str(root), "num_steps": 2, "window_us": 50_000, "image_size": 64, "batch_size": 2, "sequential": True}}
     cli = train(["--model", json.dumps(model), "--data", json.dumps(data), "--trainer.max_epochs", "1",
                  "--trainer.limit_train_batches", "3", "--trainer.logger", "false", "--trainer.enable_progress_bar",

@@ -1,0 +1,1 @@
+"""Sequence tasks: the Add task (:mod:`.add_task`)."""
