@@ -6,7 +6,7 @@ non-finite guard; the whole batch runs inside ``spikeloc::batch``. Every profile
 CPU time then goes to:
 
 1. ``compiled`` when it is a kernel ``torch.compile`` generated (``graph_0_cpp_fused_...``, named
-   when ``torch._inductor.config.cpp.enable_kernel_profile`` is on): batch norm and neuron maths
+   when ``TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE=1``, as ``train_speed.py`` sets it): batch norm and neuron maths
    fused together, which no name can split (one run within the loss, optimizer, FPTT or guard scope,
    such as FPTT's compiled update, goes to that scope); ``conv`` / ``batchnorm`` when it or an ancestor is a
    convolution / batch-norm op or its backward node (``aten::mkldnn_convolution``,

@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
 import statistics
 import sys
@@ -396,12 +397,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # compiled kernels by name in the breakdown (read by inductor when it is imported)
+    os.environ.setdefault("TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE", "1")
     with common.quiet():
         import torch
-        import torch._inductor.config
         from spikeloc.allocator import hold_freed_memory
         torch.set_num_threads(args.threads)
-        torch._inductor.config.cpp.enable_kernel_profile = True  # compiled kernels by name in the breakdown
         result: dict[str, Any] = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
                                   "held_freed_memory": not args.glibc_default and hold_freed_memory()}
         result["cell"] = run_cell(args)
