@@ -66,11 +66,12 @@ def kind(name: str) -> str:
 
 def data_config(name: str, folder: Path, batch_size: int) -> str:
     """The datamodule of a suite set: the COCO reader with its defaults, as a user would point it, or for an
-    event set the GEN1 reader at 128 px with T = 4 frames of 50 ms."""
+    event set the GEN1 reader at 128 px with T = 4 frames of 50 ms, without augmentation (``--set
+    data.init_args.hflip=0.5`` adds it to independent windows)."""
     if kind(name) == "events":
         return json.dumps({"class_path": "datamodules.events.gen1.GEN1DataModule", "init_args": {
             "root": str(folder), "image_size": 128, "num_steps": 4, "window_us": 50_000, "batch_size": batch_size,
-            "num_workers": 1}})
+            "num_workers": 1, "hflip": 0.0, "zoom": None, "translate": 0.0}})  # not the config's augmentation
     return json.dumps({"class_path": "datamodules.detection.coco.COCODetectionDataModule", "init_args": {
         "root": str(folder), "train_ann": "annotations/instances_train.json", "train_images": "train",
         "val_ann": "annotations/instances_val.json", "val_images": "val", "image_size": learning_sets.SIZE,
